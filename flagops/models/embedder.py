@@ -1,0 +1,173 @@
+"""A BGE-style bi-encoder: an HF AutoModel plus pooling and L2 normalisation.
+
+``Embedder.save`` writes a directory that loads unchanged in transformers (safetensors),
+in sentence-transformers (``modules.json`` with the right pooling, not the mean-pooling
+fallback FlagEmbedding checkpoints get) and in FlagEmbedding's ``FlagModel``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from flagops.data.formats import atomic_path
+from flagops.models.sources import resolve_model_source
+
+SETTINGS_FILE = "flagops_embedder.json"
+ST_POOLING_MODES = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last_token": "pooling_mode_lasttoken"}
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    pooling: str = "cls"
+    normalize: bool = True
+    query_instruction: str = ""
+    query_max_len: int = 32
+    passage_max_len: int = 128
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
+    """Pool token states (batch, seq, dim) into one vector per text (batch, dim)."""
+    if method == "cls":
+        return hidden[:, 0]
+    if method == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if method == "last_token":
+        # Works for left and right padding: the last attended position of each row.
+        last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)  # (batch,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {method!r}; use cls, mean or last_token")
+
+
+class Embedder(nn.Module):
+    """Encoder + pooling. ``forward`` gives differentiable embeddings for training."""
+
+    def __init__(self, model: nn.Module, tokenizer, settings: EmbedderSettings):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, source: str | Path, **overrides) -> Embedder:
+        """Load a model directory (or `pkg:`/`tiny-bert` source); saved settings win over defaults."""
+        path = resolve_model_source(str(source))
+        settings = EmbedderSettings()
+        saved = path / SETTINGS_FILE
+        if saved.is_file():
+            settings = EmbedderSettings(**json.loads(saved.read_text()))
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path))
+        return cls(model, tokenizer, settings)
+
+    @classmethod
+    def from_config(cls, model_cfg, source: str | None = None) -> Embedder:
+        """Load ``source`` (default ``model_cfg.base``) with the profile's pooling and lengths."""
+        return cls.load(
+            source or model_cfg.base,
+            pooling=model_cfg.pooling,
+            normalize=model_cfg.normalize,
+            query_instruction=model_cfg.query_instruction,
+            query_max_len=model_cfg.query_max_len,
+            passage_max_len=model_cfg.passage_max_len,
+        )
+
+    # ------------------------------------------------------------------ encoding
+
+    def tokenize(self, texts: Sequence[str], *, is_query: bool, max_length: int | None = None) -> dict:
+        s = self.settings
+        if is_query and s.query_instruction:
+            texts = [s.query_instruction + t for t in texts]
+        limit = max_length or (s.query_max_len if is_query else s.passage_max_len)
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        emb = pool(out.last_hidden_state, attention_mask, self.settings.pooling)  # (batch, dim)
+        return F.normalize(emb, dim=-1) if self.settings.normalize else emb
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        is_query: bool = False,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        progress: str | None = None,
+    ) -> np.ndarray:
+        """Embed texts as float32 (n, dim). Sorts by length so batches pad little."""
+        if isinstance(texts, str):
+            raise TypeError("encode expects a list of strings, not a single string")
+        self.eval()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        chunks = []
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=progress, unit="batch", leave=False)
+        for start in starts:
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            enc = self.tokenize(batch, is_query=is_query, max_length=max_length)
+            enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            chunks.append(self(**enc).float().cpu().numpy())
+        dim = self.model.config.hidden_size
+        flat = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+        out = np.empty_like(flat)
+        out[order] = flat
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, dest: str | Path) -> None:
+        """Write an HF + sentence-transformers + FlagEmbedding-loadable directory atomically."""
+        with atomic_path(dest, is_dir=True) as tmp:
+            self.save_to(tmp)
+
+    def save_to(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(directory))
+        s = self.settings
+        (directory / SETTINGS_FILE).write_text(json.dumps(asdict(s), indent=2) + "\n")
+        write_sentence_transformers_config(directory, s, self.model.config.hidden_size)
+
+
+def write_sentence_transformers_config(directory: Path, s: EmbedderSettings, dim: int) -> None:
+    """The files sentence-transformers reads to rebuild Transformer -> Pooling [-> Normalize]."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if s.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir(exist_ok=True)
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    pooling = {"word_embedding_dimension": dim, **{mode: False for mode in ST_POOLING_MODES.values()}}
+    pooling[ST_POOLING_MODES[s.pooling]] = True
+    pooling["include_prompt"] = True
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": s.passage_max_len, "do_lower_case": False}, indent=2) + "\n"
+    )
+    prompts = {"query": s.query_instruction, "document": ""} if s.query_instruction else {}
+    st_cfg = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+    (directory / "config_sentence_transformers.json").write_text(json.dumps(st_cfg, indent=2) + "\n")

@@ -1,0 +1,105 @@
+"""The one place flagops talks to MLflow tracking: URIs, the parent run, one nested run per step.
+
+DVC runs each stage as its own process, so the pipeline's parent run id travels in the
+environment variable ``FLAGOPS_PARENT_RUN_ID``; each step opens a nested run under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+
+PARENT_ENV = "FLAGOPS_PARENT_RUN_ID"
+DEFAULT_DB = "mlflow.db"
+
+
+def tracking_uri(registry_cfg, workdir: str | Path = ".") -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then sqlite under the workspace (4 slashes: absolute)."""
+    if registry_cfg.tracking_uri:
+        return registry_cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(workdir) / DEFAULT_DB).resolve()}"
+
+
+def artifact_location(uri: str, workdir: str | Path = ".") -> str | None:
+    """Local artifact root beside a sqlite store; None lets a remote server decide."""
+    if uri.startswith("sqlite:"):
+        return (Path(workdir) / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def setup(registry_cfg, workdir: str | Path = ".") -> str:
+    """Point mlflow at the store and experiment; return the experiment id."""
+    uri = tracking_uri(registry_cfg, workdir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(registry_cfg.experiment)
+    if exp is None:
+        return mlflow.create_experiment(registry_cfg.experiment, artifact_location=artifact_location(uri, workdir))
+    return exp.experiment_id
+
+
+def flat_params(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_params(value, name + "."))
+        else:
+            out[name] = str(value)[:500]
+    return out
+
+
+def mlflow_key(key: str) -> str:
+    """MLflow metric names allow [/\\w.- :]; `ndcg@10` becomes `ndcg_at_10`."""
+    return key.replace("@", "_at_")
+
+
+@contextlib.contextmanager
+def pipeline_run(cfg, name: str, workdir: str | Path = ".") -> Iterator[str]:
+    """Open the parent run for one pipeline execution and export its id to child processes."""
+    experiment_id = setup(cfg.registry, workdir)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.set_tags({"flagops.profile": cfg.profile, "flagops.kind": "pipeline"})
+        previous = os.environ.get(PARENT_ENV)
+        os.environ[PARENT_ENV] = run.info.run_id
+        try:
+            yield run.info.run_id
+        finally:
+            if previous is None:
+                os.environ.pop(PARENT_ENV, None)
+            else:
+                os.environ[PARENT_ENV] = previous
+
+
+@contextlib.contextmanager
+def step_run(cfg, step_name: str, sections: tuple[str, ...], workdir: str | Path = ".") -> Iterator[Any]:
+    """A run for one step, nested under the pipeline's parent run when there is one."""
+    experiment_id = setup(cfg.registry, workdir)
+    parent = os.environ.get(PARENT_ENV)
+    tags = {"flagops.step": step_name, "flagops.profile": cfg.profile}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(experiment_id=experiment_id, run_name=step_name, tags=tags) as run:
+        dumped = cfg.model_dump(mode="json")
+        mlflow.log_params(flat_params({s: dumped[s] for s in sections}))
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({mlflow_key(k): float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
