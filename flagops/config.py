@@ -40,7 +40,7 @@ class CorpusConfig(Section):
     # _id/title/text, or a BEIR-layout directory holding corpus.jsonl.
     source: str = "stdlib"
     max_passages: int | None = Field(None, ge=10)  # cap for quick runs; None keeps all
-    min_chars: int = Field(80, ge=0)  # passages shorter than this carry too little signal
+    min_chars: int = Field(150, ge=0)  # docstring bodies shorter than this carry too little signal
 
 
 class SynthesisConfig(Section):
@@ -72,7 +72,6 @@ class TrainConfig(Section):
     train_group_size: int = Field(8, ge=1)  # 1 positive + (n-1) negatives per query
     temperature: float = Field(0.02, gt=0.0)
     in_batch_negatives: bool = True
-    cross_device_negatives: bool = False  # all-gather passages across ranks (torchrun)
     distill: bool = False  # add KL to teacher softmax over pos_scores/neg_scores
     distill_weight: float = Field(1.0, ge=0.0)
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)

@@ -28,11 +28,16 @@ class DataError(ValueError):
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest``; on success rename it over ``dest``."""
+    """Yield a temporary path next to ``dest``; on success rename it over ``dest``.
+
+    With ``is_dir`` the yielded directory already exists (empty).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    target = tmp if is_dir else tmp / dest.name
+    target = tmp / dest.name
+    if is_dir:
+        target.mkdir()
     try:
         yield target
         if dest.is_dir() and not dest.is_symlink():
@@ -243,12 +248,13 @@ def read_corpus(path: str | Path) -> list[Passage]:
 def read_queries(path: str | Path) -> dict[str, str]:
     """Read a BEIR queries.jsonl ({_id, text}); ids must be unique."""
     out: dict[str, str] = {}
+    seen: set[str] = set()
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if "_id" not in obj:
             raise DataError(f"{where}: missing field '_id'")
         qid = str(obj["_id"])
-        _check_unique(set(out), qid, where)
+        _check_unique(seen, qid, where)
         out[qid] = _require_str(obj, "text", where)
     return out
 
@@ -308,7 +314,6 @@ def read_beir(directory: str | Path, split: str = "test") -> EvalSet:
 
 def write_beir(directory: str | Path, eval_set: EvalSet, split: str = "test") -> None:
     with atomic_path(directory, is_dir=True) as tmp:
-        tmp.mkdir(parents=True)
         with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as fh:
             for p in eval_set.corpus:
                 fh.write(json.dumps({"_id": p.id, "title": p.title, "text": p.text}, ensure_ascii=False) + "\n")

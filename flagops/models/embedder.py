@@ -73,8 +73,15 @@ class Embedder(nn.Module):
         return cls(model, tokenizer, settings)
 
     @classmethod
-    def from_config(cls, model_cfg, source: str | None = None) -> Embedder:
-        """Load ``source`` (default ``model_cfg.base``) with the profile's pooling and lengths."""
+    def from_config(cls, model_cfg, source: str | Path | None = None) -> Embedder:
+        """Load ``source`` (default ``model_cfg.base``).
+
+        A model flagops saved carries its own pooling, instruction and lengths, and those
+        win; any other model (a base checkpoint) takes them from the profile.
+        """
+        path = resolve_model_source(str(source or model_cfg.base))
+        if (path / SETTINGS_FILE).is_file():
+            return cls.load(path)
         return cls.load(
             source or model_cfg.base,
             pooling=model_cfg.pooling,

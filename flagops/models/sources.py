@@ -41,8 +41,10 @@ def resolve_model_source(source: str) -> Path:
     if source == TINY_PREFIX or source.startswith(TINY_PREFIX + "@"):
         from flagops.models.tiny import ensure_tiny_bert
 
-        seed = int(source.split("@", 1)[1]) if "@" in source else 0
-        return ensure_tiny_bert(seed)
+        seed = source.split("@", 1)[1] if "@" in source else "0"
+        if not seed.isdigit():
+            raise ModelSourceError(f"model source {source!r}: expected tiny-bert@<integer seed>")
+        return ensure_tiny_bert(int(seed))
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
         hint = "a directory with config.json, pkg:<package> or tiny-bert"

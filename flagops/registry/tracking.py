@@ -30,10 +30,11 @@ def tracking_uri(registry_cfg, workdir: str | Path = ".") -> str:
     return f"sqlite:///{(Path(workdir) / DEFAULT_DB).resolve()}"
 
 
-def artifact_location(uri: str, workdir: str | Path = ".") -> str | None:
-    """Local artifact root beside a sqlite store; None lets a remote server decide."""
-    if uri.startswith("sqlite:"):
-        return (Path(workdir) / "mlartifacts").resolve().as_uri()
+def artifact_location(uri: str) -> str | None:
+    """Local artifact root beside a sqlite store's file; None lets a remote server decide."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts").resolve().as_uri()
     return None
 
 
@@ -44,7 +45,7 @@ def setup(registry_cfg, workdir: str | Path = ".") -> str:
     mlflow.set_registry_uri(uri)
     exp = mlflow.get_experiment_by_name(registry_cfg.experiment)
     if exp is None:
-        return mlflow.create_experiment(registry_cfg.experiment, artifact_location=artifact_location(uri, workdir))
+        return mlflow.create_experiment(registry_cfg.experiment, artifact_location=artifact_location(uri))
     return exp.experiment_id
 
 

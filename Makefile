@@ -1,0 +1,49 @@
+# flagops: `make demo` installs and runs the retraining loop; `make test` installs and runs the tests.
+PROFILE ?= demo
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install serve pipeline plots-template bench-encode bench-peer-venv bench-compat params dvc-yaml clean
+
+# torch==2.13.0 first: the pinned CPU wheel, so nothing pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	@$(MAKE) --no-print-directory plots-template || echo "note: offline plot template not built (npm missing?); dvc plots show will load vega from a CDN"
+	$(BIN)/flagops demo --profile $(PROFILE)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+pipeline: install
+	$(BIN)/flagops pipeline --profile $(PROFILE)
+
+serve: install
+	$(BIN)/flagops serve --profile $(PROFILE)
+
+params: install
+	$(BIN)/flagops params demo -o params.yaml
+
+dvc-yaml: install
+	$(BIN)/flagops dvc-yaml > dvc.yaml
+
+plots-template: build/dvc-plots-template.html
+
+build/dvc-plots-template.html: scripts/build_plots_template.sh
+	bash scripts/build_plots_template.sh build
+
+clean:
+	rm -rf runs build

@@ -1,0 +1,179 @@
+"""The `flagops` command. Every face calls the same form: `flagops step NAME --in/--out ...`.
+
+  flagops steps                          list the catalog
+  flagops step NAME [--params F | --profile P] [--in k=PATH] [--out k=PATH] [sec.key=value ...]
+  flagops params PROFILE [-o params.yaml]   render a profile as a DVC params file
+  flagops dvc-yaml                       render dvc.yaml from the catalog
+  flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
+  flagops demo [--profile P]             pipeline + serve the champion + summary table
+  flagops serve --model SOURCE [--host H] [--port N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flagops import catalog
+from flagops.config import ConfigError, load_config, to_yaml
+from flagops.data.formats import DataError
+from flagops.models.sources import ModelSourceError
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelSourceError, KeyError, FileNotFoundError)
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} {item!r}: expected NAME=PATH, e.g. {flag} corpus=data/corpus.jsonl")
+        out[name] = path
+    return out
+
+
+def _config(args: argparse.Namespace):
+    if args.profile and args.params:
+        raise ConfigError("give either --params FILE or --profile NAME, not both")
+    source = args.profile or args.params
+    if source is None:
+        if not Path("params.yaml").is_file():
+            raise ConfigError("no params.yaml here; pass --params FILE or --profile NAME (tiny, demo)")
+        source = "params.yaml"
+    return load_config(source, args.overrides)
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    from flagops.steps import execute
+
+    step = catalog.get(args.name)
+    cfg = _config(args)
+    inputs = {n: catalog.ARTIFACTS[n].path for n in step.inputs} | _pairs(args.inputs, "--in")
+    outputs = {a.name: a.path for a in step.outputs} | _pairs(args.outputs, "--out")
+    execute(step.name, cfg, inputs, outputs, track=not args.no_track)
+    return 0
+
+
+def cmd_steps(_: argparse.Namespace) -> int:
+    for s in catalog.STEPS:
+        ins = ", ".join(s.inputs) or "-"
+        print(f"{s.name:22s} in: {ins:32s} out: {', '.join(s.output_names):32s} {s.summary}")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    cfg = load_config(args.profile, args.overrides)
+    text = f"# Rendered from profile {args.profile!r} by `flagops params {args.profile}`; DVC tracks these values.\n" + to_yaml(cfg)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        from flagops.data.formats import atomic_path
+
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(text)
+    return 0
+
+
+def cmd_dvc_yaml(_: argparse.Namespace) -> int:
+    from flagops.dvc import render_text
+
+    sys.stdout.write(render_text())
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from flagops.workspace import run_pipeline
+
+    return run_pipeline(args.profile, Path(args.workdir) if args.workdir else None, args.overrides)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flagops.workspace import run_demo
+
+    return run_demo(args.profile, Path(args.workdir) if args.workdir else None, args.overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from flagops.registry.tracking import tracking_uri
+    from flagops.serving.server import serve
+    from flagops.workspace import default_workdir
+
+    cfg = load_config(args.profile or "demo", args.overrides)
+    model = args.model
+    if model is None:  # the champion of this profile's workspace (what `make serve` runs)
+        workdir = default_workdir(cfg.profile)
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.registry, workdir)
+        model = f"models:/{cfg.registry.model_name}@champion"
+        print(f"flagops: serving {model} from {os.environ['MLFLOW_TRACKING_URI']}")
+    serve(model, host=args.host, port=args.port, name=args.name, serve_cfg=cfg.serve)  # None: serve_cfg's
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flagops", description="MLOps pipeline for BGE retrieval models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("step", help="run one catalog step")
+    p.add_argument("name")
+    p.add_argument("--params", help="a params YAML (default: ./params.yaml)")
+    p.add_argument("--profile", help="a built-in profile: tiny, demo")
+    p.add_argument("--in", dest="inputs", action="append", default=[], metavar="NAME=PATH")
+    p.add_argument("--out", dest="outputs", action="append", default=[], metavar="NAME=PATH")
+    p.add_argument("--no-track", action="store_true", help="skip MLflow logging")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.set_defaults(func=cmd_step)
+
+    sub.add_parser("steps", help="list the catalog").set_defaults(func=cmd_steps)
+
+    p = sub.add_parser("params", help="render a profile as params.yaml")
+    p.add_argument("profile")
+    p.add_argument("-o", "--output", default="-")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.set_defaults(func=cmd_params)
+
+    sub.add_parser("dvc-yaml", help="render dvc.yaml from the catalog").set_defaults(func=cmd_dvc_yaml)
+
+    for name, func, text in (
+        ("pipeline", cmd_pipeline, "run the DAG with dvc repro under one MLflow parent run"),
+        ("demo", cmd_demo, "run the pipeline, serve the champion, print the summary"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--profile", default="demo")
+        p.add_argument("--workdir", help="workspace (default: runs/<profile>)")
+        p.add_argument("overrides", nargs="*", metavar="section.key=value")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", help="serve an embedder with KServe (V1, V2, OpenAI)")
+    p.add_argument("--model", help="a model directory or models:/NAME@alias (default: the profile's champion in runs/<profile>)")
+    p.add_argument("--host", help="default: serve.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default: serve.port (8080)")
+    p.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
+    p.add_argument("--profile", help="profile for serve limits and the default model (default: demo)")
+    p.add_argument("overrides", nargs="*", metavar="serve.key=value")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come after options (`step NAME --profile tiny train.lr=1e-4`); argparse
+    # leaves such trailing positionals unparsed, so they are collected here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"flagops: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The comparison chart: systems side by side on the headline metrics, as a PNG and as rows.
+
+The rows (``{"system", "metric", "value"}``) are what DVC's bar template plots; the PNG is
+the same picture for MLflow and for people without DVC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from flagops.data.formats import atomic_path, write_json
+
+SYSTEMS: tuple[str, ...] = ("bm25", "base", "candidate")  # left to right: baseline first
+CHART_METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100")
+
+
+def chart_rows(
+    metrics: Mapping[str, float], systems: Sequence[str] = SYSTEMS, chart_metrics: Sequence[str] = CHART_METRICS
+) -> list[dict[str, str | float]]:
+    """Long-format rows from flat ``system/metric`` keys; systems absent from ``metrics`` are skipped."""
+    return [
+        {"system": system, "metric": metric, "value": float(metrics[f"{system}/{metric}"])}
+        for system in systems
+        for metric in chart_metrics
+        if f"{system}/{metric}" in metrics
+    ]
+
+
+def write_chart_data(path: str | Path, rows: Sequence[Mapping[str, str | float]]) -> None:
+    write_json(path, list(rows))
+
+
+def write_chart(path: str | Path, rows: Sequence[Mapping[str, str | float]], title: str = "Retrieval quality") -> None:
+    """A grouped bar chart (one group per metric, one bar per system), written atomically as PNG."""
+    metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
+    systems = list(dict.fromkeys(str(r["system"]) for r in rows))
+    values = {(r["system"], r["metric"]): float(r["value"]) for r in rows}
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)  # Agg renders to memory: no display, no global pyplot state
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(systems), 1)  # the bars of one group fill 80% of its slot
+    x = np.arange(len(metrics))
+    for i, system in enumerate(systems):
+        heights = [values.get((system, m), 0.0) for m in metrics]
+        bars = ax.bar(x + (i - (len(systems) - 1) / 2) * width, heights, width, label=system)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_xticks(x, metrics)
+    ax.set_ylim(0, 1.2)  # every metric is a fraction; the headroom holds value labels and legend
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.legend(loc="upper left", ncols=max(len(systems), 1), fontsize=8, frameon=False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        # No Software/date metadata, so a re-run writes the same bytes.
+        fig.savefig(tmp, format="png", metadata={"Software": None})

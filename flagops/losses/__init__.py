@@ -1,0 +1,1 @@
+"""Losses, one per file. Each module exposes a pure ``compute_loss_from_*`` function."""

@@ -1,0 +1,85 @@
+"""Step `evaluate`: score the candidate, the base model and BM25 on the held-out BEIR set.
+
+Writes a flat metrics JSON (``<system>/<metric>``, floats rounded to 6 places), a grouped
+bar chart PNG and the chart's rows for DVC's bar template; logs metrics and chart to MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from flagops.data.formats import read_beir, read_sts, write_json
+from flagops.evaluation import (
+    RETRIEVAL_METRICS,
+    SYSTEMS,
+    RetrievalEvaluator,
+    bm25_search,
+    chart_rows,
+    prefixed,
+    retrieval_metrics,
+    sts_spearman,
+    write_chart,
+    write_chart_data,
+)
+from flagops.models.embedder import Embedder
+from flagops.registry import tracking
+
+DECIMALS = 6
+
+
+def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+    ev = cfg.evaluate
+    eval_set = read_beir(inputs["eval_set"])
+    sts_pairs = read_sts(ev.sts) if ev.sts else None
+    judgements = sum(len(docs) for docs in eval_set.qrels.values())
+    print(f"evaluate: {len(eval_set.corpus)} passages, {len(eval_set.queries)} queries, {judgements} judgements")
+
+    evaluator = RetrievalEvaluator(eval_set, ev.batch_size, primary_metric=ev.primary_metric)
+    # None loads model.base; the candidate is the directory this step was handed.
+    sources = {"candidate": str(inputs["model"]), **({"base": None} if ev.base else {})}
+    metrics: dict[str, float] = {}
+    for system, source in sources.items():
+        embedder = Embedder.from_config(cfg.model, source=source)
+        metrics.update(evaluator(embedder, prefix=system))
+        if sts_pairs is not None:
+            metrics[f"{system}/sts_spearman"] = sts_spearman(embedder, sts_pairs, ev.batch_size, progress=system)
+        del embedder  # one model in memory at a time
+    if ev.bm25:
+        run_bm25 = bm25_search(eval_set.corpus, eval_set.queries, evaluator.top_k)
+        metrics.update(prefixed(retrieval_metrics(eval_set.qrels, run_bm25), "bm25"))
+    metrics = {key: round(float(value), DECIMALS) for key, value in metrics.items()}
+
+    write_json(outputs["metrics"], metrics)
+    rows = chart_rows(metrics)
+    write_chart(outputs["chart"], rows, title=f"Retrieval quality ({cfg.profile})")
+    write_chart_data(outputs["chart_data"], rows)
+    tracking.log_metrics(metrics)
+    tracking.log_artifact(outputs["chart"])
+
+    print_table(metrics, primary_metric=ev.primary_metric)
+    return metrics
+
+
+def print_table(metrics: Mapping[str, float], primary_metric: str) -> None:
+    """Systems as rows, metrics as columns; the candidate's primary metric is called out."""
+    systems = [s for s in SYSTEMS if any(k.startswith(f"{s}/") for k in metrics)]
+    columns = [*RETRIEVAL_METRICS, *(["sts_spearman"] if any(k.endswith("/sts_spearman") for k in metrics) else [])]
+    table = Table(title="evaluate")
+    table.add_column("system")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for system in systems:
+        cells = [metrics.get(f"{system}/{name}") for name in columns]
+        table.add_row(system, *("-" if v is None else f"{v:.4f}" for v in cells))
+    console = Console()
+    console.width = max(console.width, 100)  # a pipe reports 80 columns; the table needs ~95
+    console.print(table)
+    line = f"primary: candidate/{primary_metric} = {metrics[f'candidate/{primary_metric}']:.4f}"
+    if f"base/{primary_metric}" in metrics:
+        delta = metrics[f"candidate/{primary_metric}"] - metrics[f"base/{primary_metric}"]
+        line += f" ({delta:+.4f} vs base)"
+    console.print(line)

@@ -1,0 +1,13 @@
+"""train_embedder: the BGE contrastive recipe (InfoNCE, in-batch negatives, optional KD)."""
+
+from flagops.data.formats import read_train_jsonl
+from flagops.registry import tracking
+from flagops.training.embedder import train
+
+
+def run(cfg, inputs, outputs):
+    examples = list(read_train_jsonl(inputs["train_data"]))
+    summary = train(cfg.model, cfg.train, examples, outputs["model"])
+    tracking.log_metrics(summary)
+    print(f"train_embedder: loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} (mean of 3 logged steps) -> {outputs['model']}")
+    return outputs

@@ -1,0 +1,151 @@
+"""The real `evaluate` step on a tiny BEIR folder with the random tiny BERT as base and candidate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flagops.config import ConfigError, FlagopsConfig, ModelConfig, apply_override, load_config, validate
+from flagops.data.formats import EvalSet, Passage, read_json, write_beir, write_jsonl
+from flagops.evaluation import RETRIEVAL_METRICS
+from flagops.models.sources import resolve_model_source
+from flagops.steps import execute
+
+TOPICS = ["volcano", "glacier", "orchid", "violin"]
+# Three passages per topic; each query's words occur only in its topic's passages, so BM25
+# ranks them all on top (nDCG@10 = 1) while a random model does what it does.
+PASSAGES = [
+    Passage(f"{topic}-{i}", f"{topic.title()} note {i}" if i == 0 else "", f"{words} {topic} {extra}")
+    for topic, words in zip(
+        TOPICS,
+        ["lava erupts from a", "ice slowly carves a", "petals bloom on an", "strings resonate in a"],
+        strict=True,
+    )
+    for i, extra in enumerate(["crater", "valley", "summit"])
+]
+QUERIES = {f"q-{topic}": f"tell me about the {topic}" for topic in TOPICS}
+QRELS = {f"q-{topic}": {f"{topic}-0": 2, f"{topic}-1": 1, f"{topic}-2": 1} for topic in TOPICS}
+SYSTEMS = ("candidate", "base", "bm25")
+
+
+def tiny_config(*overrides: str) -> FlagopsConfig:
+    """The `tiny` profile when it exists, else the same essentials built by hand."""
+    fixed = ["model.base=tiny-bert", "evaluate.base=true", "evaluate.bm25=true", "evaluate.batch_size=8", *overrides]
+    try:
+        return load_config("tiny", fixed)
+    except ConfigError as exc:
+        if "unknown profile" not in str(exc):
+            raise
+    data = FlagopsConfig(profile="tiny", model=ModelConfig(base="tiny-bert", pooling="cls")).model_dump()
+    for item in fixed:
+        data = apply_override(data, item)
+    return validate(data)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    write_beir(root / "eval", EvalSet(PASSAGES, QUERIES, QRELS))
+    write_jsonl(
+        root / "sts.jsonl",
+        [
+            {"sentence1": "a volcano erupts", "sentence2": "lava pours from a volcano", "score": 4.5},
+            {"sentence1": "a violin plays", "sentence2": "strings resonate", "score": 3.0},
+            {"sentence1": "orchids bloom", "sentence2": "a glacier moves", "score": 0.5},
+            {"sentence1": "ice carves valleys", "sentence2": "glaciers carve valleys", "score": 4.0},
+        ],
+    )
+    return root
+
+
+def step_paths(root, name):
+    out = root / name
+    inputs = {"model": resolve_model_source("tiny-bert"), "eval_set": root / "eval"}
+    outputs = {"metrics": out / "eval.json", "chart": out / "chart.png", "chart_data": out / "chart.json"}
+    return inputs, outputs
+
+
+@pytest.fixture(scope="module")
+def untracked(workspace):
+    cfg = tiny_config(f"evaluate.sts={workspace / 'sts.jsonl'}")
+    inputs, outputs = step_paths(workspace, "untracked")
+    returned = execute("evaluate", cfg, inputs, outputs, track=False)
+    return returned, outputs
+
+
+def test_metrics_json_has_every_system_and_metric(untracked):
+    returned, outputs = untracked
+    metrics = read_json(outputs["metrics"])
+    expected = {f"{s}/{m}" for s in SYSTEMS for m in RETRIEVAL_METRICS}
+    expected |= {"candidate/sts_spearman", "base/sts_spearman"}
+    assert set(metrics) == expected
+    assert metrics == returned
+    for key, value in metrics.items():
+        assert isinstance(value, float), key
+        low = -1.0 if key.endswith("sts_spearman") else 0.0
+        assert low <= value <= 1.0, (key, value)
+        assert value == round(value, 6)
+
+
+def test_same_model_scores_the_same_as_base(untracked):
+    _, outputs = untracked
+    metrics = read_json(outputs["metrics"])
+    for name in [*RETRIEVAL_METRICS, "sts_spearman"]:
+        assert metrics[f"candidate/{name}"] == metrics[f"base/{name}"], name
+
+
+def test_bm25_finds_the_topic_passages(untracked):
+    _, outputs = untracked
+    metrics = read_json(outputs["metrics"])
+    assert metrics["bm25/ndcg@10"] == 1.0
+    assert metrics["bm25/recall@10"] == 1.0
+
+
+def test_chart_outputs(untracked):
+    _, outputs = untracked
+    assert outputs["chart"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    rows = json.loads(outputs["chart_data"].read_text())
+    metrics = read_json(outputs["metrics"])
+    assert len(rows) == 3 * 3  # bm25, base, candidate x ndcg@10, mrr@10, recall@100
+    for row in rows:
+        assert set(row) == {"system", "metric", "value"}
+        assert row["value"] == metrics[f"{row['system']}/{row['metric']}"]
+    assert {r["system"] for r in rows} == set(SYSTEMS)
+    assert {r["metric"] for r in rows} == {"ndcg@10", "mrr@10", "recall@100"}
+    # Only the declared outputs, no temporary leftovers.
+    assert sorted(p.name for p in outputs["metrics"].parent.iterdir()) == ["chart.json", "chart.png", "eval.json"]
+
+
+def test_candidate_only(workspace):
+    cfg = tiny_config("evaluate.base=false", "evaluate.bm25=false")
+    inputs, outputs = step_paths(workspace, "candidate-only")
+    metrics = execute("evaluate", cfg, inputs, outputs, track=False)
+    assert set(metrics) == {f"candidate/{m}" for m in RETRIEVAL_METRICS}
+    assert {r["system"] for r in read_json(outputs["chart_data"])} == {"candidate"}
+
+
+def test_tracked_run_logs_metrics_and_chart(workspace, untracked, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from flagops.registry.tracking import mlflow_key
+
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts its artifact root under the working directory
+    monkeypatch.delenv("FLAGOPS_PARENT_RUN_ID", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = tiny_config(f"evaluate.sts={workspace / 'sts.jsonl'}", f"registry.tracking_uri={uri}")
+    inputs, outputs = step_paths(workspace, "tracked")
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        metrics = execute("evaluate", cfg, inputs, outputs, track=True)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+
+    assert metrics == untracked[0]  # same inputs, same config: same numbers
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.registry.experiment)
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flagops.step` = 'evaluate'")
+    assert run.data.metrics == {mlflow_key(k): pytest.approx(v) for k, v in metrics.items()}
+    assert "candidate/ndcg_at_10" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["chart.png"]

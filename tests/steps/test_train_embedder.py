@@ -1,0 +1,129 @@
+"""Training on a tiny real model: the loss goes down, checkpoints resume, outputs load elsewhere."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from flagops.config import load_config
+from flagops.data.formats import TrainExample, write_train_jsonl
+from flagops.models.embedder import Embedder
+from flagops.training import embedder as recipe
+
+WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud light".split()
+
+
+def _examples(n: int = 24, seed: int = 0) -> list[TrainExample]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        topic = rng.sample(WORDS, 3)
+        out.append(
+            TrainExample(
+                query=" ".join(topic),
+                pos=[" ".join(topic + rng.sample(WORDS, 4))],
+                neg=[" ".join(rng.sample(WORDS, 7)) for _ in range(3)],
+                pos_scores=[0.9],
+                neg_scores=[0.3, 0.2, 0.1],
+            )
+        )
+    return out
+
+
+def _cfg(*overrides):
+    return load_config("tiny", ["train.logging_steps=1", "train.learning_rate=5e-4", "train.warmup_ratio=0", *overrides])
+
+
+def test_loss_goes_down_and_model_saves(tmp_path):
+    # Mean pooling: a random tiny BERT's CLS vector barely varies with the input, so cls learns slowly.
+    cfg = _cfg("train.max_steps=18", "train.batch_size=4", "train.train_group_size=3", "train.temperature=0.05", "model.pooling=mean")
+    out = tmp_path / "model"
+    summary = recipe.train(cfg.model, cfg.train, _examples(), out)
+    assert summary["steps"] == 18
+    assert summary["loss_end"] < summary["loss_start"] * 0.8, summary
+    assert (out / "model.safetensors").is_file() and not recipe.checkpoint_dir(out).exists()
+
+
+def test_distillation_adds_kl_term(tmp_path):
+    cfg = _cfg("train.max_steps=2", "train.distill=true", "train.batch_size=4")
+    summary = recipe.train(cfg.model, cfg.train, _examples(), tmp_path / "m")
+    assert np.isfinite(summary["train_loss"])
+    with pytest.raises(Exception, match="no pos_scores/neg_scores"):
+        recipe.GroupDataset([TrainExample("q", ["p"], ["n"])], 2, 0, distill=True)
+
+
+def test_group_without_negatives_is_a_clear_error():
+    with pytest.raises(Exception, match="has no negatives; run mine_hard_negatives"):
+        recipe.GroupDataset([TrainExample("q", ["p"])], 4, 0, distill=False)
+
+
+def test_negatives_resampled_with_repetition_when_too_few():
+    ds = recipe.GroupDataset([TrainExample("q", ["p"], ["n1", "n2"])], 6, 0, distill=False)
+    _, passages, _ = ds[0]
+    assert passages[0] == "p" and len(passages) == 6 and set(passages[1:]) == {"n1", "n2"}
+
+
+def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
+    cfg = _cfg("train.max_steps=4", "train.save_steps=2", "train.batch_size=4")
+    out = tmp_path / "model"
+    real_on_log = recipe.MlflowThroughputCallback.on_log
+
+    def crash_at_step_3(self, args, state, control, logs=None, **kw):
+        if state.global_step == 3:
+            raise KeyboardInterrupt("simulated crash after checkpoint-2")
+        return real_on_log(self, args, state, control, logs=logs, **kw)
+
+    monkeypatch.setattr(recipe.MlflowThroughputCallback, "on_log", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(cfg.model, cfg.train, _examples(), out)
+    assert (recipe.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
+
+    monkeypatch.setattr(recipe.MlflowThroughputCallback, "on_log", real_on_log)
+    summary = recipe.train(cfg.model, cfg.train, _examples(), out)
+    assert "resuming from checkpoint-2" in capsys.readouterr().out
+    assert summary["steps"] == 4 and out.is_dir()
+
+
+def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, capsys):
+    out = tmp_path / "model"
+    ckpt = recipe.checkpoint_dir(out) / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (recipe.checkpoint_dir(out) / recipe.FINGERPRINT).write_text("another run")
+    cfg = _cfg("train.max_steps=1", "train.batch_size=4")
+    recipe.train(cfg.model, cfg.train, _examples(), out)
+    assert "resuming" not in capsys.readouterr().out
+
+
+def test_saved_model_loads_in_transformers_and_sentence_transformers(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    cfg = _cfg("train.max_steps=2", "train.batch_size=4", "model.pooling=mean")
+    out = tmp_path / "model"
+    recipe.train(cfg.model, cfg.train, _examples(), out)
+    texts = ["alpha beta", "a much longer passage about river stone cloud light and more"]
+    ours = Embedder.load(out).encode(texts)
+    st = SentenceTransformer(str(out), device="cpu")
+    assert "mean" in str(st[1]).lower()
+    np.testing.assert_allclose(st.encode(texts), ours, atol=1e-5)
+    hf = AutoModel.from_pretrained(str(out))
+    assert hf.config.hidden_size == 64
+    for pooling in ("cls", "last_token"):
+        e = Embedder.load(out, pooling=pooling)
+        e.save(tmp_path / pooling)
+        st = SentenceTransformer(str(tmp_path / pooling), device="cpu")
+        np.testing.assert_allclose(st.encode(texts), e.encode(texts), atol=1e-5)
+
+
+def test_train_step_via_execute(tmp_path):
+    from flagops.steps import execute
+
+    data = tmp_path / "train.jsonl"
+    write_train_jsonl(data, _examples())
+    cfg = _cfg("train.max_steps=2")
+    execute("train_embedder", cfg, {"train_data": data}, {"model": tmp_path / "m"}, track=False)
+    assert Embedder.load(tmp_path / "m").settings.pooling == cfg.model.pooling
+    torch.manual_seed(0)
