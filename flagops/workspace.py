@@ -137,7 +137,7 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, vectors: list[list[float]],
     dims = len(vectors[0]) if vectors else 0
     console.print(f"served {model_uri} through KServe: {len(vectors)} queries -> {dims}-dim embeddings, e.g. {vectors[0][:3]}")
     uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
-    console.print(
+    print(
         "\nServe it again:   make serve" + (f" PROFILE={cfg.profile}" if cfg.profile != "demo" else "")
         + f"\n  (= MLFLOW_TRACKING_URI={uri} flagops serve --model {model_uri})"
         + "\nThen, in another shell:\n"

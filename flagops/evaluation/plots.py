@@ -24,7 +24,8 @@ def chart_rows(
 ) -> list[dict[str, str | float]]:
     """Long-format rows from flat ``system/metric`` keys; systems absent from ``metrics`` are skipped."""
     return [
-        {"system": system, "metric": metric, "value": float(metrics[f"{system}/{metric}"])}
+        # `label` gives DVC's one-dimensional bar template a distinct bar per (metric, system).
+        {"system": system, "metric": metric, "label": f"{metric} {system}", "value": float(metrics[f"{system}/{metric}"])}
         for system in systems
         for metric in chart_metrics
         if f"{system}/{metric}" in metrics

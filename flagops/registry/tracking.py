@@ -90,7 +90,8 @@ def step_run(cfg, step_name: str, sections: tuple[str, ...], workdir: str | Path
     tags = {"flagops.step": step_name, "flagops.profile": cfg.profile}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(experiment_id=experiment_id, run_name=step_name, tags=tags) as run:
+    nested = mlflow.active_run() is not None  # in-process under pipeline_run (KFP local, tests)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=step_name, tags=tags, nested=nested) as run:
         dumped = cfg.model_dump(mode="json")
         mlflow.log_params(flat_params({s: dumped[s] for s in sections}))
         yield run

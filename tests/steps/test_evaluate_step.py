@@ -109,7 +109,7 @@ def test_chart_outputs(untracked):
     metrics = read_json(outputs["metrics"])
     assert len(rows) == 3 * 3  # bm25, base, candidate x ndcg@10, mrr@10, recall@100
     for row in rows:
-        assert set(row) == {"system", "metric", "value"}
+        assert set(row) == {"system", "metric", "label", "value"}
         assert row["value"] == metrics[f"{row['system']}/{row['metric']}"]
     assert {r["system"] for r in rows} == set(SYSTEMS)
     assert {r["metric"] for r in rows} == {"ndcg@10", "mrr@10", "recall@100"}

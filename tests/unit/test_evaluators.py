@@ -177,7 +177,7 @@ def test_chart_rows_and_files(tmp_path):
         "bm25/recall@100": 0.6,
     }
     rows = chart_rows(metrics)
-    assert rows[0] == {"system": "bm25", "metric": "ndcg@10", "value": 0.2}  # baseline first
+    assert rows[0] == {"system": "bm25", "metric": "ndcg@10", "label": "ndcg@10 bm25", "value": 0.2}  # baseline first
     assert [(r["system"], r["metric"]) for r in rows] == [
         (s, m) for s in ("bm25", "candidate") for m in ("ndcg@10", "mrr@10", "recall@100")
     ]
