@@ -126,7 +126,7 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, vectors: list[list[float]],
     for system in ("bm25", "base", "candidate"):
         if f"{system}/ndcg@10" in metrics:
             table.add_row(system, *(f"{metrics[f'{system}/{m}']:.4f}" for m in ("ndcg@10", "mrr@10", "recall@100")))
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(table)
     delta = metrics.get("candidate/ndcg@10", 0.0) - metrics.get("base/ndcg@10", 0.0)
     console.print(f"candidate vs base nDCG@10: {delta:+.4f}")
@@ -135,7 +135,7 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, vectors: list[list[float]],
         f"[bold]{promotion['alias']}[/] ({'; '.join(promotion.get('reasons', []))})"
     )
     dims = len(vectors[0]) if vectors else 0
-    console.print(f"served {model_uri} through KServe: {len(vectors)} queries -> {dims}-dim embeddings, e.g. {vectors[0][:3]}")
+    console.print(f"served {model_uri} through KServe: {len(vectors)} queries -> {dims}-dim embeddings, e.g. {[round(v, 4) for v in vectors[0][:3]]}")
     uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
     print(
         "\nServe it again:   make serve" + (f" PROFILE={cfg.profile}" if cfg.profile != "demo" else "")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import subprocess
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version as dist_version
@@ -50,6 +51,17 @@ RUNTIME_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", 
 
 
 # --------------------------------------------------------------------------- pyfunc
+
+# The class is pickled by reference on purpose (flagops travels in code_paths): drop
+# MLflow's generic notice about pickled python_model objects, and nothing else.
+
+
+class _DropNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Passing a Python object as `python_model`" not in record.getMessage()
+
+
+logging.getLogger("mlflow.pyfunc").addFilter(_DropNotice())
 
 
 class EmbedderPyfunc(mlflow.pyfunc.PythonModel):

@@ -1,0 +1,105 @@
+"""The whole retraining loop, once: `flagops demo --profile tiny` runs `dvc repro` in a fresh
+workspace, registers and promotes in a real MLflow store and serves the champion over HTTP.
+Then: a second repro is a no-op, and changing a training param re-runs only training onward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+FLAGOPS = [sys.executable, "-m", "flagops.cli"]
+DOWNSTREAM_OF_TRAIN = ["train_embedder", "evaluate", "register_model", "promote_model"]
+
+
+def _run(args, cwd, env):
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout + done.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, repo_root):
+    root = tmp_path_factory.mktemp("e2e")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    wd = root / "ws"
+    out = _run([*FLAGOPS, "demo", "--profile", "tiny", "--workdir", str(wd)], repo_root, env)
+    return wd, env, out
+
+
+def test_demo_runs_every_stage_and_serves(workspace):
+    wd, _, out = workspace
+    assert _ran(out) == ["build_corpus", "synthesize_queries", "mine_hard_negatives", *DOWNSTREAM_OF_TRAIN]
+    metrics = json.loads((wd / "metrics/eval.json").read_text())
+    for system in ("bm25", "base", "candidate"):
+        assert 0.0 <= metrics[f"{system}/ndcg@10"] <= 1.0
+    assert "served models:/bge-tiny@champion through KServe: 2 queries -> 64-dim embeddings" in out
+    assert (wd / "plots/eval_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mlflow_holds_champion_with_lineage_and_nested_runs(workspace):
+    wd, _, _ = workspace
+    uri = f"sqlite:///{wd / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version_by_alias("bge-tiny", "champion")
+    assert str(mv.version) == "1"
+    for tag in ("git_commit", "data_md5", "model_sha256", "config"):
+        assert mv.tags.get(tag), tag
+    import hashlib
+
+    assert mv.tags["data_md5"] == hashlib.md5((wd / "data/train.jsonl").read_bytes()).hexdigest()
+    runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]
+    steps = [r for r in runs if "flagops.step" in r.data.tags]
+    assert len(parents) == 1
+    assert {r.data.tags["flagops.step"] for r in steps} == {"build_corpus", "synthesize_queries", "mine_hard_negatives", *DOWNSTREAM_OF_TRAIN}
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in steps)
+    train = next(r for r in steps if r.data.tags["flagops.step"] == "train_embedder")
+    assert {"loss", "learning_rate", "samples_per_second"} <= set(train.data.metrics)
+    # The registered model loads by alias and embeds like the library.
+    mlflow.set_tracking_uri(uri)
+    from flagops.models.embedder import Embedder
+
+    pyfunc = mlflow.pyfunc.load_model("models:/bge-tiny@champion")
+    import numpy as np
+
+    texts = ["json parsing", "event loop"]
+    np.testing.assert_allclose(pyfunc.predict(texts), Embedder.load(wd / "models/candidate").encode(texts), atol=1e-5)
+
+
+def test_second_repro_is_a_noop_and_registers_nothing(workspace, repo_root):
+    wd, env, _ = workspace
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd)], repo_root, env)
+    assert _ran(out) == [], out
+    uri = f"sqlite:///{wd / 'mlflow.db'}"
+    assert len(MlflowClient(uri, uri).search_model_versions("name='bge-tiny'")) == 1
+    metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], wd, env)
+    assert "candidate/ndcg@10" in metrics
+
+
+def test_changing_a_training_param_reruns_only_training_onward(workspace, repo_root):
+    wd, env, _ = workspace
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd), "train.max_steps=4"], repo_root, env)
+    assert _ran(out) == DOWNSTREAM_OF_TRAIN, out
+    promotion = json.loads((wd / "registry/promotion.json").read_text())
+    assert promotion["version"] == 2 and promotion["alias"] in ("champion", "challenger")
+    assert promotion["reasons"]
+
+
+def test_dvc_plots_show_renders(workspace):
+    wd, env, _ = workspace
+    _run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(wd / "plots_html")], wd, env)
+    html = (wd / "plots_html" / "index.html").read_text()
+    assert "eval_comparison" in html
