@@ -47,3 +47,6 @@ build/dvc-plots-template.html: scripts/build_plots_template.sh
 
 clean:
 	rm -rf runs build
+
+# Feature targets live in mk/*.mk (kfp, airflow, images, ...), one file per area.
+-include $(wildcard mk/*.mk)
