@@ -7,6 +7,7 @@
   flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
   flagops demo [--profile P]             pipeline + serve the champion + summary table
   flagops serve --model SOURCE [--host H] [--port N]
+  flagops train submit-pytorchjob [--profile P | --params F] [--workers N] [--gpus-per-worker G] [--dry-run]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flagops import catalog
 from flagops.config import ConfigError, load_config, to_yaml
 from flagops.data.formats import DataError
 from flagops.models.sources import ModelSourceError
+from flagops.training.pytorchjob import add_training_commands
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelSourceError, KeyError, FileNotFoundError)
 
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="profile for serve limits and the default model (default: demo)")
     p.add_argument("overrides", nargs="*", metavar="serve.key=value")
     p.set_defaults(func=cmd_serve)
+
+    add_training_commands(sub)
     return parser
 
 

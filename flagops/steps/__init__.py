@@ -7,6 +7,7 @@ the step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def execute(name: str, cfg, inputs: Mapping[str, str | Path], outputs: Mapping[s
     for key, path in ins.items():
         if not path.exists():
             raise DataError(f"{path}: input {key!r} of step {name} does not exist; run the step that makes it first")
-    if not track:
+    if not track or int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 tracks
         return step.run(cfg, ins, outs)
     from flagops.registry import tracking
 

@@ -24,11 +24,13 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from flagops.config import ConfigError
 from flagops.data.formats import DataError, TrainExample
 from flagops.losses.infonce import InBatchContrastiveLoss, group_scores, local_scores
 from flagops.losses.kl_distill import KLDistillLoss
 from flagops.models.embedder import Embedder
 from flagops.registry import tracking
+from flagops.training.deepspeed import resolve_deepspeed_config
 
 FINGERPRINT = "flagops_fingerprint.txt"
 
@@ -96,12 +98,12 @@ class GroupCollator:
 class BiEncoderForTraining(nn.Module):
     """Embedder + losses; returns {"loss"} as the Trainer expects."""
 
-    def __init__(self, embedder: Embedder, temperature: float, in_batch: bool, distill_weight: float):
+    def __init__(self, embedder: Embedder, temperature: float, in_batch: bool, distill_weight: float, cross_device: bool = False):
         super().__init__()
         self.embedder = embedder
         self.in_batch = in_batch
         self.temperature = temperature
-        self.contrastive = InBatchContrastiveLoss(temperature, in_batch)
+        self.contrastive = InBatchContrastiveLoss(temperature, in_batch, cross_device)  # gathers across ranks if asked
         self.distill = KLDistillLoss()
         self.distill_weight = distill_weight
 
@@ -109,7 +111,7 @@ class BiEncoderForTraining(nn.Module):
         q = self.embedder(q_input_ids, q_attention_mask)  # (batch, dim)
         p = self.embedder(p_input_ids, p_attention_mask)  # (batch * group, dim)
         loss = self.contrastive(q, p)
-        if teacher_scores is not None:
+        if teacher_scores is not None:  # each query's group is on its own rank: the KL term stays local
             scores = group_scores(q, p, self.temperature, self.in_batch)
             student = local_scores(scores, teacher_scores.shape[1], self.in_batch)  # (batch, group)
             loss = loss + self.distill_weight * self.distill(student, teacher_scores)
@@ -162,37 +164,21 @@ def checkpoint_dir(output: Path) -> Path:
 
 def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
     # ---- setup
+    if train_cfg.cross_device_negatives and not train_cfg.in_batch_negatives:
+        raise ConfigError("train.cross_device_negatives=true needs train.in_batch_negatives=true")
+    deepspeed = resolve_deepspeed_config(train_cfg.deepspeed) if train_cfg.deepspeed else None  # a bundled name or a path
     torch.manual_seed(train_cfg.seed)
     embedder = Embedder.from_config(model_cfg)
     if train_cfg.gradient_checkpointing:
         embedder.model.gradient_checkpointing_enable()
     dataset = GroupDataset(examples, train_cfg.train_group_size, train_cfg.seed, train_cfg.distill)
-    model = BiEncoderForTraining(embedder, train_cfg.temperature, train_cfg.in_batch_negatives, train_cfg.distill_weight)
+    model = BiEncoderForTraining(
+        embedder, train_cfg.temperature, train_cfg.in_batch_negatives, train_cfg.distill_weight, train_cfg.cross_device_negatives
+    )
 
     ckpt = checkpoint_dir(output)
-    stamp = fingerprint(model_cfg, train_cfg, examples)
-    stamp_file = ckpt / FINGERPRINT
-    if ckpt.exists() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
-        shutil.rmtree(ckpt)  # checkpoints of another config or data: never resume from them
-    ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / FINGERPRINT).write_text(stamp)
-    resume = get_last_checkpoint(str(ckpt)) if train_cfg.resume_from_checkpoint else None
-
     cuda = torch.cuda.is_available()
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    steps_per_epoch = len(dataset) // (train_cfg.batch_size * world)
-    if steps_per_epoch == 0:
-        raise DataError(f"{len(dataset)} training queries are fewer than one batch of {train_cfg.batch_size * world}; lower train.batch_size")
-    total = train_cfg.max_steps if train_cfg.max_steps > 0 else int(steps_per_epoch * train_cfg.epochs)
-    group = train_cfg.train_group_size
-    print(
-        f"train_embedder: {len(dataset)} queries | batch {train_cfg.batch_size} x {world} device(s) = "
-        f"{train_cfg.batch_size * world} queries/step, {train_cfg.batch_size * world * group} passages/step "
-        f"(group {group}{', in-batch negatives' if train_cfg.in_batch_negatives else ''}) | "
-        f"{steps_per_epoch} steps/epoch, {total} steps | tokens/step <= "
-        f"{train_cfg.batch_size * (model_cfg.query_max_len + group * model_cfg.passage_max_len)}"
-        + (f" | resuming from {Path(resume).name}" if resume else "")
-    )
+    # Under torchrun, building the arguments joins the process group (gloo on CPU, NCCL on GPU).
     args = TrainingArguments(
         output_dir=str(ckpt),
         per_device_train_batch_size=train_cfg.batch_size,
@@ -210,7 +196,31 @@ def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) 
         remove_unused_columns=False,
         report_to="none",
         use_cpu=not cuda,
-        deepspeed=train_cfg.deepspeed if (cuda and train_cfg.deepspeed) else None,
+        deepspeed=str(deepspeed) if (cuda and deepspeed) else None,
+    )
+    world = args.world_size
+    with args.main_process_first(local=False, desc="checkpoint fingerprint"):  # rank 0 cleans up, the rest then agree
+        stamp = fingerprint(model_cfg, train_cfg, examples)
+        stamp_file = ckpt / FINGERPRINT
+        if ckpt.exists() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
+            shutil.rmtree(ckpt)  # checkpoints of another config or data: never resume from them
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / FINGERPRINT).write_text(stamp)
+        resume = get_last_checkpoint(str(ckpt)) if train_cfg.resume_from_checkpoint else None
+
+    steps_per_epoch = len(dataset) // (train_cfg.batch_size * world)
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(dataset)} training queries are fewer than one batch of {train_cfg.batch_size * world}; lower train.batch_size")
+    total = train_cfg.max_steps if train_cfg.max_steps > 0 else int(steps_per_epoch * train_cfg.epochs)
+    group = train_cfg.train_group_size
+    print(
+        f"train_embedder: {len(dataset)} queries | batch {train_cfg.batch_size} x {world} device(s) = "
+        f"{train_cfg.batch_size * world} queries/step, {train_cfg.batch_size * world * group} passages/step "
+        f"(group {group}{', in-batch negatives' if train_cfg.in_batch_negatives else ''}"
+        f"{' from all devices' if train_cfg.cross_device_negatives and world > 1 else ''}) | "
+        f"{steps_per_epoch} steps/epoch, {total} steps | tokens/step <= "
+        f"{train_cfg.batch_size * (model_cfg.query_max_len + group * model_cfg.passage_max_len)}"
+        + (f" | resuming from {Path(resume).name}" if resume else "")
     )
     trainer = Trainer(
         model=model,

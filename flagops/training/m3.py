@@ -1,0 +1,201 @@
+"""The BGE-M3 recipe on the HF Trainer. Read top to bottom:
+setup (data, model, loss) -> train (checkpoints, resume) -> save -> cleanup.
+
+The data, collation, logging and checkpoint fingerprint are the embedder recipe's own
+(``flagops.training.embedder``). What M3 adds: the sparse and ColBERT heads, the unified
+loss with self-distillation (``flagops.losses.m3``), optional length-grouped batches and
+sub-batched encoding (``flagops.training.batching``), and a checkpoint in FlagEmbedding's
+M3 layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from flagops.data.formats import DataError, TrainExample
+from flagops.losses.m3 import M3UnifiedLoss
+from flagops.models.m3 import M3Embedder, M3Output, colbert_scores, dense_scores, sparse_scores
+from flagops.training.batching import LengthGroupedBatches, encode_in_chunks, example_lengths, unwrap_batch
+from flagops.training.embedder import (
+    FINGERPRINT,
+    EpochSeedCallback,
+    GroupCollator,
+    GroupDataset,
+    MlflowThroughputCallback,
+    checkpoint_dir,
+    fingerprint,
+)
+
+# --------------------------------------------------------------------------- model
+
+
+class M3ForTraining(nn.Module):
+    """M3Embedder + unified loss; returns {"loss"} as the Trainer expects.
+
+    ``global_step`` (set by ``StepCallback`` from the Trainer's state, so it survives a
+    resume) switches self-distillation on at ``self_distill_start_step``.
+    """
+
+    def __init__(self, m3: M3Embedder, loss: M3UnifiedLoss, modes: Sequence[str], *, sub_batch_size: int | None = None,
+                 self_distill: bool = True, self_distill_start_step: int = 0):  # fmt: skip
+        super().__init__()
+        self.m3 = m3
+        self.loss = loss
+        self.modes = tuple(modes)
+        self.sub_batch_size = sub_batch_size
+        self.self_distill = self_distill
+        self.self_distill_start_step = self_distill_start_step
+        self.global_step = 0
+        self.last_terms: dict[str, float] = {}
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> M3Output:
+        return encode_in_chunks(self.m3, (input_ids, attention_mask), self.sub_batch_size, modes=self.modes)
+
+    def similarities(self, q: M3Output, p: M3Output) -> dict[str, torch.Tensor]:
+        """Raw mode -> (batch, batch * group) scores of every query against every passage."""
+        out = {}
+        if "dense" in self.modes:
+            out["dense"] = dense_scores(q.dense, p.dense)
+        if "sparse" in self.modes:
+            out["sparse"] = sparse_scores(self.m3.sparse_vectors(q), self.m3.sparse_vectors(p))
+        if "colbert" in self.modes:
+            out["colbert"] = colbert_scores(q.colbert, q.colbert_mask, p.colbert, p.colbert_mask)
+        return out
+
+    def forward(self, q_input_ids, q_attention_mask, p_input_ids, p_attention_mask, teacher_scores=None):
+        q = self.encode(q_input_ids, q_attention_mask)  # (batch, ...)
+        p = self.encode(p_input_ids, p_attention_mask)  # (batch * group, ...)
+        group = p_input_ids.shape[0] // q_input_ids.shape[0]
+        distil = self.self_distill and self.global_step >= self.self_distill_start_step
+        out = self.loss(self.similarities(q, p), group, teacher=teacher_scores, self_distill=distil)
+        self.last_terms = {k: float(v.detach()) for k, v in out.terms.items()}
+        return {"loss": out.loss}
+
+
+class StepCallback(TrainerCallback):
+    def __init__(self, model: M3ForTraining):
+        self.model = model
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.model.global_step = state.global_step
+
+
+# --------------------------------------------------------------------------- pieces the embedder recipe could share
+
+
+def prepare_checkpoints(output: Path, stamp: str, resume: bool) -> tuple[Path, str | None]:
+    """The checkpoint dir beside ``output``, wiped when it holds another config's or data's
+    checkpoints; and the newest checkpoint to resume from (None: start fresh)."""
+    ckpt = checkpoint_dir(output)
+    stamp_file = ckpt / FINGERPRINT
+    if ckpt.exists() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
+        shutil.rmtree(ckpt)  # never resume from another run's checkpoints
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(stamp)
+    return ckpt, (get_last_checkpoint(str(ckpt)) if resume else None)
+
+
+def training_arguments(train_cfg, ckpt: Path, per_device_batch_size: int) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(ckpt),
+        per_device_train_batch_size=per_device_batch_size,
+        learning_rate=train_cfg.learning_rate,
+        num_train_epochs=train_cfg.epochs,
+        max_steps=train_cfg.max_steps,
+        warmup_steps=train_cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        weight_decay=train_cfg.weight_decay,
+        logging_steps=train_cfg.logging_steps,
+        save_steps=train_cfg.save_steps,
+        save_total_limit=train_cfg.save_total_limit,
+        seed=train_cfg.seed,
+        data_seed=train_cfg.seed,
+        dataloader_drop_last=True,  # in-batch negatives want full batches
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=not cuda,
+        deepspeed=train_cfg.deepspeed if (cuda and train_cfg.deepspeed) else None,
+    )
+
+
+def loss_summary(trainer: Trainer, result) -> dict[str, float]:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    k = min(3, len(losses))  # single steps are noisy: average a few logged steps at each end
+    return {
+        "train_loss": float(result.training_loss),
+        "loss_start": sum(losses[:k]) / k if k else float("nan"),
+        "loss_end": sum(losses[-k:]) / k if k else float("nan"),
+        "steps": float(trainer.state.global_step),
+    }
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
+    # ---- setup
+    torch.manual_seed(train_cfg.seed)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if train_cfg.cross_device_negatives and world > 1:
+        raise ValueError("train_m3 uses each device's own in-batch negatives; set train.cross_device_negatives=false")
+    m3 = M3Embedder.from_config(model_cfg, m3_cfg, seed=train_cfg.seed)
+    modes = m3_cfg.trained_modes
+    if train_cfg.gradient_checkpointing:
+        m3.embedder.model.gradient_checkpointing_enable()
+    if m3_cfg.fix_encoder:
+        m3.embedder.model.requires_grad_(False)  # the Trainer's optimizer skips frozen parameters
+    groups = GroupDataset(examples, train_cfg.train_group_size, train_cfg.seed, train_cfg.distill)
+    collate = GroupCollator(m3)  # needs only .tokenize, which M3Embedder forwards to its Embedder
+    dataset, per_device, queries_per_step = groups, train_cfg.batch_size, float(train_cfg.batch_size)
+    if m3_cfg.length_buckets:
+        lengths = example_lengths(examples, m3.tokenizer, m3.settings.passage_max_len)
+        dataset = LengthGroupedBatches(groups, lengths, m3_cfg.length_buckets, m3_cfg.bucket_batch_sizes, train_cfg.batch_size, train_cfg.seed)
+        collate, per_device, queries_per_step = unwrap_batch(collate), 1, dataset.mean_batch_size
+    loss = M3UnifiedLoss(train_cfg.temperature, train_cfg.in_batch_negatives, m3_cfg.kd_loss, train_cfg.distill_weight)
+    model = M3ForTraining(m3, loss, modes, sub_batch_size=m3_cfg.sub_batch_size,
+                          self_distill=m3_cfg.self_distill, self_distill_start_step=m3_cfg.self_distill_start_step)  # fmt: skip
+
+    stamp = hashlib.sha256((fingerprint(model_cfg, train_cfg, examples) + m3_cfg.model_dump_json()).encode()).hexdigest()
+    ckpt, resume = prepare_checkpoints(output, stamp, train_cfg.resume_from_checkpoint)
+
+    steps_per_epoch = len(dataset) // (per_device * world)
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(groups)} training queries make no full batch of {train_cfg.batch_size * world}; lower train.batch_size")
+    total = train_cfg.max_steps if train_cfg.max_steps > 0 else int(steps_per_epoch * train_cfg.epochs)
+    group = train_cfg.train_group_size
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(
+        f"train_m3: {len(groups)} queries | modes {'+'.join(modes)}"
+        f"{' + self-distillation from step ' + str(m3_cfg.self_distill_start_step) if m3_cfg.self_distill and len(modes) > 1 else ''} | "
+        f"{queries_per_step:g} queries x {world} device(s)/step, {queries_per_step * world * group:g} passages/step (group {group}"
+        f"{', in-batch negatives' if train_cfg.in_batch_negatives else ''}"
+        f"{', length-grouped' if m3_cfg.length_buckets else ''}"
+        f"{f', sub-batches of {m3_cfg.sub_batch_size}' if m3_cfg.sub_batch_size else ''}) | "
+        f"{steps_per_epoch} steps/epoch, {total} steps | {trainable / 1e6:.2f}M trainable parameters"
+        f"{' (heads only)' if m3_cfg.fix_encoder else ''} | colbert_dim {m3.m3_settings.colbert_dim}"
+        + (f" | resuming from {Path(resume).name}" if resume else "")
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(train_cfg, ckpt, per_device),
+        train_dataset=dataset,
+        data_collator=collate,
+        callbacks=[MlflowThroughputCallback(round(queries_per_step * world)), EpochSeedCallback(dataset), StepCallback(model)],
+    )
+
+    # ---- train
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    # ---- save (rank 0 only) and cleanup
+    if trainer.is_world_process_zero():
+        m3.save(output)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return {**loss_summary(trainer, result), **{f"loss_{k}_last": v for k, v in model.last_terms.items()}}

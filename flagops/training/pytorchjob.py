@@ -1,0 +1,263 @@
+"""Multi-node ``train_embedder`` as a Kubeflow PyTorchJob (kubeflow.org/v1), rendered from a config.
+
+One Master pod and ``workers`` Worker pods each run torchrun with one process per GPU, and
+every process runs the same command every other face runs:
+
+    torchrun --nnodes N --nproc-per-node G --node-rank $(RANK) --master-addr $(MASTER_ADDR) \\
+        --master-port $(MASTER_PORT) -m flagops.cli step train_embedder --params ... --in ... --out ...
+
+The training operator injects RANK (this pod's index: Master 0, Worker i + 1),
+MASTER_ADDR and MASTER_PORT into each pod; Kubernetes expands the ``$(VAR)`` references.
+The params come from a ConfigMap rendered from the same config, and data, checkpoints and
+the trained model live on a ReadWriteMany PVC mounted as the working directory, so a
+restarted pod resumes from the newest checkpoint.
+
+    flagops train submit-pytorchjob --profile demo --workers 1 --gpus-per-worker 2 --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flagops import catalog
+from flagops.config import ConfigError, FlagopsConfig, load_config
+
+STEP = "train_embedder"
+WORKDIR = "/workspace"  # the PVC; the catalog's relative artifact paths resolve under it
+PARAMS_DIR = "/etc/flagops"
+CONTAINER = "pytorch"  # the training operator looks for this container name
+DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def params_yaml(cfg: FlagopsConfig) -> str:
+    """The values that differ from flagops' defaults; the image's flagops fills in the rest,
+    so the file stays short and reads as the profile plus overrides."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def params_digest(cfg: FlagopsConfig) -> str:
+    return hashlib.sha256(params_yaml(cfg).encode()).hexdigest()
+
+
+def render_params_configmap(cfg: FlagopsConfig, name: str, namespace: str | None = None) -> dict[str, Any]:
+    """The config as a ConfigMap holding ``params.yaml``, the file ``--params`` reads."""
+    metadata: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "flagops"}}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"params.yaml": params_yaml(cfg)}}
+
+
+def _scaled(quantity: str, factor: int) -> str:
+    """'8' * 2 -> '16', '32Gi' * 2 -> '64Gi': the step's per-GPU resources for a pod of GPUs."""
+    m = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity)
+    if not m:
+        raise ValueError(f"cannot scale resource quantity {quantity!r}")
+    return f"{int(m.group(1)) * factor}{m.group(2)}"
+
+
+def _command(nodes: int, gpus: int, step: catalog.Step) -> list[str]:
+    ins = [arg for name in step.inputs for arg in ("--in", f"{name}={catalog.ARTIFACTS[name].path}")]
+    outs = [arg for a in step.outputs for arg in ("--out", f"{a.name}={a.path}")]
+    return [
+        "torchrun",
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={gpus}",
+        "--node-rank=$(RANK)",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "flagops.cli",
+        "step",
+        step.name,
+        "--params",
+        f"{PARAMS_DIR}/params.yaml",
+        *ins,
+        *outs,
+    ]
+
+
+def _replica(replicas: int, image: str, nodes: int, gpus: int, params_configmap: str, pvc: str, step: catalog.Step) -> dict:
+    per_gpu = max(gpus, 1)
+    resources = {"cpu": _scaled(step.resources.cpu, per_gpu), "memory": _scaled(step.resources.memory, per_gpu)}
+    if gpus:
+        resources["nvidia.com/gpu"] = str(gpus)
+    container = {
+        "name": CONTAINER,
+        "image": image,
+        "command": _command(nodes, max(gpus, 1), step),
+        "workingDir": WORKDIR,
+        "env": [
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+            {"name": "FLAGOPS_CACHE", "value": f"{WORKDIR}/.cache/flagops"},
+        ],
+        # MLFLOW_TRACKING_URI, its credentials and S3 keys: the Secret the Airflow pods use too.
+        "envFrom": [{"secretRef": {"name": "flagops-mlflow", "optional": True}}],
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [
+            {"name": "workspace", "mountPath": WORKDIR},
+            {"name": "params", "mountPath": PARAMS_DIR, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # NCCL and dataloaders outgrow the 64 MiB default
+        ],
+    }
+    return {
+        "replicas": replicas,
+        "restartPolicy": "OnFailure",  # a restarted pod resumes from the newest checkpoint on the PVC
+        "template": {
+            "metadata": {"labels": {"app.kubernetes.io/part-of": "flagops", "flagops/step": step.name}},
+            "spec": {
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+                "containers": [container],
+                "volumes": [
+                    {"name": "workspace", "persistentVolumeClaim": {"claimName": pvc}},
+                    {"name": "params", "configMap": {"name": params_configmap}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                ],
+            },
+        },
+    }
+
+
+def render_pytorchjob(
+    cfg: FlagopsConfig,
+    *,
+    name: str,
+    image: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: int | None = None,
+    params_configmap: str = "flagops-params",
+    pvc: str = "flagops-workspace",
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """A PyTorchJob running ``train_embedder`` on 1 Master + ``workers`` Worker pods.
+
+    Args:
+        cfg: the config; its ``train`` section (cross-device negatives, DeepSpeed) travels
+            in the params ConfigMap, see ``render_params_configmap``.
+        name: the job's name (DNS-1123).
+        image: the flagops image; default ``catalog.image()``.
+        workers: Worker pods besides the Master, so ``workers + 1`` nodes in all.
+        gpus_per_worker: GPUs, and so torchrun processes, per pod; default the catalog's.
+        params_configmap: the ConfigMap holding ``params.yaml``.
+        pvc: a ReadWriteMany claim holding the inputs, checkpoints and outputs.
+        namespace: optional; omitted so ``kubectl -n`` decides.
+    """
+    if not DNS_1123.match(name) or len(name) > 63:
+        raise ConfigError(f"PyTorchJob name {name!r}: use lowercase letters, digits and '-' (at most 63)")
+    if workers < 0:
+        raise ConfigError(f"workers={workers}: must be 0 or more (Worker pods besides the Master)")
+    step = catalog.get(STEP)
+    gpus = step.resources.gpus if gpus_per_worker is None else gpus_per_worker
+    if gpus < 0:
+        raise ConfigError(f"gpus_per_worker={gpus}: must be 0 or more")
+    image = image or catalog.image()
+    specs = {"Master": _replica(1, image, workers + 1, gpus, params_configmap, pvc, step)}
+    if workers:
+        specs["Worker"] = _replica(workers, image, workers + 1, gpus, params_configmap, pvc, step)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {"app.kubernetes.io/part-of": "flagops", "flagops/step": step.name},
+        # Ties the job to the params it was rendered with (the ConfigMap's content).
+        "annotations": {"flagops/profile": cfg.profile, "flagops/params-sha256": params_digest(cfg)},
+    }
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": metadata,
+        "spec": {
+            "nprocPerNode": str(max(gpus, 1)),
+            "runPolicy": {"cleanPodPolicy": "None", "backoffLimit": 3},
+            "pytorchReplicaSpecs": specs,
+        },
+    }
+
+
+def render_text(cfg: FlagopsConfig, regenerate: str, **kwargs) -> str:
+    """The params ConfigMap and the PyTorchJob (``render_pytorchjob`` kwargs) as one YAML stream."""
+    cm = render_params_configmap(cfg, kwargs.get("params_configmap", "flagops-params"), kwargs.get("namespace"))
+    job = render_pytorchjob(cfg, **kwargs)
+    header = f"# Rendered from the config by `{regenerate}`; do not edit by hand.\n"
+    return header + yaml.dump_all([cm, job], Dumper=_Dumper, sort_keys=False, width=120)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (params.yaml) as literal blocks; no anchors or aliases."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+_Dumper.add_representer(
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _regenerate_command(args: argparse.Namespace) -> str:
+    """The command line that renders the same YAML, for the header."""
+    parts = ["flagops train submit-pytorchjob --dry-run"]
+    for flag in ("params", "profile", "name", "image", "workers", "gpus_per_worker", "configmap", "pvc", "namespace"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts.append(f"--{flag.replace('_', '-')} {value}")
+    return " ".join(parts + list(args.overrides))
+
+
+def cmd_submit_pytorchjob(args: argparse.Namespace) -> int:
+    if args.profile and args.params:
+        raise ConfigError("give either --params FILE or --profile NAME, not both")
+    source = args.profile or args.params or "params.yaml"
+    if source == "params.yaml" and not Path(source).is_file():
+        raise ConfigError("no params.yaml here; pass --params FILE or --profile NAME")
+    cfg = load_config(source, args.overrides)
+    text = render_text(
+        cfg,
+        _regenerate_command(args),
+        name=args.name,
+        image=args.image,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        params_configmap=args.configmap,
+        pvc=args.pvc,
+        namespace=args.namespace,
+    )
+    if args.dry_run:
+        sys.stdout.write(text)
+        return 0
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise ConfigError("kubectl not found on PATH; install it or use --dry-run and apply the YAML yourself")
+    return subprocess.run([kubectl, "apply", "-f", "-"], input=text, text=True, check=False).returncode
+
+
+def add_training_commands(subparsers) -> None:
+    """Add `flagops train submit-pytorchjob ...` to the top-level CLI's subparsers."""
+    train = subparsers.add_parser("train", help="distributed training on a cluster")
+    sub = train.add_subparsers(dest="train_command", required=True)
+    p = sub.add_parser("submit-pytorchjob", help="render (and kubectl apply) a multi-node train_embedder PyTorchJob")
+    p.add_argument("--params", help="a params YAML (default: ./params.yaml)")
+    p.add_argument("--profile", help="a built-in profile: tiny, demo")
+    p.add_argument("--name", default="flagops-train-embedder", help="job name (default: flagops-train-embedder)")
+    p.add_argument("--image", help="default: $FLAGOPS_IMAGE or the catalog's image")
+    p.add_argument("--workers", type=int, default=1, help="Worker pods besides the Master (default: 1)")
+    p.add_argument("--gpus-per-worker", type=int, help="GPUs and torchrun processes per pod (default: the catalog's)")
+    p.add_argument("--configmap", default="flagops-params", help="ConfigMap for params.yaml (default: flagops-params)")
+    p.add_argument("--pvc", default="flagops-workspace", help="ReadWriteMany PVC with data and outputs (default: flagops-workspace)")
+    p.add_argument("--namespace", help="metadata.namespace (default: none, kubectl decides)")
+    p.add_argument("--dry-run", action="store_true", help="print the YAML instead of applying it")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.set_defaults(func=cmd_submit_pytorchjob)
