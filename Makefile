@@ -25,7 +25,8 @@ demo: install
 	@$(MAKE) --no-print-directory plots-template || echo "note: offline plot template not built (npm missing?); dvc plots show will load vega from a CDN"
 	$(BIN)/flagops demo --profile $(PROFILE)
 
-test: install
+# The Airflow venv (its own pins) and the offline plot template are part of what is tested.
+test: install airflow-venv plots-template
 	$(BIN)/python -m pytest -q
 
 pipeline: install

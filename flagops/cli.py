@@ -7,6 +7,7 @@
   flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
   flagops demo [--profile P]             pipeline + serve the champion + summary table
   flagops serve --model SOURCE [--host H] [--port N]
+  flagops kfp submit|schedule ...         upload pipelines/retrain.yaml and start a run / a recurring run
   flagops train submit-pytorchjob [--profile P | --params F] [--workers N] [--gpus-per-worker G] [--dry-run]
 """
 
@@ -20,6 +21,7 @@ from flagops import catalog
 from flagops.config import ConfigError, load_config, to_yaml
 from flagops.data.formats import DataError
 from flagops.models.sources import ModelSourceError
+from flagops.kfp_client import add_kfp_commands
 from flagops.training.pytorchjob import add_training_commands
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelSourceError, KeyError, FileNotFoundError)
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     add_training_commands(sub)
+    add_kfp_commands(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version as dist_version
@@ -129,11 +130,18 @@ def dir_sha256(directory: str | Path) -> str:
 
 
 def git_commit(cwd: str | Path = ".") -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    """$FLAGOPS_GIT_COMMIT (set when an image is built), else the commit of the working
+    directory's repo, else of the repo flagops runs from (workspaces are not repos)."""
+    if os.environ.get("FLAGOPS_GIT_COMMIT"):
+        return os.environ["FLAGOPS_GIT_COMMIT"]
+    for where in (Path(cwd), PACKAGE_DIR):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return "unknown"
 
 
 def read_metrics(path: str | Path) -> dict[str, float]:

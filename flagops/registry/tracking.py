@@ -18,6 +18,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import mlflow  # noqa: E402
 
 PARENT_ENV = "FLAGOPS_PARENT_RUN_ID"
+# Orchestrators that cannot hand a run id from task to task (Airflow, KFP) pass a key that
+# names the pipeline execution instead; the first step creates the parent run for it.
+PIPELINE_KEY_ENV = "FLAGOPS_PIPELINE_KEY"
 DEFAULT_DB = "mlflow.db"
 
 
@@ -82,11 +85,26 @@ def pipeline_run(cfg, name: str, workdir: str | Path = ".") -> Iterator[str]:
                 os.environ[PARENT_ENV] = previous
 
 
+def parent_for_key(experiment_id: str, cfg, key: str | None) -> str | None:
+    """The parent run of the pipeline execution named ``key``, created on first use."""
+    if not key:
+        return None
+    client = mlflow.MlflowClient()
+    safe = key.replace("'", "")
+    found = client.search_runs([experiment_id], filter_string=f"tags.`flagops.pipeline_key` = '{safe}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {"flagops.kind": "pipeline", "flagops.pipeline_key": safe, "flagops.profile": cfg.profile}
+    run = client.create_run(experiment_id, run_name=safe, tags=tags)
+    client.set_terminated(run.info.run_id)  # a container for the step runs, open or not
+    return run.info.run_id
+
+
 @contextlib.contextmanager
 def step_run(cfg, step_name: str, sections: tuple[str, ...], workdir: str | Path = ".") -> Iterator[Any]:
     """A run for one step, nested under the pipeline's parent run when there is one."""
     experiment_id = setup(cfg.registry, workdir)
-    parent = os.environ.get(PARENT_ENV)
+    parent = os.environ.get(PARENT_ENV) or parent_for_key(experiment_id, cfg, os.environ.get(PIPELINE_KEY_ENV))
     tags = {"flagops.step": step_name, "flagops.profile": cfg.profile}
     if parent:
         tags["mlflow.parentRunId"] = parent

@@ -1,0 +1,11 @@
+"""KFP component for catalog step ``train_embedder``."""
+
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import component, run_step
+
+
+@component
+def train_embedder(params: str, tracking_uri: str, train_data: Input[Dataset], model: Output[Model]):
+    """Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation)."""
+    run_step("train_embedder", params, tracking_uri, train_data=train_data, model=model)

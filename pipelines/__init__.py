@@ -1,0 +1,1 @@
+"""KFP pipelines built from components/ (see pipelines/retrain.py)."""

@@ -1,0 +1,216 @@
+"""The Airflow DAGs agree with the catalog, in both modes, and really run the tiny pipeline.
+
+Airflow 3 cannot share a venv with kfp and kserve, so Airflow code runs in `.venv-airflow`
+(`make airflow-venv`) through subprocesses: a probe prints the parsed DAGs as JSON, and the
+slow test runs `airflow db migrate` and `airflow dags test` there. Assertions run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flagops import catalog
+from flagops.dvc import stage_cmd
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+AIRFLOW_BIN = REPO / ".venv-airflow" / "bin"
+FLAGOPS_BIN = Path(sys.executable).parent / "flagops"  # the main venv's, as the local tasks call it
+MODES = ("local", "kubernetes")
+K8S = {
+    "FLAGOPS_IMAGE": "registry.example/flagops:test",
+    "FLAGOPS_K8S_NAMESPACE": "ml-retrain",
+    "FLAGOPS_K8S_PVC": "retrain-workspace",
+    "FLAGOPS_K8S_MLFLOW_SECRET": "mlflow-credentials",
+    "FLAGOPS_WORKDIR": "/mnt/flagops",
+    "FLAGOPS_SCHEDULE": "0 3 * * 1",
+    # A credential in the scheduler's environment must not reach a pod spec.
+    "MLFLOW_TRACKING_URI": "http://user:hunter2@mlflow.internal:5000",
+}
+
+# Prints what the tests compare with the catalog; the DagBag is what the dag processor builds.
+PROBE = r"""
+import json, sys
+from pathlib import Path
+from airflow.dag_processing.dagbag import BundleDagBag
+from airflow.serialization.serialized_objects import DagSerialization
+from kubernetes.client import ApiClient
+
+dags = Path(sys.argv[1])
+bag = BundleDagBag(dags, bundle_path=dags, bundle_name="dags-folder")
+out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
+for dag_id, dag in bag.dags.items():
+    DagSerialization.serialize_dag(dag)  # the dag processor stores this; it raises on a bad field
+    tasks = {}
+    for t in dag.tasks:
+        info = {"type": type(t).__name__, "upstream": sorted(t.upstream_task_ids), "retries": t.retries,
+                "retry_delay_s": t.retry_delay.total_seconds(), "outlets": [a.uri for a in t.outlets],
+                "trigger_dag_id": getattr(t, "trigger_dag_id", None)}
+        if info["type"] == "BashOperator":
+            info |= {"bash_command": t.bash_command, "cwd": t.cwd, "env": t.env, "append_env": t.append_env}
+        if info["type"] == "KubernetesPodOperator":
+            pod = ApiClient().sanitize_for_serialization(t.build_pod_request_obj(dry_run=True))
+            info |= {"pod": pod, "get_logs": t.get_logs, "on_finish_action": t.on_finish_action.value}
+        tasks[t.task_id] = info
+    schedule = [a.uri for a in dag.schedule] if isinstance(dag.schedule, list) else dag.schedule
+    out["dags"][dag_id] = {"tags": sorted(dag.tags), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
+                           "doc_md": dag.doc_md, "schedule": schedule, "tasks": tasks}
+print("PROBE-JSON " + json.dumps(out))
+"""
+
+
+def _require_airflow_venv() -> None:
+    if not (AIRFLOW_BIN / "airflow").exists():
+        pytest.fail(f"{AIRFLOW_BIN.parent} is missing: run `make airflow-venv` (Airflow 3 lives in its own venv)")
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLAGOPS_", "MLFLOW_TRACKING_URI", "AIRFLOW"))}
+    env |= {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS)}
+    return env | {"FLAGOPS_BIN": str(FLAGOPS_BIN), "MLFLOW_DISABLE_TELEMETRY": "true"} | extra
+
+
+def _run(args: list, env: dict, cwd: Path = REPO, timeout: int = 300) -> str:
+    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args[:3]} failed:\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
+    return done.stdout
+
+
+def _probe(mode: str, home: Path) -> tuple[str, dict, dict]:
+    extra = {"FLAGOPS_AIRFLOW_MODE": mode} | (K8S if mode == "kubernetes" else {"FLAGOPS_WORKDIR": str(home / "ws")})
+    stdout = _run([AIRFLOW_BIN / "python", "-c", PROBE, DAGS], _env(home, **extra))
+    line = next(line for line in stdout.splitlines() if line.startswith("PROBE-JSON "))
+    return mode, extra, json.loads(line.removeprefix("PROBE-JSON "))
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory) -> dict[str, tuple[str, dict, dict]]:
+    """Each mode's DagBag, parsed once: (mode, the env it was parsed with, the probe's JSON)."""
+    _require_airflow_venv()
+    return {mode: _probe(mode, tmp_path_factory.mktemp(f"airflow-{mode}")) for mode in MODES}
+
+
+@pytest.fixture(params=MODES)
+def parsed(request, bags):
+    return bags[request.param]
+
+
+def test_dagbag_has_both_dags_and_no_import_errors(parsed):
+    _, _, bag = parsed
+    assert bag["import_errors"] == {}
+    assert set(bag["dags"]) == {"retrain_embedder", "retrain_embedder_on_new_data"}
+
+
+def test_dag_settings(parsed):
+    mode, extra, bag = parsed
+    for dag in bag["dags"].values():
+        assert {"flagops", mode} <= set(dag["tags"])
+        assert dag["catchup"] is False and dag["max_active_runs"] == 1
+        assert dag["doc_md"].strip()
+        for task in dag["tasks"].values():
+            assert task["retries"] >= 2 and task["retry_delay_s"] > 0
+    assert bag["dags"]["retrain_embedder"]["schedule"] == extra.get("FLAGOPS_SCHEDULE", "@weekly")
+
+
+def test_tasks_and_dependencies_are_the_catalog(parsed):
+    _, _, bag = parsed
+    tasks = bag["dags"]["retrain_embedder"]["tasks"]
+    assert list(tasks) == [s.name for s in catalog.STEPS]
+    assert {(up, name) for name, t in tasks.items() for up in t["upstream"]} == catalog.edges()
+
+
+def test_new_data_triggers_retraining_and_build_corpus_updates_the_corpus_asset(parsed):
+    _, extra, bag = parsed
+    retrain, on_new_data = bag["dags"]["retrain_embedder"], bag["dags"]["retrain_embedder_on_new_data"]
+    corpus = f"file://{extra['FLAGOPS_WORKDIR']}/{catalog.ARTIFACTS['corpus'].path}"
+    assert retrain["tasks"]["build_corpus"]["outlets"] == [corpus]
+    assert all(not t["outlets"] for name, t in retrain["tasks"].items() if name != "build_corpus")
+    # Scheduled on the landed data, not on what build_corpus writes: that would retrain in a loop.
+    assert on_new_data["schedule"] == [f"file://{extra['FLAGOPS_WORKDIR']}/landing/corpus.jsonl"]
+    assert [t["trigger_dag_id"] for t in on_new_data["tasks"].values()] == ["retrain_embedder"]
+
+
+def test_local_tasks_run_the_dvc_stage_command(bags):
+    _, extra, bag = bags["local"]
+    for step in catalog.STEPS:
+        task = bag["dags"]["retrain_embedder"]["tasks"][step.name]
+        assert task["type"] == "BashOperator"
+        assert task["bash_command"] == shlex.join([str(FLAGOPS_BIN), *shlex.split(stage_cmd(step))[1:]])
+        assert task["cwd"] == extra["FLAGOPS_WORKDIR"] and task["append_env"]
+        assert task["env"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{extra['FLAGOPS_WORKDIR']}/mlflow.db"
+
+
+def test_kubernetes_tasks_are_pods_with_the_catalog_image_command_and_resources(bags):
+    _, extra, bag = bags["kubernetes"]
+    for step in catalog.STEPS:
+        task = bag["dags"]["retrain_embedder"]["tasks"][step.name]
+        assert task["type"] == "KubernetesPodOperator"
+        assert task["get_logs"] and task["on_finish_action"] == "delete_pod"
+        pod = task["pod"]
+        assert pod["metadata"]["namespace"] == extra["FLAGOPS_K8S_NAMESPACE"]
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == extra["FLAGOPS_IMAGE"]
+        assert container["command"] + container["args"] == shlex.split(stage_cmd(step))
+        assert container["workingDir"] == extra["FLAGOPS_WORKDIR"]
+        r = step.resources
+        assert container["resources"]["requests"] == {"cpu": r.cpu, "memory": r.memory}
+        gpu = {"nvidia.com/gpu": str(r.gpus)} if r.gpus else {}
+        assert container["resources"]["limits"] == {"cpu": r.cpu, "memory": r.memory} | gpu
+        assert bool(pod["spec"].get("tolerations")) == bool(r.gpus)
+        assert container["volumeMounts"] == [{"name": "workspace", "mountPath": extra["FLAGOPS_WORKDIR"]}]
+        assert pod["spec"]["volumes"] == [{"name": "workspace", "persistentVolumeClaim": {"claimName": extra["FLAGOPS_K8S_PVC"]}}]
+        # MLflow settings come from the Secret only; nothing from the scheduler's env is copied in.
+        assert container["envFrom"] == [{"secretRef": {"name": extra["FLAGOPS_K8S_MLFLOW_SECRET"]}}]
+        # The only plain env var is the (templated) pipeline key that groups the run's MLflow runs.
+        assert [e["name"] for e in container.get("env", [])] == ["FLAGOPS_PIPELINE_KEY"]
+        assert "hunter2" not in json.dumps(pod)
+    assert any(s.resources.gpus for s in catalog.STEPS), "no GPU step left to check the GPU limit with"
+
+
+def test_no_secret_literals_in_dag_files():
+    secretish = re.compile(r"(password|passwd|secret_access_key|api_key|token)\s*[=:]\s*['\"][^'\"]+", re.I)
+    for path in DAGS.glob("*.py"):
+        text = path.read_text()
+        assert not secretish.search(text), path
+        assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), f"{path}: credentials in a URI"
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
+    """`airflow dags test retrain_embedder` on the tiny profile ends with a champion in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from flagops.config import load_config
+
+    _require_airflow_venv()
+    workdir, store = tmp_path / "ws", tmp_path / "mlflow.db"
+    workdir.mkdir()
+    _run([FLAGOPS_BIN, "params", "tiny", "-o", workdir / "params.yaml"], dict(os.environ))
+    uri = f"sqlite:///{store}"  # four slashes: tmp_path is absolute
+    env = _env(tmp_path / "airflow-home", FLAGOPS_AIRFLOW_MODE="local", FLAGOPS_WORKDIR=str(workdir), MLFLOW_TRACKING_URI=uri)
+    _run([AIRFLOW_BIN / "airflow", "db", "migrate"], env)
+    started = time.perf_counter()
+    _run([AIRFLOW_BIN / "airflow", "dags", "test", "retrain_embedder"], env, timeout=900)
+    print(f"\nairflow dags test retrain_embedder (tiny profile): {time.perf_counter() - started:.0f} s wall")
+
+    model = load_config(workdir / "params.yaml").registry.model_name
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert str(client.get_model_version_by_alias(model, "champion").version) == "1"
+    runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
+    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.STEPS}
+    assert (workdir / "registry" / "promotion.json").is_file()
+
+    # New data: the asset-scheduled DAG queues one more retrain_embedder run (no scheduler here to start it).
+    _run([AIRFLOW_BIN / "airflow", "dags", "test", "retrain_embedder_on_new_data"], env)
+    out = _run([AIRFLOW_BIN / "airflow", "dags", "list-runs", "retrain_embedder", "-o", "json"], env)
+    runs = json.loads(next(line for line in out.splitlines() if line.startswith("[")))  # warnings share stdout
+    assert sorted(r["state"] for r in runs) == ["queued", "success"]

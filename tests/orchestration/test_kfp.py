@@ -1,0 +1,299 @@
+"""KFP: components and the retraining pipeline agree with the catalog, the committed IR is
+fresh, the whole pipeline runs in kfp.local on the tiny profile, and `flagops kfp
+submit|schedule` send the right requests to a KFP API server (a mock stands in for the
+server: none can run on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # components/ and pipelines/ are top-level packages of the repo
+    sys.path.insert(0, str(REPO))
+
+import components  # noqa: E402
+from flagops import catalog, kfp_client  # noqa: E402
+from flagops.config import FlagopsConfig, load_config, to_yaml  # noqa: E402
+from pipelines import retrain  # noqa: E402
+
+
+pytestmark = [
+    # kfp.local runs tasks here, not in the image, and ignores cluster resources: both expected.
+    pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning"),
+]
+
+
+def task_name(step: str) -> str:
+    """KFP names a task after its component, with dashes."""
+    return step.replace("_", "-")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> Path:
+    """`python -m pipelines.retrain` (what `make kfp-compile` runs) in a fresh process, default image."""
+    out = tmp_path_factory.mktemp("ir") / "retrain.yaml"
+    env = {k: v for k, v in os.environ.items() if k != "FLAGOPS_IMAGE"}
+    cmd = [sys.executable, "-m", "pipelines.retrain", "-o", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ir(compiled) -> dict:
+    return yaml.safe_load(compiled.read_text())
+
+
+# --------------------------------------------------------------------------- IR and parity
+
+
+def test_committed_ir_is_fresh_and_compilation_is_deterministic(compiled, tmp_path):
+    assert compiled.read_bytes() == retrain.PACKAGE.read_bytes(), "pipelines/retrain.yaml is stale: run `make kfp-compile`"
+    if catalog.image() != catalog.DEFAULT_IMAGE:
+        pytest.skip("FLAGOPS_IMAGE is set: this process's components use another image")
+    again = retrain.compile_to(tmp_path / "again.yaml")  # another process, another compile: same bytes
+    assert again.read_bytes() == compiled.read_bytes()
+
+
+def test_every_catalog_step_has_exactly_one_component_module():
+    assert components.module_names() == sorted(s.name for s in catalog.STEPS)
+    assert list(components.load()) == [s.name for s in catalog.STEPS]
+
+
+def test_a_step_without_a_component_fails(monkeypatch):
+    extra = catalog.Step("orphan_step", "flagops.steps.evaluate", ("model",), (), ())
+    monkeypatch.setattr(catalog, "STEPS", (*catalog.STEPS, extra))
+    assert components.module_names() != sorted(s.name for s in catalog.STEPS)
+    with pytest.raises(ModuleNotFoundError, match="orphan_step"):
+        components.load()
+
+
+def test_tasks_and_edges_are_the_catalogs(ir):
+    tasks = ir["root"]["dag"]["tasks"]
+    assert set(tasks) == {task_name(s.name) for s in catalog.STEPS}
+    edges = {(up, name) for name, t in tasks.items() for up in t.get("dependentTasks", [])}
+    assert edges == {(task_name(a), task_name(b)) for a, b in catalog.edges()}
+    for step in catalog.STEPS:  # each input comes from its producer's output of the same name
+        wired = tasks[task_name(step.name)]["inputs"].get("artifacts", {})
+        assert set(wired) == set(step.inputs)
+        for name, ref in wired.items():
+            assert ref["taskOutputArtifact"] == {"outputArtifactKey": name, "producerTask": task_name(catalog.PRODUCER[name])}
+
+
+def test_component_artifacts_and_descriptions_are_the_catalogs(ir):
+    def schemas(defs):
+        return {k: v["artifactType"]["schemaTitle"] for k, v in defs.get("artifacts", {}).items()}
+
+    def kfp_type(name):
+        return components.ARTIFACT_TYPES[catalog.ARTIFACTS[name].kind].schema_title
+
+    built = components.load()
+    for step in catalog.STEPS:
+        comp = ir["components"][f"comp-{task_name(step.name)}"]
+        assert set(comp["inputDefinitions"]["parameters"]) == {"params", "tracking_uri"}
+        assert schemas(comp["inputDefinitions"]) == {n: kfp_type(n) for n in step.inputs}
+        assert schemas(comp["outputDefinitions"]) == {n: kfp_type(n) for n in step.output_names}
+        assert built[step.name].description == step.summary, step.name
+
+
+def test_resources_retries_and_caching_are_the_catalogs(ir):
+    tasks = ir["root"]["dag"]["tasks"]
+    for step in catalog.STEPS:
+        res = ir["deploymentSpec"]["executors"][f"exec-{task_name(step.name)}"]["container"]["resources"]
+        r = step.resources
+        assert (res["resourceCpuRequest"], res["resourceCpuLimit"]) == (r.cpu, r.cpu), step.name
+        assert (res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == (r.memory, r.memory), step.name
+        gpu = {k: v for k, v in res.get("accelerator", {}).items() if k in ("resourceType", "resourceCount")}
+        assert gpu == ({"resourceType": "nvidia.com/gpu", "resourceCount": str(r.gpus)} if r.gpus else {}), step.name
+        task = tasks[task_name(step.name)]
+        assert task["retryPolicy"]["maxRetryCount"] == retrain.RETRIES
+        records = any(a.kind == "record" for a in step.outputs)
+        assert task["cachingOptions"].get("enableCache", False) is not records, step.name
+
+
+def test_components_run_on_the_flagops_image_without_pip(ir):
+    for name, ex in ir["deploymentSpec"]["executors"].items():
+        assert ex["container"]["image"] == catalog.DEFAULT_IMAGE, name
+        assert "pip install" not in " ".join(ex["container"]["command"]), name
+
+
+def test_default_params_are_the_demo_profile(ir):
+    default = ir["root"]["inputDefinitions"]["parameters"]["params"]["defaultValue"]
+    assert FlagopsConfig.model_validate(yaml.safe_load(default)) == load_config("demo")
+    assert ir["root"]["inputDefinitions"]["parameters"]["tracking_uri"]["defaultValue"] == ""
+
+
+# --------------------------------------------------------------------------- kfp.local
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, pytestconfig):
+    """The whole pipeline once in kfp.local (subprocesses of this venv) on the tiny profile."""
+    from kfp import local
+
+    root = tmp_path_factory.mktemp("kfp_local")
+    uri = f"sqlite:///{root / 'mlflow.db'}"  # root is absolute: four slashes
+    runner = local.SubprocessRunner(use_venv=False)  # this venv: no Docker here, no pip installs
+    local.init(runner=runner, pipeline_root=str(root / "outputs"), workspace_root=str(root / "ws"))
+    start = time.perf_counter()
+    task = retrain.retrain(params=to_yaml(load_config("tiny")), tracking_uri=uri)
+    wall = time.perf_counter() - start
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\nkfp.local: the retraining pipeline ({len(catalog.STEPS)} tasks, tiny profile) took {wall:.1f} s")
+    return root, uri, task.output
+
+
+@pytest.mark.slow
+def test_local_run_registers_a_champion(local_run):
+    from mlflow import MlflowClient
+
+    _, uri, _ = local_run
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version_by_alias("bge-tiny", "champion")
+    assert str(mv.version) == "1" and mv.tags["model_sha256"]
+    runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
+    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.STEPS}
+
+
+@pytest.mark.slow
+def test_local_run_metrics_reach_kfp_and_every_output_exists(local_run):
+    root, _, metrics = local_run
+    written = json.loads(Path(metrics.path).read_text())
+    assert 0.0 <= written["candidate/ndcg@10"] <= 1.0
+    # The evaluator's keys, made safe for KFP: candidate/ndcg@10 -> candidate_ndcg_at_10.
+    assert metrics.metadata["candidate_ndcg_at_10"] == written["candidate/ndcg@10"]
+    assert len(metrics.metadata) == len(written)
+    (run_dir,) = (root / "outputs").iterdir()
+    for step in catalog.STEPS:
+        for a in step.outputs:
+            path = run_dir / task_name(step.name) / a.name
+            assert (path.is_dir() if a.is_dir else path.is_file()), path
+
+
+# --------------------------------------------------------------------------- submit / schedule
+
+
+class FakeKFPServer:
+    """Stands in for the KFP API server: no KFP server can run on this machine, so the
+    client's HTTP pool is replaced and each request is recorded and answered from a table."""
+
+    def __init__(self, pipelines=()):
+        self.requests: list[dict] = []
+        self.pipelines = list(pipelines)
+
+    def pool(self, *args, **kwargs):  # replaces urllib3.PoolManager
+        return self
+
+    def request(self, method, url, body=None, fields=None, headers=None, **_):
+        parts = urlsplit(url)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if method == "GET" and fields:
+            query |= dict(fields)
+        body = json.loads(body) if body else None
+        self.requests.append({"method": method, "path": parts.path, "query": query, "body": body, "fields": fields})
+        return FakeResponse(self.answer(method, parts.path, query))
+
+    def answer(self, method, path, query):
+        api = "/apis/v2beta1"
+        if path == f"{api}/healthz":
+            return {"multi_user": False}
+        if (method, path) == ("GET", f"{api}/pipelines"):
+            return {"pipelines": self.pipelines}
+        if path == f"{api}/pipelines/upload":
+            return {"pipeline_id": "p-new", "display_name": query["name"]}
+        if path.endswith("/versions"):  # the first upload's version, or none named like ours
+            return {"pipeline_versions": [] if "filter" in query else [{"pipeline_version_id": "v-first"}]}
+        if path == f"{api}/pipelines/upload_version":
+            return {"pipeline_id": query["pipelineid"], "pipeline_version_id": "v-new"}
+        if (method, path) == ("GET", f"{api}/experiments"):
+            return {}
+        if (method, path) == ("POST", f"{api}/experiments"):
+            return {"experiment_id": "e-1", "display_name": "flagops"}
+        if path == f"{api}/runs":
+            return {"run_id": "r-1"}
+        if path == f"{api}/recurringruns":
+            return {"recurring_run_id": "rr-1"}
+        raise AssertionError(f"unexpected request {method} {path}")
+
+    def sent(self, method, path):
+        return [r for r in self.requests if r["method"] == method and r["path"] == f"/apis/v2beta1{path}"]
+
+
+class FakeResponse:
+    def __init__(self, payload):
+        self.status, self.reason, self.data = 200, "OK", json.dumps(payload).encode()
+
+    def getheaders(self):
+        return {"content-type": "application/json"}
+
+    def getheader(self, name, default=None):
+        return self.getheaders().get(name.lower(), default)
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    import kfp
+    import urllib3
+
+    fake = FakeKFPServer()
+    monkeypatch.setattr(urllib3, "PoolManager", fake.pool)
+    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "no-context.json"))
+    return fake
+
+
+def test_submit_uploads_the_ir_and_creates_a_run(server):
+    """A mock stands in for the KFP API server (none can run on this machine); we check what is sent."""
+    client = kfp_client.connect("http://kfp.test:8888")
+    params = kfp_client.arguments(load_config("tiny"), "sqlite:////tmp/m.db")
+    assert kfp_client.submit(client, retrain.PACKAGE, params, name="retrain-test") == "r-1"
+
+    (upload,) = server.sent("POST", "/pipelines/upload")
+    assert upload["query"]["name"] == "flagops-retrain"
+    (filename, content, _) = dict(upload["fields"])["uploadfile"]
+    assert filename == "retrain.yaml" and content == retrain.PACKAGE.read_bytes()
+    assert server.sent("POST", "/experiments")[0]["body"]["display_name"] == "flagops"
+    (run,) = server.sent("POST", "/runs")
+    body = run["body"]
+    assert body["display_name"] == "retrain-test" and body["experiment_id"] == "e-1"
+    assert body["pipeline_version_reference"] == {"pipeline_id": "p-new", "pipeline_version_id": "v-first"}
+    assert body["runtime_config"]["parameters"] == params
+    assert load_config("tiny") == FlagopsConfig.model_validate(yaml.safe_load(params["params"]))
+
+
+def test_schedule_creates_a_cron_recurring_run_through_the_cli(server):
+    """`flagops kfp schedule` against the mock KFP API server (none can run on this machine)."""
+    server.pipelines = [{"pipeline_id": "p-old", "display_name": "flagops-retrain"}]
+    parser = argparse.ArgumentParser()
+    kfp_client.add_kfp_commands(parser.add_subparsers())
+    argv = ["kfp", "schedule", "--host", "http://kfp.test:8888", "--cron", "0 3 * * *", "--profile", "tiny", "train.max_steps=2"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+
+    (version,) = server.sent("POST", "/pipelines/upload_version")
+    assert version["query"]["pipelineid"] == "p-old" and version["query"]["name"].startswith("flagops-retrain-")
+    (job,) = server.sent("POST", "/recurringruns")
+    body = job["body"]
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}  # KFP's 6 fields, seconds first
+    assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
+    assert body["pipeline_version_reference"] == {"pipeline_id": "p-old", "pipeline_version_id": "v-new"}
+    sent = yaml.safe_load(body["runtime_config"]["parameters"]["params"])
+    assert sent["profile"] == "tiny" and sent["train"]["max_steps"] == 2
+    assert body["runtime_config"]["parameters"]["tracking_uri"] == ""
+
+
+def test_cron_is_checked():
+    assert kfp_client.kfp_cron("*/30 * * * * *") == "*/30 * * * * *"
+    with pytest.raises(ValueError, match="5 fields"):
+        kfp_client.kfp_cron("daily")
