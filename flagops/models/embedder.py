@@ -67,6 +67,10 @@ class Embedder(nn.Module):
         saved = path / SETTINGS_FILE
         if saved.is_file():
             settings = EmbedderSettings(**json.loads(saved.read_text()))
+        elif (path / "1_Pooling" / "config.json").is_file():  # a sentence-transformers model
+            st = json.loads((path / "1_Pooling" / "config.json").read_text())
+            pooling = next((p for p, key in ST_POOLING_MODES.items() if st.get(key)), settings.pooling)
+            settings = replace(settings, pooling=pooling)
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModel.from_pretrained(str(path))
