@@ -14,9 +14,13 @@ from flagops import catalog
 
 
 def pod_task(step: catalog.Step, argv: list[str], *, workdir: str, **kw):
+    return pod(step.name, argv, step.resources, workdir=workdir, **kw)
+
+
+def pod(task_id: str, argv: list[str], r: catalog.Resources, *, workdir: str, **kw):
+    """A pod on the flagops image running argv in the workspace PVC, MLflow env from the Secret."""
     from _flagops_dag import PIPELINE_KEY
 
-    r = step.resources
     requests = {"cpu": r.cpu, "memory": r.memory}
     limits = requests | ({"nvidia.com/gpu": str(r.gpus)} if r.gpus else {})
     # GPU nodes are usually tainted so that only pods asking for a GPU land there.
@@ -27,8 +31,8 @@ def pod_task(step: catalog.Step, argv: list[str], *, workdir: str, **kw):
     # Artifact paths are workspace-relative, as in dvc.yaml, so the container starts in the workspace.
     in_workspace = k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base", working_dir=workdir)]))
     return KubernetesPodOperator(
-        task_id=step.name,
-        name=step.name.replace("_", "-"),
+        task_id=task_id,
+        name=task_id.replace("_", "-"),
         namespace=os.environ.get("FLAGOPS_K8S_NAMESPACE", "flagops"),
         image=catalog.image(),
         cmds=argv[:1],

@@ -238,10 +238,41 @@ def cmd_submit_pytorchjob(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(text)
         return 0
+    if args.in_cluster:
+        return apply_in_cluster(list(yaml.safe_load_all(text)), args.namespace)
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         raise ConfigError("kubectl not found on PATH; install it or use --dry-run and apply the YAML yourself")
     return subprocess.run([kubectl, "apply", "-f", "-"], input=text, text=True, check=False).returncode
+
+
+def apply_in_cluster(objects: list[dict[str, Any]], namespace: str | None) -> int:
+    """Create or replace the ConfigMap and PyTorchJob with the pod's service account
+    (no kubectl in the image): what an Airflow KubernetesPodOperator task runs."""
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    ns = namespace or Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
+    core, custom = client.CoreV1Api(), client.CustomObjectsApi()
+    for obj in (o for o in objects if o):
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "ConfigMap":
+            try:
+                core.replace_namespaced_config_map(name, ns, obj)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+                core.create_namespaced_config_map(ns, obj)
+        else:  # a PyTorchJob: a new run replaces a finished one of the same name
+            group, version = obj["apiVersion"].split("/")
+            try:
+                custom.delete_namespaced_custom_object(group, version, ns, "pytorchjobs", name)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+            custom.create_namespaced_custom_object(group, version, ns, "pytorchjobs", obj)
+        print(f"submitted {obj['kind']} {ns}/{name}")
+    return 0
 
 
 def add_training_commands(subparsers) -> None:
@@ -259,5 +290,6 @@ def add_training_commands(subparsers) -> None:
     p.add_argument("--pvc", default="flagops-workspace", help="ReadWriteMany PVC with data and outputs (default: flagops-workspace)")
     p.add_argument("--namespace", help="metadata.namespace (default: none, kubectl decides)")
     p.add_argument("--dry-run", action="store_true", help="print the YAML instead of applying it")
+    p.add_argument("--in-cluster", action="store_true", help="apply with the pod's service account instead of kubectl")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(func=cmd_submit_pytorchjob)

@@ -107,7 +107,7 @@ def parsed(request, bags):
 def test_dagbag_has_both_dags_and_no_import_errors(parsed):
     _, _, bag = parsed
     assert bag["import_errors"] == {}
-    assert set(bag["dags"]) == {"retrain_embedder", "retrain_embedder_on_new_data"}
+    assert set(bag["dags"]) == {"retrain_embedder", "retrain_embedder_on_new_data", "train_embedder_multinode"}
 
 
 def test_dag_settings(parsed):
@@ -214,3 +214,17 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     out = _run([AIRFLOW_BIN / "airflow", "dags", "list-runs", "retrain_embedder", "-o", "json"], env)
     runs = json.loads(next(line for line in out.splitlines() if line.startswith("[")))  # warnings share stdout
     assert sorted(r["state"] for r in runs) == ["queued", "success"]
+
+
+def test_multinode_dag_submits_the_pytorchjob(parsed):
+    mode, extra, bag = parsed
+    (task,) = bag["dags"]["train_embedder_multinode"]["tasks"].values()
+    if mode == "local":
+        assert task["type"] == "BashOperator" and task["cwd"] == extra["FLAGOPS_WORKDIR"]
+        assert "train submit-pytorchjob --params params.yaml" in task["bash_command"]
+    else:
+        (container,) = task["pod"]["spec"]["containers"]
+        assert container["image"] == extra["FLAGOPS_IMAGE"]
+        assert container["command"] + container["args"][:2] == ["flagops", "train", "submit-pytorchjob"]
+        assert "--in-cluster" in container["args"]
+        assert task["pod"]["spec"]["serviceAccountName"] == "flagops-pipeline"
