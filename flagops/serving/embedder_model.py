@@ -8,120 +8,121 @@ Three request shapes:
   parameter ``is_query``) returns one FP32 output ``embedding`` of shape ``[n, dim]``.
 * OpenAI ``POST /v1/embeddings``, to ``openai_embeddings`` (the server mounts it).
 
-All three validate through ``check_texts`` and encode through the model's
-``TextEncoder``, so the dummy model (``flagops.serving.dummy``) differs only in its
-encoder. Bad input is HTTP 400 (``InvalidInput`` in kserve's routes), never a 500.
+All three validate through ``flagops.serving.protocol`` and encode through the model's
+``ModelRuntime`` (token limits, micro-batching, metrics) over its ``TextEncoder``, so the
+dummy model (``flagops.serving.dummy``) differs only in its encoder. Bad input is HTTP 400
+(``InvalidInput`` in kserve's routes), never a 500.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import uuid
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Protocol
+import copy
+from typing import Annotated, Any, Literal, Protocol
 
 import kserve
 import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from kserve.protocol.infer_type import InferOutput, InferRequest
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from flagops.config import ServeConfig
+from flagops.serving.protocol import check_bool, check_keys, check_texts, v2_parameters, v2_response, v2_texts
+from flagops.serving.runtime import ModelRuntime
 
 OUTPUT_NAME = "embedding"
 V1_KEYS = ("instances", "is_query")
+V2_PARAMETERS = ("is_query",)
+# The V1 body, for /openapi.json (kserve's predict route reads raw bytes, so has none).
+V1_SCHEMA = {
+    "type": "object",
+    "required": ["instances"],
+    "additionalProperties": False,
+    "properties": {
+        "instances": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+                ]
+            },
+        },
+        "is_query": {"type": "boolean"},
+    },
+}
 
 
 class TextEncoder(Protocol):
-    """What a served model needs from its encoder."""
+    """What a served embedder needs from its encoder."""
 
     dim: int
 
-    def encode(self, texts: list[str], *, is_query: bool) -> np.ndarray:
-        """Unit vectors, float32 (n, dim)."""
+    def max_length(self, *, is_query: bool) -> int:
+        """Tokens the model reads per text."""
 
-    def count_tokens(self, texts: list[str], *, is_query: bool) -> int:
-        """Tokens read for these texts (the OpenAI route's ``usage``)."""
+    def token_lengths(self, texts: list[str], *, is_query: bool) -> list[int]:
+        """Untruncated tokens per text; called on the tokenizer thread only."""
+
+    def encode(self, texts: list[str], *, is_query: bool, max_length: int) -> np.ndarray:
+        """Unit vectors, float32 (n, dim); called on the model thread only."""
 
 
 class BGEEncoder:
     """A loaded ``Embedder`` behind the ``TextEncoder`` interface."""
 
-    def __init__(self, embedder, batch_size: int):
+    def __init__(self, embedder):
         self.embedder = embedder
-        self.batch_size = batch_size
         self.dim = embedder.model.config.hidden_size
+        self.counting_tokenizer = copy.deepcopy(embedder.tokenizer)  # its own, for the tokenizer thread
 
-    def encode(self, texts: list[str], *, is_query: bool) -> np.ndarray:
-        return self.embedder.encode(texts, is_query=is_query, batch_size=self.batch_size)
+    def max_length(self, *, is_query: bool) -> int:
+        s = self.embedder.settings
+        return s.query_max_len if is_query else s.passage_max_len
 
-    def count_tokens(self, texts: list[str], *, is_query: bool) -> int:
-        # What the model read: instruction and special tokens included, truncation applied.
-        enc = self.embedder.tokenize(texts, is_query=is_query)
-        return int(enc["attention_mask"].sum())
+    def token_lengths(self, texts: list[str], *, is_query: bool) -> list[int]:
+        # What the model would read untruncated: instruction and special tokens included.
+        instruction = self.embedder.settings.query_instruction if is_query else ""
+        enc = self.counting_tokenizer(
+            [instruction + t for t in texts],
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,  # no "longer than the maximum" warning: the runtime compares to the limit
+        )
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def encode(self, texts: list[str], *, is_query: bool, max_length: int) -> np.ndarray:
+        # One micro-batch is one forward pass.
+        return self.embedder.encode(texts, is_query=is_query, batch_size=len(texts), max_length=max_length)
 
 
 # ---------------------------------------------------------------- request parsing
 
 
-def check_texts(texts: Any, cfg: ServeConfig, field: str) -> list[str]:
-    """Return ``texts`` if it is a non-empty list of strings within the limits of ``cfg``."""
-    if not isinstance(texts, list):
-        raise InvalidInput(f"{field} must be a list of strings, got {type(texts).__name__}")
-    if not texts:
-        raise InvalidInput(f"empty input: {field} must hold at least one text")
-    if len(texts) > cfg.max_texts:
-        raise InvalidInput(f"too many texts: {len(texts)} in one request; the limit (max_texts) is {cfg.max_texts}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidInput(f"{field}[{i}] is {type(text).__name__}, expected a string")
-        if len(text) > cfg.max_chars:
-            raise InvalidInput(
-                f"text too long: {field}[{i}] has {len(text)} characters; the limit (max_chars) is {cfg.max_chars}"
-            )
-    return texts
-
-
-def check_is_query(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInput(f"is_query must be true or false, got {value!r}")
-    return value
-
-
-def parse_v1(body: Any) -> tuple[Any, bool]:
+def parse_v1(body: Any, strict: bool) -> tuple[Any, bool]:
     """``(texts, is_query)`` from a V1 body; ``texts`` is checked later by ``check_texts``."""
     if not isinstance(body, dict):
         raise InvalidInput(
             'expected a JSON object {"instances": ["text", ...]} sent with Content-Type: application/json'
         )
-    unknown = sorted(set(body) - set(V1_KEYS))
-    if unknown:
-        raise InvalidInput(f"unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(V1_KEYS)}")
+    body = check_keys(body, V1_KEYS, strict=strict)
     if "instances" not in body:
         raise InvalidInput('missing "instances": send {"instances": ["text", ...]}')
     instances = body["instances"]
     if isinstance(instances, list):
         # {"text": ...} instances unwrap to their text; anything else fails in check_texts.
         instances = [x["text"] if isinstance(x, dict) and set(x) == {"text"} else x for x in instances]
-    return instances, check_is_query(body.get("is_query", False))
+    return instances, check_bool(body.get("is_query", False), "is_query")
 
 
-def parse_v2(request: InferRequest) -> tuple[list[Any], bool]:
+def parse_v2(request: InferRequest, strict: bool) -> tuple[list[Any], bool]:
     """``(texts, is_query)`` from an Open Inference Protocol request with one BYTES input."""
     if len(request.inputs) != 1:
         raise InvalidInput(f"expected exactly one BYTES input holding the texts, got {len(request.inputs)} inputs")
-    inp = request.inputs[0]
-    if inp.datatype != "BYTES":
-        raise InvalidInput(f"input {inp.name!r} has datatype {inp.datatype}; send the texts as BYTES")
-    try:
-        values = inp.as_numpy().ravel().tolist()  # also decodes the binary-data extension
-        texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
-    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
-        raise InvalidInput(f"input {inp.name!r}: data does not fit shape {inp.shape} as texts ({exc})") from None
-    params = request.parameters or {}
-    return texts, check_is_query(params.get("is_query", False))
+    params = v2_parameters(request, V2_PARAMETERS, strict=strict)
+    return v2_texts(request.inputs[0]), check_bool(params.get("is_query", False), "is_query")
 
 
 def resolve_source(source: str) -> str:
@@ -144,50 +145,44 @@ class EmbedderModel(kserve.Model):
         self.source = source
         self.serve_cfg = serve_cfg
         self.encoder: TextEncoder | None = None
-        # One worker: encoding leaves the event loop free for health checks, and HF fast
-        # tokenizers must not be called from two threads at once.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{name}")
+        self.runtime = ModelRuntime(
+            name,
+            serve_cfg,
+            token_lengths=lambda is_query, texts: self.encoder.token_lengths(texts, is_query=is_query),
+            max_length=lambda is_query: self.encoder.max_length(is_query=is_query),
+            run_batch=lambda is_query, texts, limit: self.encoder.encode(texts, is_query=is_query, max_length=limit),
+        )
 
     def load(self) -> bool:
         from flagops.models.embedder import Embedder  # torch loads only for a real model
 
-        self.encoder = BGEEncoder(Embedder.load(resolve_source(self.source)), self.serve_cfg.batch_size)
+        self.encoder = BGEEncoder(Embedder.load(resolve_source(self.source)))
         self.ready = True
         return self.ready
 
     def stop(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.runtime.stop()
         super().stop()
 
     @property
     def dim(self) -> int:
         return self.encoder.dim
 
-    async def embed(self, texts: Any, *, is_query: bool, field: str) -> np.ndarray:
-        """Validate ``texts`` and encode them off the event loop: float32 (n, dim)."""
+    async def embed(self, texts: Any, *, is_query: bool, field: str) -> tuple[np.ndarray, int]:
+        """Validate ``texts`` and encode them in micro-batches: float32 (n, dim), and tokens read."""
         texts = check_texts(texts, self.serve_cfg, field)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.encoder.encode(texts, is_query=is_query))
-
-    async def count_tokens(self, texts: list[str], *, is_query: bool) -> int:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.encoder.count_tokens(texts, is_query=is_query))
+        rows, tokens = await self.runtime.infer(is_query, texts, field)
+        return np.stack(rows).astype(np.float32, copy=False), tokens  # (n, dim)
 
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None):
+        strict = self.serve_cfg.strict
         if isinstance(payload, InferRequest):
-            texts, is_query = parse_v2(payload)
-            vectors = await self.embed(texts, is_query=is_query, field=payload.inputs[0].name)
+            texts, is_query = parse_v2(payload, strict)
+            vectors, _ = await self.embed(texts, is_query=is_query, field=payload.inputs[0].name)
             output = InferOutput(OUTPUT_NAME, list(vectors.shape), "FP32", data=vectors)
-            return InferResponse(
-                # kserve fails on a response without an id, and V2 requests need not send one.
-                response_id=payload.id or str(uuid.uuid4()),
-                model_name=self.name,
-                infer_outputs=[output],
-                use_binary_outputs=payload.use_binary_outputs,
-                requested_outputs=payload.request_outputs,
-            )
-        texts, is_query = parse_v1(payload)
-        vectors = await self.embed(texts, is_query=is_query, field="instances")
+            return v2_response(payload, self.name, [output])
+        texts, is_query = parse_v1(payload, strict)
+        vectors, _ = await self.embed(texts, is_query=is_query, field="instances")
         return {"predictions": vectors.tolist()}
 
     def get_input_types(self) -> list[dict]:
@@ -199,22 +194,23 @@ class EmbedderModel(kserve.Model):
 
 # ---------------------------------------------------------------- the OpenAI route
 
+TextOrTexts = Annotated[
+    Any,  # str | list[str], left to check_texts for the same messages as V1 and V2
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}),
+]
+
 
 class OpenAIEmbeddingRequest(BaseModel):
     """The body of ``POST /v1/embeddings`` as OpenAI defines it, plus ``input_type``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input: Any  # str | list[str]; left to check_texts for the same messages as V1 and V2
+    input: TextOrTexts
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, strict=True)  # keep the first N, then re-normalise
     input_type: Literal["query", "passage"] = "passage"  # "query" applies the query instruction
     user: str | None = None  # accepted for compatibility, unused
-
-
-def openai_error(message: str, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
 
 
 def truncate_dimensions(vectors: np.ndarray, dims: int) -> np.ndarray:
@@ -229,33 +225,17 @@ def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str
     return vector.tolist()
 
 
-async def openai_embeddings(body: Any, models: Mapping[str, EmbedderModel]) -> tuple[int, dict]:
-    """Answer a decoded ``POST /v1/embeddings`` body: ``(HTTP status, JSON body)``."""
-    try:
-        req = OpenAIEmbeddingRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        return 400, openai_error(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}")
-    model = models.get(req.model)
-    if model is None:
-        served = ", ".join(sorted(models))
-        return 404, openai_error(f"model {req.model!r} not found; this server serves: {served}", "model_not_found")
-    if not model.ready:
-        return 503, openai_error(f"model {req.model!r} is not ready yet")
+async def openai_embeddings(model: EmbedderModel, req: OpenAIEmbeddingRequest) -> dict:
+    """Answer a validated ``POST /v1/embeddings`` request for ``model``."""
     if req.dimensions is not None and req.dimensions > model.dim:
-        return 400, openai_error(f"dimensions {req.dimensions} exceeds the model's {model.dim}")
+        raise InvalidInput(f"dimensions {req.dimensions} exceeds the model's {model.dim}")
     texts = [req.input] if isinstance(req.input, str) else req.input
-    is_query = req.input_type == "query"
-    try:
-        vectors = await model.embed(texts, is_query=is_query, field="input")
-    except InvalidInput as exc:
-        return 400, openai_error(str(exc))
+    vectors, tokens = await model.embed(texts, is_query=req.input_type == "query", field="input")
     if req.dimensions is not None:
         vectors = truncate_dimensions(vectors, req.dimensions)
-    tokens = await model.count_tokens(texts, is_query=is_query)
     data = [
         {"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}
         for i, v in enumerate(vectors)
     ]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return 200, {"object": "list", "data": data, "model": req.model, "usage": usage}
+    return {"object": "list", "data": data, "model": req.model, "usage": usage}

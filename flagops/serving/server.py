@@ -1,11 +1,13 @@
-"""`flagops serve`: one embedder in a KServe ModelServer, on 127.0.0.1 unless told otherwise.
+"""`flagops serve`: one model in a KServe ModelServer, on 127.0.0.1 unless told otherwise.
 
 Routes: KServe V1 (``/v1/models/NAME:predict``), V2 / Open Inference Protocol
-(``/v2/models/NAME/infer``, ``/v2/health/ready``), and an OpenAI-compatible
-``POST /v1/embeddings`` (kserve's own ``/openai/v1/embeddings`` needs vllm).
+(``/v2/models/NAME/infer``, ``/v2/health/ready``), ``/metrics`` (Prometheus),
+``/openapi.json``, and per kind ``POST /v1/embeddings`` (OpenAI) or ``POST /v1/rerank``.
 
-    python -m flagops.serving.server --model DIR|pkg:PACKAGE|tiny-bert|models:/NAME@alias \
-        [--host 127.0.0.1] [--port 8080] [--name embedder] [--max-texts N] [--max-chars N] [--dummy]
+    python -m flagops.serving.server --model DIR|pkg:PACKAGE|tiny-bert|tiny-reranker|models:/NAME@alias \
+        [--kind auto|embedder|reranker] [--host 127.0.0.1] [--port 8080] [--name embedder] [--dummy] \
+        [--max-texts N] [--max-chars N] [--max-tokens N] [--truncation truncate|reject] [--[no-]strict] \
+        [--max-body-bytes N] [--batch-size N] [--max-batch-tokens N] [--max-wait-ms MS]
 """
 
 from __future__ import annotations
@@ -16,52 +18,40 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+import kserve
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.model_server import app as kserve_app  # the app RESTServer serves
-from kserve.protocol.rest.server import RESTServer
 from pydantic import ValidationError
 
 from flagops.config import ServeConfig
-from flagops.serving.dummy import DummyEmbedderModel
-from flagops.serving.embedder_model import EmbedderModel, openai_embeddings, openai_error
+from flagops.serving.app import FlagopsRESTServer
+from flagops.serving.kinds import KindError, ModelKind, build_model, detect_kind
+
+# ServeConfig fields the command line sets, with their argument types.
+CONFIG_FLAGS = {
+    "max_texts": int,
+    "max_chars": int,
+    "max_tokens": int,
+    "max_body_bytes": int,
+    "batch_size": int,
+    "max_batch_tokens": int,
+    "max_wait_ms": float,
+}
 
 
-async def request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI answers a malformed body with 422; every other bad input here is a 400.
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return JSONResponse(status_code=400, content={"error": f"invalid request: {where}: {first['msg']}"})
-
-
-def build_app(models: Sequence[EmbedderModel]) -> FastAPI:
-    """kserve's FastAPI app with the OpenAI route added. Call once per process, before serving."""
-    by_name = {m.name: m for m in models}
-
-    async def embeddings(request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            message = f"the body is not valid JSON ({exc}); send Content-Type: application/json"
-            return JSONResponse(openai_error(message), status_code=400)
-        status, content = await openai_embeddings(body, by_name)
-        return JSONResponse(content, status_code=status)
-
-    kserve_app.add_api_route("/v1/embeddings", embeddings, methods=["POST"], summary="OpenAI-compatible embeddings")
-    kserve_app.add_exception_handler(RequestValidationError, request_validation_error)
-    return kserve_app
-
-
-def run_server(models: Sequence[EmbedderModel], *, host: str, port: int) -> None:
+def run_server(models: Sequence[kserve.Model], *, host: str, port: int, serve_cfg: ServeConfig = ServeConfig()) -> None:
     """Serve loaded ``models`` over REST until SIGINT or SIGTERM; gRPC stays off."""
     server = ModelServer(http_port=port, enable_grpc=False)  # sets up logging, registry, dataplane
     for model in models:
         server.register_model(model)
-    build_app(models)
-    rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port)
+    rest = FlagopsRESTServer(
+        FASTAPI_APP_IMPORT_STRING,
+        server.dataplane,
+        server.model_repository_extension,
+        port,
+        models=models,
+        serve_cfg=serve_cfg,
+    )
     rest.config.host = host  # RESTServer hard-codes 0.0.0.0
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
@@ -81,6 +71,14 @@ def run_server(models: Sequence[EmbedderModel], *, host: str, port: int) -> None
             model.stop()
 
 
+def local_source(source: str) -> str:
+    """A local directory for any model source (registry URIs are fetched, tiny models built)."""
+    from flagops.models.reranker import resolve_reranker_source
+    from flagops.serving.embedder_model import resolve_source
+
+    return str(resolve_reranker_source(resolve_source(source)))
+
+
 def serve(
     source: str,
     *,
@@ -89,47 +87,69 @@ def serve(
     name: str | None = None,
     serve_cfg: ServeConfig = ServeConfig(),
     dummy: bool = False,
+    kind: str | None = None,
 ) -> None:
-    """Load the embedder at ``source`` and serve it (blocking) until SIGINT or SIGTERM.
+    """Load the model at ``source`` and serve it (blocking) until SIGINT or SIGTERM.
 
     Args:
-        source: a model directory, ``pkg:PACKAGE``, ``tiny-bert`` or ``models:/NAME@alias``.
-        host, port, name: override ``serve_cfg.host``, ``.port`` and ``.model_name``.
-        serve_cfg: request limits and batch size.
-        dummy: serve ``HashEncoder`` vectors instead of a model (API tests only).
+        source: a model directory, ``pkg:PACKAGE``, ``tiny-bert``, ``tiny-reranker`` or
+            ``models:/NAME@alias``.
+        host, port, name, kind: override ``serve_cfg.host``, ``.port``, ``.model_name``, ``.kind``.
+        serve_cfg: request limits, batching and strictness.
+        dummy: serve fake outputs instead of a model (API tests only); kind "auto" is an embedder.
     """
-    name = name or serve_cfg.model_name
-    model = DummyEmbedderModel(name, serve_cfg) if dummy else EmbedderModel(name, source, serve_cfg)
+    kind = kind or serve_cfg.kind
+    if dummy:
+        model_kind = ModelKind.EMBEDDER if kind == "auto" else ModelKind(kind)
+    else:
+        source = local_source(source)
+        model_kind = detect_kind(source) if kind == "auto" else ModelKind(kind)
+    model = build_model(model_kind, name or serve_cfg.model_name, source, serve_cfg, dummy=dummy)
     model.load()
     run_server(
         [model],
         host=serve_cfg.host if host is None else host,
         port=serve_cfg.port if port is None else port,
+        serve_cfg=serve_cfg,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, ServeConfig]:
     parser = argparse.ArgumentParser(
         prog="python -m flagops.serving.server", description=__doc__.split("\n")[0], allow_abbrev=False
     )
-    parser.add_argument("--model", help="model directory, pkg:PACKAGE, tiny-bert or models:/NAME@alias")
-    parser.add_argument("--dummy", action="store_true", help="serve fake 8-dim hash vectors (API tests)")
-    parser.add_argument("--host", help=f"bind address (default {ServeConfig().host})")
-    parser.add_argument("--port", type=int, help=f"HTTP port (default {ServeConfig().port})")
-    parser.add_argument("--name", help=f"model name in the routes (default {ServeConfig().model_name})")
-    parser.add_argument("--max-texts", type=int, help="texts per request")
-    parser.add_argument("--max-chars", type=int, help="characters per text")
-    parser.add_argument("--batch-size", type=int, help="encoding batch size")
+    defaults = ServeConfig()
+    parser.add_argument("--model", help="model directory, pkg:PACKAGE, tiny-bert, tiny-reranker or models:/NAME@alias")
+    parser.add_argument("--kind", choices=["auto", *(k.value for k in ModelKind)], help="default: read the model")
+    parser.add_argument("--dummy", action="store_true", help="serve fake outputs (API tests): 8-dim hash vectors")
+    parser.add_argument("--host", help=f"bind address (default {defaults.host})")
+    parser.add_argument("--port", type=int, help=f"HTTP port (default {defaults.port})")
+    parser.add_argument("--name", help=f"model name in the routes (default {defaults.model_name})")
+    for field, kind in CONFIG_FLAGS.items():
+        flag, default = f"--{field.replace('_', '-')}", getattr(defaults, field)
+        parser.add_argument(flag, type=kind, help=f"serve.{field} (default {default})")
+    parser.add_argument("--truncation", choices=["truncate", "reject"], help="texts over the token limit")
+    parser.add_argument("--strict", action=argparse.BooleanOptionalAction, help="reject unknown request fields")
     args = parser.parse_args(argv)
     if not args.model and not args.dummy:
-        parser.error("--model is required (or --dummy for fake vectors)")
-    limits = {"max_texts": args.max_texts, "max_chars": args.max_chars, "batch_size": args.batch_size}
+        parser.error("--model is required (or --dummy for fake outputs)")
+    settings = {field: getattr(args, field) for field in [*CONFIG_FLAGS, "truncation", "strict", "kind"]}
     try:
-        cfg = ServeConfig(**{k: v for k, v in limits.items() if v is not None})
+        cfg = ServeConfig(**{k: v for k, v in settings.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         parser.error(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
-    serve(args.model or "dummy", host=args.host, port=args.port, name=args.name, serve_cfg=cfg, dummy=args.dummy)
+    return parser, args, cfg
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from flagops.models.sources import ModelSourceError
+
+    parser, args, cfg = parse_args(argv)
+    try:
+        serve(args.model or "dummy", host=args.host, port=args.port, name=args.name, serve_cfg=cfg, dummy=args.dummy)
+    except (KindError, ModelSourceError) as exc:  # a source we cannot serve: say why, exit 2
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

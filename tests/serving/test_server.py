@@ -1,32 +1,26 @@
 """The served embedder over real HTTP: V1, V2 (Open Inference Protocol) and OpenAI routes.
 
-Each server is a real ``python -m flagops.serving.server`` subprocess on a free loopback
-port: one with the tiny random BERT (``tiny-bert``) to check the vectors against
-``Embedder.encode``, one with ``--dummy`` for the API surface alone.
+The servers (``conftest.py``) are real ``python -m flagops.serving.server`` subprocesses:
+the tiny random BERT (``tiny-bert``) to check the vectors against ``Embedder.encode``, and
+``--dummy`` for the API surface alone.
 """
 
 from __future__ import annotations
 
 import base64
 import signal
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
 import psutil
 import pytest
 
+from serving_helpers import MAX_CHARS, MAX_TEXTS, Server, post, start_server, v1, v2
 from flagops.models.embedder import Embedder
 
-MAX_TEXTS = 6
-MAX_CHARS = 400
-LIMITS = ["--max-texts", str(MAX_TEXTS), "--max-chars", str(MAX_CHARS)]
 TEXTS = [
     "what is dense retrieval?",
     "BGE embedders map queries and passages into one vector space, where relevance is a dot product. "
@@ -34,72 +28,12 @@ TEXTS = [
     "short",
     "a passage of middling length about inverted indexes and BM25",
 ]
-STARTUP_S = 180  # the tiny model loads in ~10 s alone; the 2 shared cores can be busy
 ATOL = 1e-5
-
-
-@dataclass
-class Server:
-    url: str
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(log: Path, name: str, *args: str) -> Server:
-    port = free_port()
-    cmd = [sys.executable, "-m", "flagops.serving.server", "--port", str(port), "--name", name, *args]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", name, proc, log)
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode} during startup:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    stop_server(server)
-    pytest.fail(f"server not ready after {STARTUP_S} s:\n{log.read_text()[-4000:]}")
-
-
-def stop_server(server: Server) -> int:
-    server.proc.terminate()
-    try:
-        return server.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        return server.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    # Builds the tiny model into the cache here, so the server subprocess only reads it.
     return Embedder.load("tiny-bert")
-
-
-@pytest.fixture(scope="module")
-def real_server(embedder, tmp_path_factory):
-    # No --host: the default must be loopback (see test_listens_on_loopback_by_default).
-    server = start_server(tmp_path_factory.mktemp("real") / "server.log", "tiny", "--model", "tiny-bert", *LIMITS)
-    yield server
-    stop_server(server)
-
-
-@pytest.fixture(scope="module")
-def dummy_server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("dummy") / "server.log", "dummy", "--dummy", *LIMITS)
-    yield server
-    stop_server(server)
 
 
 @pytest.fixture(params=["real", "dummy"])
@@ -107,20 +41,8 @@ def any_server(request) -> Server:
     return request.getfixturevalue(f"{request.param}_server")
 
 
-def post(server: Server, path: str, body) -> httpx.Response:
-    return httpx.post(server.url + path, json=body, headers={"Content-Type": "application/json"}, timeout=60)
-
-
-def v1(server: Server, body) -> httpx.Response:
-    return post(server, f"/v1/models/{server.name}:predict", body)
-
-
 def v2_body(texts, **extra) -> dict:
     return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}], **extra}
-
-
-def v2(server: Server, body) -> httpx.Response:
-    return post(server, f"/v2/models/{server.name}/infer", body)
 
 
 def openai(server: Server, **body) -> httpx.Response:

@@ -1,0 +1,152 @@
+"""A cross-encoder reranker: an HF sequence-classification model scoring (query, passage) pairs.
+
+The model reads ``query [SEP] passage`` and its single logit is the relevance score, as
+in FlagEmbedding's ``FlagReranker`` (bge-reranker-*). ``normalize=True`` maps scores to
+(0, 1) with a sigmoid.
+
+Sources: whatever ``resolve_model_source`` takes, plus ``tiny-reranker[@seed]``: a random
+2-layer ``BertForSequenceClassification`` (hidden 64, one label) with the MiniLM
+tokenizer, built once into the flagops cache, for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from flagops.data.formats import atomic_path
+from flagops.models.sources import ModelSourceError, cache_dir, resolve_model_source
+
+TINY_RERANKER = "tiny-reranker"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def ensure_tiny_reranker(seed: int = 0) -> Path:
+    """Build (once) a random tiny BERT cross-encoder with a real tokenizer; return its directory."""
+    from transformers import BertForSequenceClassification
+
+    from flagops.models.tiny import TOKENIZER_SOURCE, tiny_bert_config
+
+    dest = cache_dir() / f"tiny-reranker-seed{seed}"
+    if (dest / "model.safetensors").is_file():
+        return dest
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_source(TOKENIZER_SOURCE)))
+    torch.manual_seed(seed)
+    config = tiny_bert_config(len(tokenizer))
+    config.num_labels = 1
+    model = BertForSequenceClassification(config)
+    with atomic_path(dest, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    return dest
+
+
+def resolve_reranker_source(source: str) -> Path:
+    """A local directory for ``source``: ``tiny-reranker[@seed]`` or any model source."""
+    if source == TINY_RERANKER or source.startswith(TINY_RERANKER + "@"):
+        seed = source.partition("@")[2] or "0"
+        if not seed.isdigit():
+            raise ModelSourceError(f"model source {source!r}: expected {TINY_RERANKER}@<integer seed>")
+        return ensure_tiny_reranker(int(seed))
+    return resolve_model_source(source)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class CrossEncoderReranker(nn.Module):
+    """Sequence classifier + tokenizer. ``forward`` gives differentiable logits for training."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512):
+        super().__init__()
+        if model.config.num_labels != 1:
+            raise ValueError(
+                f"a cross-encoder reranker needs one output label, this model has {model.config.num_labels}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, source: str | Path, max_length: int = 512) -> CrossEncoderReranker:
+        """Load a model directory, ``pkg:PACKAGE`` or ``tiny-reranker[@seed]``."""
+        path = resolve_reranker_source(str(source))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        limit = getattr(model.config, "max_position_embeddings", max_length)
+        return cls(model, tokenizer, max_length=min(max_length, limit))
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]], max_length: int | None = None) -> dict:
+        queries = [q for q, _ in pairs]
+        passages = [p for _, p in pairs]
+        limit = max_length or self.max_length
+        return self.tokenizer(queries, passages, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return out.logits[:, 0]  # (batch,)
+
+    @torch.inference_mode()
+    def score_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, max_length: int | None = None
+    ) -> np.ndarray:
+        """Raw relevance logits, float32 (n,). Sorts by length so batches pad little."""
+        self.eval()
+        order = np.argsort([-(len(q) + len(p)) for q, p in pairs], kind="stable")
+        out = np.empty(len(pairs), dtype=np.float32)
+        for start in range(0, len(pairs), batch_size):
+            idx = order[start : start + batch_size]
+            enc = self.tokenize([pairs[i] for i in idx], max_length=max_length)
+            enc = {k: v.to(self.device) for k, v in enc.items() if k in MODEL_INPUTS}
+            out[idx] = self(**enc).float().cpu().numpy()
+        return out
+
+    def score(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        normalize: bool = False,
+        batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """Score each passage against ``query``: float32 (n,), sigmoid-mapped when ``normalize``."""
+        if isinstance(passages, str):
+            raise TypeError("score expects a list of passages, not a single string")
+        scores = self.score_pairs([(query, p) for p in passages], batch_size=batch_size, max_length=max_length)
+        return sigmoid(scores) if normalize else scores
+
+    def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Untruncated token count of each pair as the model would read it (special tokens included)."""
+        return pair_token_lengths(self.tokenizer, pairs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def save(self, dest: str | Path) -> None:
+        """Write an HF directory (safetensors + tokenizer) atomically."""
+        with atomic_path(dest, is_dir=True) as tmp:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+
+
+def pair_token_lengths(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[int]:
+    """Untruncated token count of each (query, passage) pair under ``tokenizer``."""
+    if not pairs:
+        return []
+    enc = tokenizer(
+        [q for q, _ in pairs],
+        [p for _, p in pairs],
+        truncation=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,  # no "longer than the maximum" warning: callers compare to max_length
+    )
+    return [len(ids) for ids in enc["input_ids"]]

@@ -1,0 +1,58 @@
+"""Real servers for the serving tests, one subprocess each, started once per session.
+
+Each is ``python -m flagops.serving.server`` on a free loopback port:
+
+* ``real_server``: the tiny random BERT embedder (``tiny-bert``), checked against ``Embedder``;
+  truncates at 64 tokens;
+* ``dummy_server``: the hash-vector embedder, for the API surface: strict, rejects texts over
+  50 words, caps bodies at 64 KiB;
+* ``reranker_server``: the tiny random cross-encoder (``tiny-reranker``, kind read from the
+  directory), checked against ``CrossEncoderReranker``; rejects pairs over 64 tokens;
+* ``dummy_reranker_server``: the word-overlap reranker, non-strict (unknown fields ignored).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from serving_helpers import DUMMY_MAX_TOKENS, LIMITS, MAX_BODY_BYTES, RERANKER_MAX_TOKENS, start_server, stop_server
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory):
+    from flagops.models.embedder import Embedder
+
+    Embedder.load("tiny-bert")  # builds the tiny model into the cache here, so the server only reads it
+    # No --host: the default must be loopback (see test_listens_on_loopback_by_default).
+    args = ["--model", "tiny-bert", *LIMITS, "--max-tokens", "64", "--max-wait-ms", "20"]
+    server = start_server(tmp_path_factory.mktemp("real") / "server.log", "tiny", *args)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def dummy_server(tmp_path_factory):
+    args = ["--dummy", *LIMITS, "--truncation", "reject", "--max-tokens", str(DUMMY_MAX_TOKENS)]
+    args += ["--max-body-bytes", str(MAX_BODY_BYTES), "--max-wait-ms", "20"]
+    server = start_server(tmp_path_factory.mktemp("dummy") / "server.log", "dummy", *args)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def reranker_server(tmp_path_factory):
+    from flagops.models.reranker import ensure_tiny_reranker
+
+    ensure_tiny_reranker()  # built here, so the server only reads it
+    args = ["--model", "tiny-reranker", *LIMITS, "--truncation", "reject", "--max-tokens", str(RERANKER_MAX_TOKENS)]
+    server = start_server(tmp_path_factory.mktemp("reranker") / "server.log", "tiny-rr", *args)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def dummy_reranker_server(tmp_path_factory):
+    args = ["--dummy", "--kind", "reranker", *LIMITS, "--no-strict", "--max-wait-ms", "20"]
+    server = start_server(tmp_path_factory.mktemp("dummy-rr") / "server.log", "dummy-rr", *args)
+    yield server
+    stop_server(server)
