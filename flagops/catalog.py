@@ -120,6 +120,16 @@ STEPS: tuple[Step, ...] = (
         [Artifact("promotion", "registry/promotion.json", kind="record")],
         summary="Give the `champion` alias only if the candidate beats the current champion.",
     ),
+    _step(
+        "deploy_model",
+        ["registry", "deploy"],
+        ["promotion"],
+        [
+            Artifact("inference_service", "deploy/inferenceservice.yaml", kind="record"),
+            Artifact("deployment", "registry/deployment.json", kind="record"),
+        ],
+        summary="Render (and apply) the champion's KServe InferenceService; a new champion starts as a canary.",
+    ),
 )
 
 BY_NAME = {s.name: s for s in STEPS}

@@ -8,6 +8,7 @@
   flagops demo [--profile P]             pipeline + serve the champion + summary table
   flagops serve --model SOURCE [--host H] [--port N]
   flagops kfp submit|schedule ...         upload pipelines/retrain.yaml and start a run / a recurring run
+  flagops deploy render|promote|rollback    KServe InferenceService for the champion; canary promote; alias rollback
   flagops train submit-pytorchjob [--profile P | --params F] [--workers N] [--gpus-per-worker G] [--dry-run]
 """
 
@@ -22,6 +23,7 @@ from flagops.config import ConfigError, load_config, to_yaml
 from flagops.data.formats import DataError
 from flagops.models.sources import ModelSourceError
 from flagops.kfp_client import add_kfp_commands
+from flagops.deploy.cli import add_deploy_commands
 from flagops.training.pytorchjob import add_training_commands
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelSourceError, KeyError, FileNotFoundError)
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(sub)
     add_kfp_commands(sub)
+    add_deploy_commands(sub)
     return parser
 
 

@@ -180,6 +180,59 @@ class ServeConfig(Section):
     max_wait_ms: float = Field(5.0, ge=0.0, le=10000.0)
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes object name / namespace
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"  # a Kubernetes resource quantity
+
+
+class DeployConfig(Section):
+    """deploy_model and `flagops deploy`: the champion as a KServe InferenceService. See docs/deploy.md."""
+
+    # dry-run: render the YAML only (no cluster; the DVC demo's default); local: serve the
+    # champion on 127.0.0.1 and send a smoke request; cluster: `kubectl apply` to the current context.
+    mode: Literal["dry-run", "local", "cluster"] = "dry-run"
+    namespace: str = Field("flagops", pattern=DNS_LABEL)
+    service_name: str = Field("bge-embedder", pattern=DNS_LABEL, max_length=45)  # KServe appends -predictor-...
+    # None: the registered version's artifact location in MLflow (s3://... on a server with an S3 store).
+    storage_uri: str | None = None
+    # The MLflow server's --artifacts-destination: maps its proxied mlflow-artifacts:/ URIs to the bucket
+    # KServe's storage initializer reads, e.g. s3://flagops-mlflow/artifacts. None: URIs are used as they are.
+    artifacts_destination: str | None = None
+    image: str = "ghcr.io/flagops/flagops-serve:0.1.0"  # GPU: the CUDA flagops image (images/flagops)
+    service_account: str = Field("flagops-serve", pattern=DNS_LABEL)  # carries the S3 keys KServe downloads with
+    cpu: str = Field("1", pattern=QUANTITY)  # request; torch gets one thread per limit core
+    cpu_limit: str = Field("2", pattern=QUANTITY)
+    memory: str = Field("4Gi", pattern=QUANTITY)  # request = limit: a pod over it is killed, not throttled
+    gpus: int = Field(0, ge=0)  # nvidia.com/gpu per replica
+    # Knative (KServe's former Serverless): scale to zero and canary rollouts, needs Knative Serving.
+    # Standard (former RawDeployment; KServe's default install): a Deployment + HPA on cpu/memory, no canary.
+    deployment_mode: Literal["Knative", "Standard"] = "Knative"
+    min_replicas: int = Field(1, ge=0)  # 0 scales to zero when idle (Knative): the first request waits for a load
+    max_replicas: int = Field(3, ge=1)
+    scale_metric: Literal["concurrency", "rps", "cpu", "memory"] = "concurrency"
+    # Per replica: in-flight requests (concurrency), requests/s (rps) or % of the request (cpu, memory).
+    # Micro-batching gains from concurrency: higher fills batches, lower keeps latency flat.
+    scale_target: int = Field(16, ge=1)
+    # Share of traffic a new champion gets while the previous one keeps the rest, until
+    # `flagops deploy promote`; 0: a new champion takes all traffic at once.
+    canary_traffic_percent: int = Field(10, ge=0, lt=100)
+    probe_period_s: int = Field(10, ge=1)
+    startup_timeout_s: int = Field(600, ge=10)  # model load (the download runs before, in an init container)
+    ready_timeout_s: int = Field(600, ge=0)  # cluster mode: wait this long for Ready (0: don't wait)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeployConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be at least min_replicas ({self.min_replicas})")
+        if self.deployment_mode == "Standard":
+            if self.scale_metric not in ("cpu", "memory"):
+                raise ValueError(f"Standard mode scales on cpu or memory (an HPA), not {self.scale_metric}; set scale_metric")
+            if self.canary_traffic_percent:
+                raise ValueError("canary rollouts need deployment_mode Knative; set canary_traffic_percent=0")
+            if self.min_replicas < 1:
+                raise ValueError("Standard mode cannot scale to zero; set min_replicas to 1 or more")
+        return self
+
+
 class FlagopsConfig(Section):
     profile: str = "custom"
     model: ModelConfig = ModelConfig()
@@ -191,6 +244,7 @@ class FlagopsConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 def profile_path(name: str) -> Path:

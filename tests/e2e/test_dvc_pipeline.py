@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 FLAGOPS = [sys.executable, "-m", "flagops.cli"]
-DOWNSTREAM_OF_TRAIN = ["train_embedder", "evaluate", "register_model", "promote_model"]
+DOWNSTREAM_OF_TRAIN = ["train_embedder", "evaluate", "register_model", "promote_model", "deploy_model"]
 
 
 def _run(args, cwd, env):
