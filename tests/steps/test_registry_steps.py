@@ -198,6 +198,10 @@ def test_fetch_model_dir_accepts_version_and_alias(scenario):
     assert dir_sha256(by_alias) == scenario["reg_c"]["model_sha256"]
     requirements = (by_version.parent.parent / "requirements.txt").read_text()
     assert "torch==" in requirements and "+cpu" not in requirements
+    # A downloaded MLflow model folder (KServe's /mnt/models) is a model source too.
+    from flagops.models.sources import resolve_model_source
+
+    assert resolve_model_source(str(by_version.parent.parent)) == by_version
 
 
 # A fresh interpreter that cannot import the installed flagops (the editable finder is
