@@ -101,6 +101,7 @@ class M3Config(Section):
     modes: tuple[M3Mode, ...] = ("dense", "sparse", "colbert")  # trained when unified_finetuning is on
     colbert_dim: int = Field(-1, ge=-1)  # -1: hidden size (FlagEmbedding's default) or a checkpoint's own
     fix_encoder: bool = False  # train only the sparse and ColBERT heads; the encoder (and dense) stay fixed
+    head_learning_rate: float | None = Field(None, gt=0.0, le=1.0)  # fresh heads may learn faster at a higher rate; None: train.learning_rate
     self_distill: bool = True  # pull each mode's softmax towards the ensemble's (detached) softmax
     self_distill_start_step: int = Field(0, ge=0)  # optimizer step from which self-distillation is on
     # Form of teacher distillation when train.distill is on: m3_kd_loss replaces each mode's

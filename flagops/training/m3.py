@@ -126,6 +126,24 @@ def training_arguments(train_cfg, ckpt: Path, per_device_batch_size: int) -> Tra
     )
 
 
+def set_head_learning_rate(trainer: Trainer, model: M3ForTraining, head_lr: float) -> None:
+    """Train the sparse and ColBERT heads at ``head_lr``, the rest at the Trainer's rate.
+
+    Keeps the Trainer's optimizer class, its weight-decay split and its scheduler (which
+    scales each group's own rate); only the parameter groups change.
+    """
+    decay = set(trainer.get_decay_parameter_names(model))
+    heads = {id(p) for head in model.m3.heads().values() for p in head.parameters()}
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            lr = head_lr if id(param) in heads else trainer.args.learning_rate
+            groups.setdefault((lr, trainer.args.weight_decay if name in decay else 0.0), []).append(param)
+    cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    trainer.optimizer_cls_and_kwargs = (cls, {**kwargs, "params": params})  # create_optimizer takes "params" as the groups
+
+
 def loss_summary(trainer: Trainer, result) -> dict[str, float]:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     k = min(3, len(losses))  # single steps are noisy: average a few logged steps at each end
@@ -181,6 +199,7 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
         f"{f', sub-batches of {m3_cfg.sub_batch_size}' if m3_cfg.sub_batch_size else ''}) | "
         f"{steps_per_epoch} steps/epoch, {total} steps | {trainable / 1e6:.2f}M trainable parameters"
         f"{' (heads only)' if m3_cfg.fix_encoder else ''} | colbert_dim {m3.m3_settings.colbert_dim}"
+        f"{f' | heads at lr {m3_cfg.head_learning_rate:g}' if m3_cfg.head_learning_rate else ''}"
         + (f" | resuming from {Path(resume).name}" if resume else "")
     )
     trainer = Trainer(
@@ -190,6 +209,9 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
         data_collator=collate,
         callbacks=[MlflowThroughputCallback(round(queries_per_step * world)), EpochSeedCallback(dataset), StepCallback(model)],
     )
+
+    if m3_cfg.head_learning_rate is not None:
+        set_head_learning_rate(trainer, model, m3_cfg.head_learning_rate)
 
     # ---- train
     result = trainer.train(resume_from_checkpoint=resume)
