@@ -19,6 +19,8 @@ from flagops.dvc import stage_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 MODE = os.environ.get("FLAGOPS_AIRFLOW_MODE", "local")
+# The model kind of the workspace's params.yaml (model.kind): picks train_embedder or train_m3.
+KIND = os.environ.get("FLAGOPS_MODEL_KIND", "bge")
 if MODE not in ("local", "kubernetes"):
     raise ValueError(f"FLAGOPS_AIRFLOW_MODE={MODE!r}: expected 'local' or 'kubernetes'")
 # kubernetes: where the workspace PVC is mounted in each pod; local: a folder here, made
@@ -48,7 +50,7 @@ def bash_task(step: catalog.Step, argv: list[str], *, workdir: str, **kw):
 def dag_kwargs(**overrides) -> dict:
     """Settings the flagops DAGs share."""
     shared = {"start_date": datetime(2025, 1, 1, tzinfo=timezone.utc), "catchup": False, "default_args": DEFAULT_ARGS}
-    return shared | {"max_active_runs": 1, "tags": ["flagops", "retraining", MODE]} | overrides
+    return shared | {"max_active_runs": 1, "tags": ["flagops", "retraining", MODE, KIND]} | overrides
 
 
 def retrain_dag(dag_id: str, doc_md: str) -> DAG:
@@ -65,8 +67,8 @@ def retrain_dag(dag_id: str, doc_md: str) -> DAG:
     with DAG(dag_id, doc_md=doc_md, **dag_kwargs(schedule=None if schedule.lower() == "none" else schedule)) as dag:
         tasks = {
             s.name: task(s, shlex.split(stage_cmd(s)), workdir=WORKDIR, outlets=[CORPUS] if s.name == "build_corpus" else [])
-            for s in catalog.STEPS
+            for s in catalog.pipeline(KIND)
         }
-        for upstream, downstream in sorted(catalog.edges()):
+        for upstream, downstream in sorted(catalog.edges(KIND)):
             tasks[upstream] >> tasks[downstream]
     return dag

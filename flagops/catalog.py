@@ -38,6 +38,11 @@ class Resources:
     gpus: int = 0
 
 
+# model.kind picks the training step: `bge` (train_embedder) or `m3` (train_m3); each kind's
+# pipeline is STEPS filtered by kind, and every face renders the pipeline of a kind.
+KINDS = ("bge", "m3")
+
+
 @dataclass(frozen=True)
 class Step:
     name: str  # snake_case verb phrase, the same in every face
@@ -47,6 +52,7 @@ class Step:
     outputs: tuple[Artifact, ...]
     resources: Resources = field(default_factory=Resources)
     summary: str = ""
+    kinds: tuple[str, ...] = KINDS  # the model kinds (model.kind) whose pipeline includes it
 
     @property
     def run(self) -> Callable:
@@ -57,8 +63,9 @@ class Step:
         return tuple(a.name for a in self.outputs)
 
 
-def _step(name: str, sections, inputs, outputs, resources=Resources(), summary="") -> Step:
-    return Step(name, f"flagops.steps.{name}", tuple(sections), tuple(inputs), tuple(outputs), resources, summary)
+def _step(name: str, sections, inputs, outputs, resources=Resources(), summary="", kinds=None) -> Step:
+    module = f"flagops.steps.{name}"
+    return Step(name, module, tuple(sections), tuple(inputs), tuple(outputs), resources, summary, kinds or KINDS)
 
 
 GPU = Resources(cpu="8", memory="32Gi", gpus=1)
@@ -93,6 +100,16 @@ STEPS: tuple[Step, ...] = (
         [Artifact("model", "models/candidate", kind="model", is_dir=True)],
         GPU,
         summary="Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation).",
+        kinds=("bge",),
+    ),
+    _step(
+        "train_m3",
+        ["model", "m3", "train"],
+        ["train_data"],
+        [Artifact("model", "models/candidate", kind="model", is_dir=True)],
+        GPU,
+        summary="Fine-tune BGE-M3 heads: dense + sparse + ColBERT with self-distillation.",
+        kinds=("m3",),
     ),
     _step(
         "evaluate",
@@ -133,8 +150,14 @@ STEPS: tuple[Step, ...] = (
 )
 
 BY_NAME = {s.name: s for s in STEPS}
-ARTIFACTS = {a.name: a for s in STEPS for a in s.outputs}
-PRODUCER = {a.name: s.name for s in STEPS for a in s.outputs}
+ARTIFACTS = {a.name: a for s in STEPS for a in s.outputs}  # variants of a step write the same artifact
+
+
+def pipeline(kind: str = "bge") -> tuple[Step, ...]:
+    """The DAG for model kind ``kind``, in run order."""
+    if kind not in KINDS:
+        raise KeyError(f"unknown model kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    return tuple(s for s in STEPS if kind in s.kinds)
 
 
 def get(name: str) -> Step:
@@ -144,16 +167,28 @@ def get(name: str) -> Step:
         raise KeyError(f"unknown step {name!r}; steps are: {', '.join(BY_NAME)}") from None
 
 
-def edges() -> set[tuple[str, str]]:
-    """(upstream, downstream) pairs derived from inputs and outputs."""
-    return {(PRODUCER[i], s.name) for s in STEPS for i in s.inputs}
+def edges(kind: str = "bge") -> set[tuple[str, str]]:
+    """(upstream, downstream) pairs of kind's pipeline, derived from inputs and outputs."""
+    steps = pipeline(kind)
+    producer = {a.name: s.name for s in steps for a in s.outputs}
+    return {(producer[i], s.name) for s in steps for i in s.inputs}
 
 
 def check() -> None:
-    """Raise if an input has no producer, an artifact is produced twice, or order is wrong."""
+    """Raise if, in any kind's pipeline, an input has no producer, an artifact is produced
+    twice, a step is listed twice, or steps are out of order."""
+    for kind in KINDS:
+        _check(pipeline(kind))
+    for s in STEPS:
+        for a in s.outputs:
+            if ARTIFACTS[a.name] != a:
+                raise ValueError(f"step {s.name}: artifact {a.name!r} differs from another step's {a.name!r}")
+
+
+def _check(steps: tuple[Step, ...]) -> None:
     seen: set[str] = set()
     produced: set[str] = set()
-    for s in STEPS:
+    for s in steps:
         for i in s.inputs:
             if i not in produced:
                 raise ValueError(f"step {s.name}: input {i!r} is not produced by an earlier step")

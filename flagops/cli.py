@@ -64,7 +64,8 @@ def cmd_step(args: argparse.Namespace) -> int:
 def cmd_steps(_: argparse.Namespace) -> int:
     for s in catalog.STEPS:
         ins = ", ".join(s.inputs) or "-"
-        print(f"{s.name:22s} in: {ins:32s} out: {', '.join(s.output_names):32s} {s.summary}")
+        only = f" [model.kind={'|'.join(s.kinds)}]" if s.kinds != catalog.KINDS else ""
+        print(f"{s.name:22s} in: {ins:32s} out: {', '.join(s.output_names):32s} {s.summary}{only}")
     return 0
 
 
@@ -81,10 +82,10 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dvc_yaml(_: argparse.Namespace) -> int:
+def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     from flagops.dvc import render_text
 
-    sys.stdout.write(render_text())
+    sys.stdout.write(render_text(args.kind))
     return 0
 
 
@@ -140,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(func=cmd_params)
 
-    sub.add_parser("dvc-yaml", help="render dvc.yaml from the catalog").set_defaults(func=cmd_dvc_yaml)
+    p = sub.add_parser("dvc-yaml", help="render dvc.yaml from the catalog")
+    p.add_argument("--kind", default="bge", choices=catalog.KINDS, help="model kind whose pipeline to render")
+    p.set_defaults(func=cmd_dvc_yaml)
 
     for name, func, text in (
         ("pipeline", cmd_pipeline, "run the DAG with dvc repro under one MLflow parent run"),

@@ -46,9 +46,10 @@ def stage(step: catalog.Step) -> dict[str, Any]:
     return out
 
 
-def render() -> dict[str, Any]:
-    return {"stages": {s.name: stage(s) for s in catalog.STEPS}}
+def render(kind: str = "bge") -> dict[str, Any]:
+    """The stages of model kind ``kind``'s pipeline (train_embedder or train_m3)."""
+    return {"stages": {s.name: stage(s) for s in catalog.pipeline(kind)}}
 
 
-def render_text() -> str:
-    return HEADER + yaml.safe_dump(render(), sort_keys=False, width=200)
+def render_text(kind: str = "bge") -> str:
+    return HEADER + yaml.safe_dump(render(kind), sort_keys=False, width=200)

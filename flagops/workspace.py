@@ -42,7 +42,7 @@ def prepare(profile: str, workdir: Path | None, overrides=()) -> tuple[FlagopsCo
     workdir = workdir or default_workdir(profile)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(profile, overrides)
-    (workdir / "dvc.yaml").write_text(render_text())
+    (workdir / "dvc.yaml").write_text(render_text(cfg.model.kind))
     header = f"# Rendered from profile {profile!r} by `flagops pipeline --profile {profile}`.\n"
     (workdir / "params.yaml").write_text(header + to_yaml(cfg))
     if not (workdir / ".dvc").is_dir():
@@ -117,15 +117,16 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, vectors: list[list[float]],
     from rich.console import Console
     from rich.table import Table
 
+    from flagops.evaluation.plots import result_rows
+
     metrics = read_json(workdir / "metrics/eval.json")
     promotion = read_json(workdir / "registry/promotion.json")
     table = Table(title=f"Held-out retrieval ({cfg.profile} profile)")
     table.add_column("system")
     for m in ("ndcg@10", "mrr@10", "recall@100"):
         table.add_column(m, justify="right")
-    for system in ("bm25", "base", "candidate"):
-        if f"{system}/ndcg@10" in metrics:
-            table.add_row(system, *(f"{metrics[f'{system}/{m}']:.4f}" for m in ("ndcg@10", "mrr@10", "recall@100")))
+    for label, prefix in result_rows(metrics):
+        table.add_row(label, *(f"{metrics[f'{prefix}/{m}']:.4f}" for m in ("ndcg@10", "mrr@10", "recall@100")))
     console = Console(soft_wrap=True)
     console.print(table)
     delta = metrics.get("candidate/ndcg@10", 0.0) - metrics.get("base/ndcg@10", 0.0)

@@ -8,7 +8,7 @@ KFP_CRON ?= 0 3 * * *
 .PHONY: kfp-compile kfp-submit kfp-schedule kfp-test
 
 kfp-compile: install
-	$(BIN)/python -m pipelines.retrain
+	$(BIN)/python -m pipelines.retrain   # writes pipelines/retrain.yaml (bge) and retrain_m3.yaml (m3)
 
 kfp-submit: kfp-compile
 	$(BIN)/flagops kfp submit $(if $(KFP_HOST),--host $(KFP_HOST)) --profile $(PROFILE)

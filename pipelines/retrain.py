@@ -1,7 +1,9 @@
-"""The retraining pipeline on Kubeflow: one task per catalog step, wired by its artifacts.
+"""The retraining pipelines on Kubeflow: one task per catalog step, wired by its artifacts.
 
-Compile it to the committed IR (a test fails when pipelines/retrain.yaml is stale):
-    make kfp-compile        (or: python -m pipelines.retrain [-o FILE])
+One pipeline per model kind (the catalog's `pipeline(kind)`): `bge` (train_embedder) in
+pipelines/retrain.yaml, `m3` (train_m3) in pipelines/retrain_m3.yaml. Compile them to the
+committed IR (a test fails when either is stale):
+    make kfp-compile        (or: python -m pipelines.retrain [--kind bge|m3 -o FILE])
 Submit or schedule the IR with `flagops kfp submit|schedule` (flagops/kfp_client.py).
 """
 
@@ -15,13 +17,20 @@ import components
 from flagops import catalog
 from flagops.config import load_config
 
-NAME = "flagops-retrain"
-PACKAGE = Path(__file__).with_name("retrain.yaml")
-# The demo profile as set in its file, so config fields added later keep their defaults and
-# leave the committed IR fresh (`flagops kfp submit` sends the full config). One line of JSON,
-# which is YAML: KFP copies defaults into the IR's comment header, and a multi-line default
-# would leave uncommented lines there, so the file would no longer parse.
-DEFAULT_PARAMS = json.dumps(load_config("demo").model_dump(mode="json", exclude_unset=True))
+# kind -> (pipeline name, default profile, committed IR)
+KINDS = {
+    "bge": ("flagops-retrain", "demo", Path(__file__).with_name("retrain.yaml")),
+    "m3": ("flagops-retrain-m3", "demo_m3", Path(__file__).with_name("retrain_m3.yaml")),
+}
+NAME, _, PACKAGE = KINDS["bge"]
+
+
+def default_params(profile: str) -> str:
+    """The profile as set in its files, so config fields added later keep their defaults and
+    leave the committed IR fresh (`flagops kfp submit` sends the full config). One line of
+    JSON, which is YAML: KFP copies defaults into the IR's comment header, and a multi-line
+    default would leave uncommented lines there, so the file would no longer parse."""
+    return json.dumps(load_config(profile).model_dump(mode="json", exclude_unset=True))
 GPU = "nvidia.com/gpu"
 RETRIES = 2  # steps are idempotent (a retry overwrites its outputs): retry lost nodes and OOMs
 BACKOFF = "60s"  # doubles on each retry
@@ -40,30 +49,43 @@ def configure(task: dsl.PipelineTask, step: catalog.Step) -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(name=NAME, description="flagops retraining DAG: corpus to champion, one task per catalog step.")
-def retrain(params: str = DEFAULT_PARAMS, tracking_uri: str = "") -> dsl.Metrics:
-    """The catalog's DAG; returns the evaluation metrics.
+def build(kind: str):
+    """The pipeline of model kind ``kind``: the catalog's DAG; returns the evaluation metrics."""
+    name, profile, _ = KINDS[kind]
+    steps = catalog.pipeline(kind)
 
-    Args:
-        params: The FlagopsConfig as YAML (JSON is YAML); default: the demo profile.
-        tracking_uri: The MLflow store the steps log to; "" keeps the config's.
-    """
-    built = components.load()
-    produced = {}
-    for step in catalog.STEPS:
-        task = built[step.name](params=params, tracking_uri=tracking_uri, **{n: produced[n] for n in step.inputs})
-        configure(task, step)
-        produced.update({a.name: task.outputs[a.name] for a in step.outputs})
-    # The evaluation metrics are the pipeline's output: the run page shows them, a caller gets them.
-    return next(produced[a.name] for s in catalog.STEPS for a in s.outputs if a.kind == "metrics")
+    @dsl.pipeline(name=name, description=f"flagops retraining DAG ({kind}): corpus to champion, one task per catalog step.")
+    def retrain(params: str = default_params(profile), tracking_uri: str = "") -> dsl.Metrics:
+        """The catalog's DAG for this kind; returns the evaluation metrics.
+
+        Args:
+            params: The FlagopsConfig as YAML (JSON is YAML); default: the kind's demo profile.
+            tracking_uri: The MLflow store the steps log to; "" keeps the config's.
+        """
+        built = components.load()
+        produced = {}
+        for step in steps:
+            task = built[step.name](params=params, tracking_uri=tracking_uri, **{n: produced[n] for n in step.inputs})
+            configure(task, step)
+            produced.update({a.name: task.outputs[a.name] for a in step.outputs})
+        # The evaluation metrics are the pipeline's output: the run page shows them, a caller gets them.
+        return next(produced[a.name] for s in steps for a in s.outputs if a.kind == "metrics")
+
+    return retrain
 
 
-def compile_to(path: str | Path = PACKAGE) -> Path:
-    compiler.Compiler().compile(retrain, str(path))
+retrain = build("bge")
+
+
+def compile_to(path: str | Path = PACKAGE, kind: str = "bge") -> Path:
+    compiler.Compiler().compile(build(kind), str(path))
     return Path(path)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Compile the retraining pipeline to KFP IR YAML.")
-    parser.add_argument("-o", "--output", default=str(PACKAGE), help=f"default: {PACKAGE}")
-    print(f"wrote {compile_to(parser.parse_args().output)}")
+    parser = argparse.ArgumentParser(description="Compile the retraining pipelines to KFP IR YAML.")
+    parser.add_argument("--kind", choices=list(KINDS), help="one kind only (default: all, to their committed paths)")
+    parser.add_argument("-o", "--output", help="with --kind: where to write (default: its committed path)")
+    args = parser.parse_args()
+    for kind in [args.kind] if args.kind else list(KINDS):
+        print(f"wrote {compile_to(args.output or KINDS[kind][2], kind)}")

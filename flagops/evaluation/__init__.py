@@ -5,7 +5,7 @@ MLflow and the promotion gate.
 """
 
 from flagops.evaluation.bm25 import bm25_search
-from flagops.evaluation.plots import CHART_METRICS, SYSTEMS, chart_rows, write_chart, write_chart_data
+from flagops.evaluation.plots import CHART_METRICS, SYSTEMS, chart_rows, result_rows, write_chart, write_chart_data
 from flagops.evaluation.retrieval import (
     RETRIEVAL_METRICS,
     RetrievalEvaluator,
@@ -27,6 +27,7 @@ __all__ = [
     "cut_run",
     "dense_search",
     "prefixed",
+    "result_rows",
     "retrieval_metrics",
     "sts_spearman",
     "write_chart",

@@ -19,6 +19,17 @@ SYSTEMS: tuple[str, ...] = ("bm25", "base", "candidate")  # left to right: basel
 CHART_METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100")
 
 
+M3_MODES = ("m3_dense", "m3_sparse", "m3_colbert", "m3_hybrid")
+
+
+def result_rows(metrics: Mapping[str, float]) -> list[tuple[str, str]]:
+    """(label, key prefix) of every system in ``metrics``: baselines, the candidate, and
+    the candidate's M3 modes when it is an M3 model (``candidate/m3_hybrid/ndcg@10``)."""
+    rows = [(s, s) for s in SYSTEMS if any(k.startswith(f"{s}/") for k in metrics)]
+    rows += [(f"candidate {m}", f"candidate/{m}") for m in M3_MODES if f"candidate/{m}/ndcg@10" in metrics]
+    return rows
+
+
 def chart_rows(
     metrics: Mapping[str, float], systems: Sequence[str] = SYSTEMS, chart_metrics: Sequence[str] = CHART_METRICS
 ) -> list[dict[str, str | float]]:

@@ -12,11 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from flagops import catalog
+from flagops.config import ConfigError
 from flagops.data.formats import DataError
 
 
 def execute(name: str, cfg, inputs: Mapping[str, str | Path], outputs: Mapping[str, str | Path], *, track: bool = True):
     step = catalog.get(name)
+    if cfg.model.kind not in step.kinds:
+        raise ConfigError(
+            f"step {name} is in the pipeline of model.kind {' or '.join(step.kinds)}, but the config has "
+            f"model.kind={cfg.model.kind!r}; run that kind's pipeline (`flagops dvc-yaml --kind {cfg.model.kind}`)"
+        )
     ins = {k: Path(v) for k, v in inputs.items()}
     outs = {k: Path(v) for k, v in outputs.items()}
     _check_names(step, "input", set(step.inputs), set(ins))

@@ -15,11 +15,11 @@ from rich.table import Table
 from flagops.data.formats import read_beir, read_sts, write_json
 from flagops.evaluation import (
     RETRIEVAL_METRICS,
-    SYSTEMS,
     RetrievalEvaluator,
     bm25_search,
     chart_rows,
     prefixed,
+    result_rows,
     retrieval_metrics,
     sts_spearman,
     write_chart,
@@ -48,6 +48,13 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
         if sts_pairs is not None:
             metrics[f"{system}/sts_spearman"] = sts_spearman(embedder, sts_pairs, ev.batch_size, progress=system)
         del embedder  # one model in memory at a time
+        if system == "candidate" and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
+            from flagops.evaluation.m3 import evaluate_m3
+            from flagops.models.m3 import M3Embedder
+
+            m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning)
+            metrics.update(evaluate_m3(m3, eval_set, cfg, prefix="candidate"))
+            del m3
     if ev.bm25:
         run_bm25 = bm25_search(eval_set.corpus, eval_set.queries, evaluator.top_k)
         metrics.update(prefixed(retrieval_metrics(eval_set.qrels, run_bm25), "bm25"))
@@ -66,15 +73,14 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
 
 def print_table(metrics: Mapping[str, float], primary_metric: str) -> None:
     """Systems as rows, metrics as columns; the candidate's primary metric is called out."""
-    systems = [s for s in SYSTEMS if any(k.startswith(f"{s}/") for k in metrics)]
     columns = [*RETRIEVAL_METRICS, *(["sts_spearman"] if any(k.endswith("/sts_spearman") for k in metrics) else [])]
     table = Table(title="evaluate")
     table.add_column("system")
     for name in columns:
         table.add_column(name, justify="right")
-    for system in systems:
-        cells = [metrics.get(f"{system}/{name}") for name in columns]
-        table.add_row(system, *("-" if v is None else f"{v:.4f}" for v in cells))
+    for label, prefix in result_rows(metrics):
+        cells = [metrics.get(f"{prefix}/{name}") for name in columns]
+        table.add_row(label, *("-" if v is None else f"{v:.4f}" for v in cells))
     console = Console()
     console.width = max(console.width, 100)  # a pipe reports 80 columns; the table needs ~95
     console.print(table)

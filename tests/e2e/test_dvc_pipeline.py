@@ -103,3 +103,18 @@ def test_dvc_plots_show_renders(workspace):
     _run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(wd / "plots_html")], wd, env)
     html = (wd / "plots_html" / "index.html").read_text()
     assert "eval_comparison" in html
+
+
+def test_m3_pipeline_trains_evaluates_every_mode_and_registers(tmp_path_factory, repo_root):
+    """The same DAG with model.kind=m3 (profile tiny_m3): train_m3 replaces train_embedder."""
+    wd = tmp_path_factory.mktemp("e2e-m3") / "ws"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny_m3", "--workdir", str(wd)], repo_root, env)
+    assert "train_m3" in _ran(out) and "train_embedder" not in _ran(out)
+    metrics = json.loads((wd / "metrics/eval.json").read_text())
+    for mode in ("m3_dense", "m3_sparse", "m3_colbert", "m3_hybrid"):
+        assert 0.0 <= metrics[f"candidate/{mode}/ndcg@10"] <= 1.0
+    for head in ("colbert_linear.pt", "sparse_linear.pt"):
+        assert (wd / "models/candidate" / head).is_file()
+    uri = f"sqlite:///{wd / 'mlflow.db'}"
+    assert str(MlflowClient(uri, uri).get_model_version_by_alias("bge-m3-tiny", "champion").version) == "1"

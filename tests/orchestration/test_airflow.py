@@ -33,6 +33,7 @@ K8S = {
     "FLAGOPS_K8S_MLFLOW_SECRET": "mlflow-credentials",
     "FLAGOPS_WORKDIR": "/mnt/flagops",
     "FLAGOPS_SCHEDULE": "0 3 * * 1",
+    "FLAGOPS_MODEL_KIND": "m3",  # the kubernetes probe builds the M3 pipeline (train_m3)
     # A credential in the scheduler's environment must not reach a pod spec.
     "MLFLOW_TRACKING_URI": "http://user:hunter2@mlflow.internal:5000",
 }
@@ -122,10 +123,11 @@ def test_dag_settings(parsed):
 
 
 def test_tasks_and_dependencies_are_the_catalog(parsed):
-    _, _, bag = parsed
+    _, extra, bag = parsed
     tasks = bag["dags"]["retrain_embedder"]["tasks"]
-    assert list(tasks) == [s.name for s in catalog.STEPS]
-    assert {(up, name) for name, t in tasks.items() for up in t["upstream"]} == catalog.edges()
+    kind = extra.get("FLAGOPS_MODEL_KIND", "bge")
+    assert list(tasks) == [s.name for s in catalog.pipeline(kind)]
+    assert {(up, name) for name, t in tasks.items() for up in t["upstream"]} == catalog.edges(kind)
 
 
 def test_new_data_triggers_retraining_and_build_corpus_updates_the_corpus_asset(parsed):
@@ -141,7 +143,7 @@ def test_new_data_triggers_retraining_and_build_corpus_updates_the_corpus_asset(
 
 def test_local_tasks_run_the_dvc_stage_command(bags):
     _, extra, bag = bags["local"]
-    for step in catalog.STEPS:
+    for step in catalog.pipeline("bge"):
         task = bag["dags"]["retrain_embedder"]["tasks"][step.name]
         assert task["type"] == "BashOperator"
         assert task["bash_command"] == shlex.join([str(FLAGOPS_BIN), *shlex.split(stage_cmd(step))[1:]])
@@ -151,7 +153,7 @@ def test_local_tasks_run_the_dvc_stage_command(bags):
 
 def test_kubernetes_tasks_are_pods_with_the_catalog_image_command_and_resources(bags):
     _, extra, bag = bags["kubernetes"]
-    for step in catalog.STEPS:
+    for step in catalog.pipeline(extra["FLAGOPS_MODEL_KIND"]):
         task = bag["dags"]["retrain_embedder"]["tasks"][step.name]
         assert task["type"] == "KubernetesPodOperator"
         assert task["get_logs"] and task["on_finish_action"] == "delete_pod"
@@ -206,7 +208,7 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias(model, "champion").version) == "1"
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
-    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.STEPS}
+    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.pipeline()}
     assert (workdir / "registry" / "promotion.json").is_file()
 
     # New data: the asset-scheduled DAG queues one more retrain_embedder run (no scheduler here to start it).

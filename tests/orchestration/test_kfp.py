@@ -40,12 +40,18 @@ def task_name(step: str) -> str:
     return step.replace("_", "-")
 
 
+@pytest.fixture(scope="module", params=list(retrain.KINDS))
+def kind(request) -> str:
+    """Each model kind has its pipeline (train_embedder or train_m3) and committed IR."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> Path:
+def compiled(tmp_path_factory, kind) -> Path:
     """`python -m pipelines.retrain` (what `make kfp-compile` runs) in a fresh process, default image."""
-    out = tmp_path_factory.mktemp("ir") / "retrain.yaml"
+    out = tmp_path_factory.mktemp("ir") / f"retrain-{kind}.yaml"
     env = {k: v for k, v in os.environ.items() if k != "FLAGOPS_IMAGE"}
-    cmd = [sys.executable, "-m", "pipelines.retrain", "-o", str(out)]
+    cmd = [sys.executable, "-m", "pipelines.retrain", "--kind", kind, "-o", str(out)]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -59,11 +65,12 @@ def ir(compiled) -> dict:
 # --------------------------------------------------------------------------- IR and parity
 
 
-def test_committed_ir_is_fresh_and_compilation_is_deterministic(compiled, tmp_path):
-    assert compiled.read_bytes() == retrain.PACKAGE.read_bytes(), "pipelines/retrain.yaml is stale: run `make kfp-compile`"
+def test_committed_ir_is_fresh_and_compilation_is_deterministic(compiled, kind, tmp_path):
+    committed = retrain.KINDS[kind][2]
+    assert compiled.read_bytes() == committed.read_bytes(), f"{committed.name} is stale: run `make kfp-compile`"
     if catalog.image() != catalog.DEFAULT_IMAGE:
         pytest.skip("FLAGOPS_IMAGE is set: this process's components use another image")
-    again = retrain.compile_to(tmp_path / "again.yaml")  # another process, another compile: same bytes
+    again = retrain.compile_to(tmp_path / "again.yaml", kind)  # another process, another compile: same bytes
     assert again.read_bytes() == compiled.read_bytes()
 
 
@@ -80,19 +87,21 @@ def test_a_step_without_a_component_fails(monkeypatch):
         components.load()
 
 
-def test_tasks_and_edges_are_the_catalogs(ir):
+def test_tasks_and_edges_are_the_catalogs(ir, kind):
     tasks = ir["root"]["dag"]["tasks"]
-    assert set(tasks) == {task_name(s.name) for s in catalog.STEPS}
+    steps = catalog.pipeline(kind)
+    assert set(tasks) == {task_name(s.name) for s in steps}
     edges = {(up, name) for name, t in tasks.items() for up in t.get("dependentTasks", [])}
-    assert edges == {(task_name(a), task_name(b)) for a, b in catalog.edges()}
-    for step in catalog.STEPS:  # each input comes from its producer's output of the same name
+    assert edges == {(task_name(a), task_name(b)) for a, b in catalog.edges(kind)}
+    producer = {a.name: s.name for s in steps for a in s.outputs}
+    for step in steps:  # each input comes from its producer's output of the same name
         wired = tasks[task_name(step.name)]["inputs"].get("artifacts", {})
         assert set(wired) == set(step.inputs)
         for name, ref in wired.items():
-            assert ref["taskOutputArtifact"] == {"outputArtifactKey": name, "producerTask": task_name(catalog.PRODUCER[name])}
+            assert ref["taskOutputArtifact"] == {"outputArtifactKey": name, "producerTask": task_name(producer[name])}
 
 
-def test_component_artifacts_and_descriptions_are_the_catalogs(ir):
+def test_component_artifacts_and_descriptions_are_the_catalogs(ir, kind):
     def schemas(defs):
         return {k: v["artifactType"]["schemaTitle"] for k, v in defs.get("artifacts", {}).items()}
 
@@ -100,7 +109,7 @@ def test_component_artifacts_and_descriptions_are_the_catalogs(ir):
         return components.ARTIFACT_TYPES[catalog.ARTIFACTS[name].kind].schema_title
 
     built = components.load()
-    for step in catalog.STEPS:
+    for step in catalog.pipeline(kind):
         comp = ir["components"][f"comp-{task_name(step.name)}"]
         assert set(comp["inputDefinitions"]["parameters"]) == {"params", "tracking_uri"}
         assert schemas(comp["inputDefinitions"]) == {n: kfp_type(n) for n in step.inputs}
@@ -108,9 +117,9 @@ def test_component_artifacts_and_descriptions_are_the_catalogs(ir):
         assert built[step.name].description == step.summary, step.name
 
 
-def test_resources_retries_and_caching_are_the_catalogs(ir):
+def test_resources_retries_and_caching_are_the_catalogs(ir, kind):
     tasks = ir["root"]["dag"]["tasks"]
-    for step in catalog.STEPS:
+    for step in catalog.pipeline(kind):
         res = ir["deploymentSpec"]["executors"][f"exec-{task_name(step.name)}"]["container"]["resources"]
         r = step.resources
         assert (res["resourceCpuRequest"], res["resourceCpuLimit"]) == (r.cpu, r.cpu), step.name
@@ -129,9 +138,9 @@ def test_components_run_on_the_flagops_image_without_pip(ir):
         assert "pip install" not in " ".join(ex["container"]["command"]), name
 
 
-def test_default_params_are_the_demo_profile(ir):
+def test_default_params_are_the_demo_profile(ir, kind):
     default = ir["root"]["inputDefinitions"]["parameters"]["params"]["defaultValue"]
-    assert FlagopsConfig.model_validate(yaml.safe_load(default)) == load_config("demo")
+    assert FlagopsConfig.model_validate(yaml.safe_load(default)) == load_config(retrain.KINDS[kind][1])
     assert ir["root"]["inputDefinitions"]["parameters"]["tracking_uri"]["defaultValue"] == ""
 
 
@@ -151,7 +160,7 @@ def local_run(tmp_path_factory, pytestconfig):
     task = retrain.retrain(params=to_yaml(load_config("tiny")), tracking_uri=uri)
     wall = time.perf_counter() - start
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\nkfp.local: the retraining pipeline ({len(catalog.STEPS)} tasks, tiny profile) took {wall:.1f} s")
+        print(f"\nkfp.local: the retraining pipeline ({len(catalog.pipeline())} tasks, tiny profile) took {wall:.1f} s")
     return root, uri, task.output
 
 
@@ -164,7 +173,7 @@ def test_local_run_registers_a_champion(local_run):
     mv = client.get_model_version_by_alias("bge-tiny", "champion")
     assert str(mv.version) == "1" and mv.tags["model_sha256"]
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
-    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.STEPS}
+    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.pipeline()}
 
 
 @pytest.mark.slow
@@ -176,7 +185,7 @@ def test_local_run_metrics_reach_kfp_and_every_output_exists(local_run):
     assert metrics.metadata["candidate_ndcg_at_10"] == written["candidate/ndcg@10"]
     assert len(metrics.metadata) == len(written)
     (run_dir,) = (root / "outputs").iterdir()
-    for step in catalog.STEPS:
+    for step in catalog.pipeline():
         for a in step.outputs:
             path = run_dir / task_name(step.name) / a.name
             assert (path.is_dir() if a.is_dir else path.is_file()), path

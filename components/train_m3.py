@@ -1,0 +1,11 @@
+"""KFP component for catalog step ``train_m3``."""
+
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import component, run_step
+
+
+@component
+def train_m3(params: str, tracking_uri: str, train_data: Input[Dataset], model: Output[Model]):
+    """Fine-tune BGE-M3 heads: dense + sparse + ColBERT with self-distillation."""
+    run_step("train_m3", params, tracking_uri, train_data=train_data, model=model)
