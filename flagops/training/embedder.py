@@ -162,26 +162,27 @@ def checkpoint_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.checkpoints"
 
 
-def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
-    # ---- setup
-    if train_cfg.cross_device_negatives and not train_cfg.in_batch_negatives:
-        raise ConfigError("train.cross_device_negatives=true needs train.in_batch_negatives=true")
-    deepspeed = resolve_deepspeed_config(train_cfg.deepspeed) if train_cfg.deepspeed else None  # a bundled name or a path
-    torch.manual_seed(train_cfg.seed)
-    embedder = Embedder.from_config(model_cfg)
-    if train_cfg.gradient_checkpointing:
-        embedder.model.gradient_checkpointing_enable()
-    dataset = GroupDataset(examples, train_cfg.train_group_size, train_cfg.seed, train_cfg.distill)
-    model = BiEncoderForTraining(
-        embedder, train_cfg.temperature, train_cfg.in_batch_negatives, train_cfg.distill_weight, train_cfg.cross_device_negatives
-    )
-
+def prepare_checkpoints(output: Path, stamp: str, resume: bool) -> tuple[Path, str | None]:
+    """The checkpoint dir beside ``output``, wiped when it holds another config's or data's
+    checkpoints; and the newest checkpoint to resume from (None: start fresh)."""
     ckpt = checkpoint_dir(output)
+    stamp_file = ckpt / FINGERPRINT
+    if ckpt.exists() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
+        shutil.rmtree(ckpt)  # never resume from another run's checkpoints
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(stamp)
+    return ckpt, (get_last_checkpoint(str(ckpt)) if resume else None)
+
+
+def training_arguments(train_cfg, ckpt: Path, per_device_batch_size: int) -> TrainingArguments:
+    """The Trainer's arguments from the train section; DeepSpeed (a bundled name or a path)
+    only when CUDA is present."""
     cuda = torch.cuda.is_available()
-    # Under torchrun, building the arguments joins the process group (gloo on CPU, NCCL on GPU).
-    args = TrainingArguments(
+    # Resolved on every machine, so a wrong name fails here too; used only with CUDA.
+    deepspeed = resolve_deepspeed_config(train_cfg.deepspeed) if train_cfg.deepspeed else None
+    return TrainingArguments(
         output_dir=str(ckpt),
-        per_device_train_batch_size=train_cfg.batch_size,
+        per_device_train_batch_size=per_device_batch_size,
         learning_rate=train_cfg.learning_rate,
         num_train_epochs=train_cfg.epochs,
         max_steps=train_cfg.max_steps,
@@ -198,15 +199,37 @@ def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) 
         use_cpu=not cuda,
         deepspeed=str(deepspeed) if (cuda and deepspeed) else None,
     )
+
+
+def loss_summary(trainer: Trainer, result) -> dict[str, float]:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    k = min(3, len(losses))  # single steps are noisy: average a few logged steps at each end
+    return {
+        "train_loss": float(result.training_loss),
+        "loss_start": sum(losses[:k]) / k if k else float("nan"),
+        "loss_end": sum(losses[-k:]) / k if k else float("nan"),
+        "steps": float(trainer.state.global_step),
+    }
+
+
+def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
+    # ---- setup
+    if train_cfg.cross_device_negatives and not train_cfg.in_batch_negatives:
+        raise ConfigError("train.cross_device_negatives=true needs train.in_batch_negatives=true")
+    torch.manual_seed(train_cfg.seed)
+    embedder = Embedder.from_config(model_cfg)
+    if train_cfg.gradient_checkpointing:
+        embedder.model.gradient_checkpointing_enable()
+    dataset = GroupDataset(examples, train_cfg.train_group_size, train_cfg.seed, train_cfg.distill)
+    model = BiEncoderForTraining(
+        embedder, train_cfg.temperature, train_cfg.in_batch_negatives, train_cfg.distill_weight, train_cfg.cross_device_negatives
+    )
+
+    # Under torchrun, building the arguments joins the process group (gloo on CPU, NCCL on GPU).
+    args = training_arguments(train_cfg, checkpoint_dir(output), train_cfg.batch_size)
     world = args.world_size
     with args.main_process_first(local=False, desc="checkpoint fingerprint"):  # rank 0 cleans up, the rest then agree
-        stamp = fingerprint(model_cfg, train_cfg, examples)
-        stamp_file = ckpt / FINGERPRINT
-        if ckpt.exists() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
-            shutil.rmtree(ckpt)  # checkpoints of another config or data: never resume from them
-        ckpt.mkdir(parents=True, exist_ok=True)
-        (ckpt / FINGERPRINT).write_text(stamp)
-        resume = get_last_checkpoint(str(ckpt)) if train_cfg.resume_from_checkpoint else None
+        ckpt, resume = prepare_checkpoints(output, fingerprint(model_cfg, train_cfg, examples), train_cfg.resume_from_checkpoint)
 
     steps_per_epoch = len(dataset) // (train_cfg.batch_size * world)
     if steps_per_epoch == 0:
@@ -237,11 +260,4 @@ def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) 
     if trainer.is_world_process_zero():
         embedder.save(output)
         shutil.rmtree(ckpt, ignore_errors=True)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    k = min(3, len(losses))  # single steps are noisy: average a few logged steps at each end
-    return {
-        "train_loss": float(result.training_loss),
-        "loss_start": sum(losses[:k]) / k if k else float("nan"),
-        "loss_end": sum(losses[-k:]) / k if k else float("nan"),
-        "steps": float(trainer.state.global_step),
-    }
+    return loss_summary(trainer, result)

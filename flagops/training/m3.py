@@ -17,21 +17,21 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, TrainerCallback
 
 from flagops.data.formats import DataError, TrainExample
 from flagops.losses.m3 import M3UnifiedLoss
 from flagops.models.m3 import M3Embedder, M3Output, colbert_scores, dense_scores, sparse_scores
 from flagops.training.batching import LengthGroupedBatches, encode_in_chunks, example_lengths, unwrap_batch
 from flagops.training.embedder import (
-    FINGERPRINT,
     EpochSeedCallback,
     GroupCollator,
     GroupDataset,
     MlflowThroughputCallback,
-    checkpoint_dir,
     fingerprint,
+    loss_summary,
+    prepare_checkpoints,
+    training_arguments,
 )
 
 # --------------------------------------------------------------------------- model
@@ -91,41 +91,6 @@ class StepCallback(TrainerCallback):
 # --------------------------------------------------------------------------- pieces the embedder recipe could share
 
 
-def prepare_checkpoints(output: Path, stamp: str, resume: bool) -> tuple[Path, str | None]:
-    """The checkpoint dir beside ``output``, wiped when it holds another config's or data's
-    checkpoints; and the newest checkpoint to resume from (None: start fresh)."""
-    ckpt = checkpoint_dir(output)
-    stamp_file = ckpt / FINGERPRINT
-    if ckpt.exists() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
-        shutil.rmtree(ckpt)  # never resume from another run's checkpoints
-    ckpt.mkdir(parents=True, exist_ok=True)
-    stamp_file.write_text(stamp)
-    return ckpt, (get_last_checkpoint(str(ckpt)) if resume else None)
-
-
-def training_arguments(train_cfg, ckpt: Path, per_device_batch_size: int) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
-    return TrainingArguments(
-        output_dir=str(ckpt),
-        per_device_train_batch_size=per_device_batch_size,
-        learning_rate=train_cfg.learning_rate,
-        num_train_epochs=train_cfg.epochs,
-        max_steps=train_cfg.max_steps,
-        warmup_steps=train_cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
-        weight_decay=train_cfg.weight_decay,
-        logging_steps=train_cfg.logging_steps,
-        save_steps=train_cfg.save_steps,
-        save_total_limit=train_cfg.save_total_limit,
-        seed=train_cfg.seed,
-        data_seed=train_cfg.seed,
-        dataloader_drop_last=True,  # in-batch negatives want full batches
-        remove_unused_columns=False,
-        report_to="none",
-        use_cpu=not cuda,
-        deepspeed=train_cfg.deepspeed if (cuda and train_cfg.deepspeed) else None,
-    )
-
-
 def set_head_learning_rate(trainer: Trainer, model: M3ForTraining, head_lr: float) -> None:
     """Train the sparse and ColBERT heads at ``head_lr``, the rest at the Trainer's rate.
 
@@ -142,17 +107,6 @@ def set_head_learning_rate(trainer: Trainer, model: M3ForTraining, head_lr: floa
     cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
     params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     trainer.optimizer_cls_and_kwargs = (cls, {**kwargs, "params": params})  # create_optimizer takes "params" as the groups
-
-
-def loss_summary(trainer: Trainer, result) -> dict[str, float]:
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    k = min(3, len(losses))  # single steps are noisy: average a few logged steps at each end
-    return {
-        "train_loss": float(result.training_loss),
-        "loss_start": sum(losses[:k]) / k if k else float("nan"),
-        "loss_end": sum(losses[-k:]) / k if k else float("nan"),
-        "steps": float(trainer.state.global_step),
-    }
 
 
 # --------------------------------------------------------------------------- recipe

@@ -254,6 +254,7 @@ def test_hybrid_combines_modes_with_the_configured_weights():
 
 def test_resume_after_interruption_continues_from_the_checkpoint(tmp_path, monkeypatch, capsys):
     from flagops.training import m3 as recipe
+    from flagops.training.embedder import checkpoint_dir
 
     cfg = _cfg("train.max_steps=4", "train.save_steps=2", "m3.self_distill_start_step=3")
     steps_seen, crashed = [], []
@@ -270,7 +271,7 @@ def test_resume_after_interruption_continues_from_the_checkpoint(tmp_path, monke
     out = tmp_path / "model"
     with pytest.raises(KeyboardInterrupt):
         recipe.train(cfg.model, cfg.m3, cfg.train, _examples(), out)
-    assert (recipe.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
+    assert (checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
     summary = recipe.train(cfg.model, cfg.m3, cfg.train, _examples(), out)
     assert "resuming from checkpoint-2" in capsys.readouterr().out
     assert summary["steps"] == 4 and (out / "colbert_linear.pt").is_file()
