@@ -76,7 +76,8 @@ def docstring_texts(model_dir: Path, tokens: int, n: int, at_least: int | None =
     passages = sorted(stdlib_passages(min_chars=0), key=lambda p: hashlib.sha1(p.id.encode()).hexdigest())
     texts: list[str] = []
     for p in passages:
-        spans = tokenizer(p.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+        enc = tokenizer(p.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        spans = enc["offset_mapping"]  # (start, end) characters per token
         if len(spans) >= shortest:
             texts.append(p.text[: spans[min(body, len(spans)) - 1][1]])
             if len(texts) == n:
@@ -274,7 +275,9 @@ class Cell:
         }  # fmt: skip
 
 
-async def drive(server: Server, bodies: Sequence[tuple[bytes, int]], concurrency: int, budget: float) -> tuple[list[Outcome], float]:
+async def drive(
+    server: Server, bodies: Sequence[tuple[bytes, int]], concurrency: int, budget: float
+) -> tuple[list[Outcome], float]:
     """Send ``bodies`` with ``concurrency`` workers; stop early after ``budget`` seconds.
 
     Returns the outcomes and the wall seconds from the first send to the last answer.
@@ -416,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             s.env.update(env_pairs(args.env))
         print(f"texts: {len(texts)} stdlib docstrings cut to {args.tokens} tokens; model {args.model}, "
-              f"pooling {args.pooling}; {versions(args.infinity_venv)}; server env {env_pairs(args.env) or 'as inherited'}",
-              flush=True)  # fmt: skip
+              f"pooling {args.pooling}; {versions(args.infinity_venv)}; "
+              f"server env {env_pairs(args.env) or 'as inherited'}", flush=True)  # fmt: skip
         start_all(servers, args.startup_timeout)
         try:
             ok, min_cos = check_vectors(servers, texts[:64], args.min_cos)
@@ -436,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         report = {"min_cosine": min_cos, "args": {k: str(v) for k, v in vars(args).items()},
                   "cells": summaries, "server_log_tails": logs}  # fmt: skip
         args.out.write_text(json.dumps(report, indent=1, default=str))
-    print(f"flagops errors: {flagops_errors}; vectors {'match' if ok else 'DIFFER'}: {'PASS' if ok and not flagops_errors else 'FAIL'}")
-    return 0 if ok and not flagops_errors else 1
+    passed = ok and not flagops_errors
+    print(f"flagops errors: {flagops_errors}; vectors {'match' if ok else 'DIFFER'}: {'PASS' if passed else 'FAIL'}")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
