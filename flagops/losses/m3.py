@@ -20,6 +20,14 @@ With teacher scores (pos_scores / neg_scores) every L_m becomes, as ``kd_loss`` 
   (a one-hot teacher on the positive gives InfoNCE back).
 * ``kl_div``: InfoNCE + distill_weight * KL(softmax(teacher) || softmax(the group's scores)).
 
+Cross-device negatives (``dense_global``, FlagEmbedding's ``negatives_cross_device``) change
+L_dense alone: it becomes InfoNCE over every rank's queries and passages, (W * batch,
+W * batch * group) with query j's positive in column j * group, and every rank's teacher
+scores. Everything else (L_sparse, L_colbert, L_ensemble and the KL terms, s_dense inside the
+ensemble included) stays on this rank's own scores. ``M3UnifiedLoss`` multiplies L_dense's
+gradient by W (see ``InBatchContrastiveLoss``): DDP's mean then gives the gradient of
+L_dense over the whole batch plus the mean of the ranks' local terms.
+
 FlagEmbedding writes its KL terms as the soft cross-entropy -sum(p_t * log_softmax(s));
 here they are true KL divergences (``flagops.losses.kl_distill``). The two differ by the
 teacher's entropy, a constant to the student, so the gradients are identical; the value
@@ -30,12 +38,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flagops.losses.infonce import local_scores
+from flagops.losses.distributed import gather_with_grad, scale_grad, world_size
+from flagops.losses.infonce import group_scores, local_scores
 from flagops.losses.kl_distill import compute_loss_from_scores as kl_from_scores
 
 ENSEMBLE_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}  # inside the ensemble score
@@ -46,6 +56,13 @@ LOSS_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}  # of each mode's l
 class M3LossOutput:
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]  # "dense", ..., "ensemble", "self_distill": each unweighted
+
+
+class CrossDeviceDense(NamedTuple):
+    """L_dense's inputs over every rank's batch, rank-major: rank r's queries are rows r * batch onward."""
+
+    scores: torch.Tensor  # (world * batch, world * batch * group), divided by the temperature
+    teacher: torch.Tensor | None = None  # (world * batch, group) raw teacher scores
 
 
 def targets(batch: int, group: int, in_batch: bool, device=None) -> torch.Tensor:
@@ -95,17 +112,28 @@ def compute_loss_from_scores(
     kd_loss: str = "m3_kd_loss",
     distill_weight: float = 1.0,
     self_distill: bool = False,
+    dense_global: CrossDeviceDense | None = None,
 ) -> M3LossOutput:
-    """scores: mode -> (batch, batch * group) or (batch, group), already divided by the temperature."""
+    """scores: mode -> (batch, batch * group) or (batch, group), already divided by the temperature.
+
+    ``dense_global`` (cross-device negatives, in-batch only): L_dense is computed on it
+    instead of ``scores["dense"]``, which still enters the ensemble and its KL term. Its
+    gradient is not rescaled here.
+    """
     if not scores or set(scores) - set(LOSS_WEIGHTS):
         raise ValueError(f"scores must be keyed by some of {', '.join(LOSS_WEIGHTS)}, got {sorted(scores)}")
-    kw = {"in_batch": in_batch, "teacher": teacher, "kd_loss": kd_loss, "distill_weight": distill_weight}
-    terms = {m: mode_loss(s, group, **kw) for m, s in scores.items()}
+    infonce_inputs = {m: (s, teacher) for m, s in scores.items()}  # mode -> (scores, teacher)
+    if dense_global is not None:
+        if not in_batch or "dense" not in scores:
+            raise ValueError("cross-device negatives need in-batch negatives and the dense mode")
+        infonce_inputs["dense"] = dense_global
+    kw = {"in_batch": in_batch, "kd_loss": kd_loss, "distill_weight": distill_weight}
+    terms = {m: mode_loss(s, group, teacher=t, **kw) for m, (s, t) in infonce_inputs.items()}
     total = sum(LOSS_WEIGHTS[m] * terms[m] for m in scores)
     if len(scores) == 1:
         return M3LossOutput(total, terms)
     ensemble = ensemble_scores(scores)
-    terms["ensemble"] = mode_loss(ensemble, group, **kw)
+    terms["ensemble"] = mode_loss(ensemble, group, teacher=teacher, **kw)
     loss = (total + terms["ensemble"]) / len(terms)
     if self_distill:
         kls = {m: self_distill_kl(s, ensemble) for m, s in scores.items()}
@@ -116,22 +144,46 @@ def compute_loss_from_scores(
 
 class M3UnifiedLoss(nn.Module):
     """The unified loss over raw similarities: divides by ``temperature``, then
-    ``compute_loss_from_scores``. Self-distillation is switched per call (it starts late)."""
+    ``compute_loss_from_scores``. Self-distillation is switched per call (it starts late).
 
-    def __init__(self, temperature: float = 0.02, in_batch: bool = True, kd_loss: str = "m3_kd_loss", distill_weight: float = 1.0):
+    With ``cross_device`` under a process group of W > 1 ranks, the dense vectors passed as
+    ``dense=(q, p)`` and the teacher scores are all-gathered for L_dense (rank-major, as
+    ``InBatchContrastiveLoss`` gathers), and L_dense's gradient is multiplied by W: every
+    rank computes the same L_dense but backprops only through its own shard, and DDP
+    averages. The other terms are per-rank losses, which DDP's mean already averages right.
+    """
+
+    def __init__(self, temperature: float = 0.02, in_batch: bool = True, kd_loss: str = "m3_kd_loss", distill_weight: float = 1.0,
+                 cross_device: bool = False):  # fmt: skip
         super().__init__()
         if kd_loss not in ("m3_kd_loss", "kl_div"):
             raise ValueError(f"kd_loss {kd_loss!r}: use m3_kd_loss or kl_div")
+        if cross_device and not in_batch:
+            raise ValueError("cross-device negatives need in-batch negatives (in_batch=True)")
         self.temperature = temperature
         self.in_batch = in_batch
         self.kd_loss = kd_loss
         self.distill_weight = distill_weight
+        self.cross_device = cross_device
 
-    def forward(self, similarities: Mapping[str, torch.Tensor], group: int, teacher=None, self_distill=False) -> M3LossOutput:
+    def forward(self, similarities: Mapping[str, torch.Tensor], group: int, teacher=None, self_distill=False, dense=None) -> M3LossOutput:
+        """``dense``: this rank's (q (batch, dim), p (batch * group, dim)) dense vectors; used only cross-device."""
         scores = {m: s / self.temperature for m, s in similarities.items()}
         if not self.in_batch:
             scores = {m: local_scores(s, group, True) for m, s in scores.items()}  # (batch, group)
         return compute_loss_from_scores(
             scores, group, in_batch=self.in_batch, teacher=teacher, kd_loss=self.kd_loss,
-            distill_weight=self.distill_weight, self_distill=self_distill,
+            distill_weight=self.distill_weight, self_distill=self_distill, dense_global=self.gather_dense(dense, teacher),
         )  # fmt: skip
+
+    def gather_dense(self, dense, teacher) -> CrossDeviceDense | None:
+        """Every rank's dense scores and teacher, L_dense's gradient scaled by W; None in one process."""
+        world = world_size() if self.cross_device else 1
+        if world == 1:
+            return None
+        if dense is None:
+            raise ValueError("cross-device negatives gather the dense vectors: pass dense=(q, p)")
+        q, p = (gather_with_grad(t) for t in dense)  # (world * batch, dim), (world * batch * group, dim)
+        # these scores feed L_dense alone, so scaling their gradient scales L_dense's
+        scores = scale_grad(group_scores(q, p, self.temperature, in_batch=True), world)  # (world * batch, world * batch * group)
+        return CrossDeviceDense(scores, None if teacher is None else gather_with_grad(teacher))  # teacher: (world * batch, group)

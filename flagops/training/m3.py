@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from flagops.config import ConfigError
 from flagops.data.formats import DataError, TrainExample
 from flagops.losses.m3 import M3UnifiedLoss
 from flagops.models.m3 import M3Embedder, M3Output, colbert_scores, dense_scores, sparse_scores
@@ -75,7 +76,7 @@ class M3ForTraining(nn.Module):
         p = self.encode(p_input_ids, p_attention_mask)  # (batch * group, ...)
         group = p_input_ids.shape[0] // q_input_ids.shape[0]
         distil = self.self_distill and self.global_step >= self.self_distill_start_step
-        out = self.loss(self.similarities(q, p), group, teacher=teacher_scores, self_distill=distil)
+        out = self.loss(self.similarities(q, p), group, teacher=teacher_scores, self_distill=distil, dense=(q.dense, p.dense))
         self.last_terms = {k: float(v.detach()) for k, v in out.terms.items()}
         return {"loss": out.loss}
 
@@ -116,10 +117,17 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
     # ---- setup
     torch.manual_seed(train_cfg.seed)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if train_cfg.cross_device_negatives and world > 1:
-        raise ValueError("train_m3 uses each device's own in-batch negatives; set train.cross_device_negatives=false")
-    m3 = M3Embedder.from_config(model_cfg, m3_cfg, seed=train_cfg.seed)
     modes = m3_cfg.trained_modes
+    cross_device = train_cfg.cross_device_negatives
+    if cross_device and not (train_cfg.in_batch_negatives and "dense" in modes):
+        raise ConfigError(
+            "train.cross_device_negatives=true gathers dense in-batch negatives: "
+            "it needs train.in_batch_negatives=true and the dense mode in m3.modes"
+        )
+    if cross_device and world > 1 and set(m3_cfg.bucket_batch_sizes) - {train_cfg.batch_size}:
+        # the all-gather needs the same batch size on every rank, and ranks draw different buckets
+        raise ConfigError("train.cross_device_negatives=true under torchrun needs one batch size: drop m3.bucket_batch_sizes")
+    m3 = M3Embedder.from_config(model_cfg, m3_cfg, seed=train_cfg.seed)
     if train_cfg.gradient_checkpointing:
         m3.embedder.model.gradient_checkpointing_enable()
     if m3_cfg.fix_encoder:
@@ -131,7 +139,7 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
         lengths = example_lengths(examples, m3.tokenizer, m3.settings.passage_max_len)
         dataset = LengthGroupedBatches(groups, lengths, m3_cfg.length_buckets, m3_cfg.bucket_batch_sizes, train_cfg.batch_size, train_cfg.seed)
         collate, per_device, queries_per_step = unwrap_batch(collate), 1, dataset.mean_batch_size
-    loss = M3UnifiedLoss(train_cfg.temperature, train_cfg.in_batch_negatives, m3_cfg.kd_loss, train_cfg.distill_weight)
+    loss = M3UnifiedLoss(train_cfg.temperature, train_cfg.in_batch_negatives, m3_cfg.kd_loss, train_cfg.distill_weight, cross_device)
     model = M3ForTraining(m3, loss, modes, sub_batch_size=m3_cfg.sub_batch_size,
                           self_distill=m3_cfg.self_distill, self_distill_start_step=m3_cfg.self_distill_start_step)  # fmt: skip
 
@@ -149,6 +157,7 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
         f"{' + self-distillation from step ' + str(m3_cfg.self_distill_start_step) if m3_cfg.self_distill and len(modes) > 1 else ''} | "
         f"{queries_per_step:g} queries x {world} device(s)/step, {queries_per_step * world * group:g} passages/step (group {group}"
         f"{', in-batch negatives' if train_cfg.in_batch_negatives else ''}"
+        f"{f', dense negatives across {world} devices' if cross_device and world > 1 else ''}"
         f"{', length-grouped' if m3_cfg.length_buckets else ''}"
         f"{f', sub-batches of {m3_cfg.sub_batch_size}' if m3_cfg.sub_batch_size else ''}) | "
         f"{steps_per_epoch} steps/epoch, {total} steps | {trainable / 1e6:.2f}M trainable parameters"

@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flagops.losses.m3 import M3UnifiedLoss, compute_loss_from_scores, ensemble_scores, m3_kd_loss, self_distill_kl
+from flagops.losses import distributed
+from flagops.losses import m3 as m3_losses
+from flagops.losses.m3 import (
+    CrossDeviceDense,
+    M3UnifiedLoss,
+    compute_loss_from_scores,
+    ensemble_scores,
+    m3_kd_loss,
+    self_distill_kl,
+)
 
 B, G = 2, 2  # 2 queries, group of 2: columns 0,1 are query 0's group, 2,3 query 1's
 
@@ -131,3 +140,87 @@ def test_module_divides_by_temperature_and_slices_local_groups():
     torch.testing.assert_close(got, compute_loss_from_scores(local, G, in_batch=False).loss)
     with pytest.raises(ValueError, match="kd_loss"):
         M3UnifiedLoss(kd_loss="mse")
+
+
+# --------------------------------------------------------------------------- cross-device negatives (dense only)
+
+
+def _global_infonce(s: torch.Tensor) -> float:
+    """InfoNCE over every rank's rows: query j's positive at column j * G."""
+    return sum(_ce(row, j * G) for j, row in enumerate(s.tolist())) / s.shape[0]
+
+
+def test_cross_device_in_one_process_is_todays_loss():
+    sims = {"dense": _scores(20) * 0.02, "sparse": _scores(21) * 0.02, "colbert": _scores(22) * 0.02}
+    teacher = torch.tensor([[3.0, 1.0], [0.5, 2.0]])
+    dense = (torch.randn(B, 8), torch.randn(B * G, 8))  # world size 1: not gathered, not used
+    for kd_loss in ("m3_kd_loss", "kl_div"):
+        want = M3UnifiedLoss(0.02, kd_loss=kd_loss)(sims, G, teacher=teacher, self_distill=True)
+        got = M3UnifiedLoss(0.02, kd_loss=kd_loss, cross_device=True)(sims, G, teacher=teacher, self_distill=True, dense=dense)
+        assert torch.equal(got.loss, want.loss)
+    # The pure function with a "world" of one rank: the global dense scores are the local ones.
+    scores = {m: v / 0.02 for m, v in sims.items()}
+    want = compute_loss_from_scores(scores, G, teacher=teacher, self_distill=True)
+    got = compute_loss_from_scores(scores, G, teacher=teacher, self_distill=True, dense_global=CrossDeviceDense(scores["dense"], teacher))
+    assert torch.equal(got.loss, want.loss) and got.terms.keys() == want.terms.keys()
+
+
+def test_cross_device_dense_term_is_global_and_everything_else_local_by_hand():
+    """Rank 1 of 2: L_dense over all 4 queries and 8 passages; the ensemble and KLs on rank 1's own block."""
+    dense_all = torch.randn(2 * B, 2 * B * G, generator=torch.Generator().manual_seed(23))  # (W*B, W*B*G)
+    d = dense_all[B:, B * G :]  # rank 1's block: its queries against its passages
+    s, c = _scores(24), _scores(25)
+    out = compute_loss_from_scores({"dense": d, "sparse": s, "colbert": c}, G, self_distill=True, dense_global=CrossDeviceDense(dense_all))
+    ens = d + 0.3 * s + c
+
+    def kl(m):
+        return sum(_kl(ens.tolist()[i], m.tolist()[i]) for i in range(B)) / B
+
+    unified = (_global_infonce(dense_all) + _infonce(ens) + 0.1 * _infonce(s) + _infonce(c)) / 4
+    distil = (kl(d) + 0.1 * kl(s) + kl(c)) / 3
+    assert out.terms["dense"].item() == pytest.approx(_global_infonce(dense_all), rel=1e-6)
+    assert out.terms["ensemble"].item() == pytest.approx(_infonce(ens), rel=1e-6)
+    assert out.loss.item() == pytest.approx((unified + distil) / 2, rel=1e-5)
+    # Dense alone is exactly InfoNCE over the gathered batch (InBatchContrastiveLoss's cross-device loss).
+    alone = compute_loss_from_scores({"dense": d}, G, dense_global=CrossDeviceDense(dense_all))
+    assert alone.loss.item() == pytest.approx(_global_infonce(dense_all), rel=1e-6)
+
+
+def test_cross_device_teacher_is_gathered_for_dense_only():
+    dense_all = torch.randn(2 * B, 2 * B * G, generator=torch.Generator().manual_seed(26))
+    teacher_all = torch.tensor([[3.0, 1.0], [0.5, 2.0], [1.0, 1.5], [2.5, 0.0]])  # (W*B, G), rank 0's rows first
+    d, c, teacher = dense_all[:B, : B * G], _scores(27), teacher_all[:B]  # rank 0
+    out = compute_loss_from_scores({"dense": d, "colbert": c}, G, teacher=teacher, dense_global=CrossDeviceDense(dense_all, teacher_all))
+    kd_dense = m3_kd_loss(dense_all, F.softmax(teacher_all, -1), G, True).item()
+    kd_ens, kd_colbert = (m3_kd_loss(x, F.softmax(teacher, -1), G, True).item() for x in (d + c, c))
+    assert out.terms["dense"].item() == pytest.approx(kd_dense, rel=1e-6)
+    assert out.loss.item() == pytest.approx((kd_dense + kd_ens + kd_colbert) / 3, rel=1e-6)
+
+
+def test_cross_device_needs_in_batch_negatives_and_the_dense_mode():
+    with pytest.raises(ValueError, match="in-batch negatives"):
+        M3UnifiedLoss(in_batch=False, cross_device=True)
+    with pytest.raises(ValueError, match="dense mode"):
+        compute_loss_from_scores({"sparse": _scores(28)}, G, dense_global=CrossDeviceDense(torch.zeros(2 * B, 2 * B * G)))
+
+
+def test_module_gathers_dense_vectors_and_teacher_as_rank_1_of_2(monkeypatch):
+    """A faked 2-rank group: rank 0's rows arrive as copies; L_dense is over both ranks."""
+    q0, p0, t0 = torch.randn(B, 8), torch.randn(B * G, 8), torch.tensor([[2.0, 0.0], [1.0, 1.0]])  # rank 0's
+    q1, p1, t1 = torch.randn(B, 8), torch.randn(B * G, 8), torch.tensor([[0.5, 1.5], [0.0, 3.0]])  # ours
+    remote = {q1.shape: q0, p1.shape: p0, t1.shape: t0}  # three distinct shapes
+
+    def all_gather(slots, t):
+        slots[0].copy_(remote[t.shape])
+        slots[1].copy_(t)
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(m3_losses, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "all_gather", all_gather)
+    sims = {"dense": q1 @ p1.T, "colbert": _scores(29)}
+    got = M3UnifiedLoss(0.05, cross_device=True)(sims, G, teacher=t1, self_distill=True, dense=(q1, p1))
+    dense_all = torch.cat([q0, q1]) @ torch.cat([p0, p1]).T / 0.05  # (W*B, W*B*G)
+    local = {m: v / 0.05 for m, v in sims.items()}
+    want = compute_loss_from_scores(local, G, teacher=t1, self_distill=True, dense_global=CrossDeviceDense(dense_all, torch.cat([t0, t1])))
+    torch.testing.assert_close(got.loss, want.loss)
