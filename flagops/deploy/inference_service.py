@@ -83,6 +83,8 @@ def _threads(cpu_limit: str) -> str:
 
 
 def _container(cfg: DeployConfig, champion: Champion) -> dict[str, Any]:
+    from flagops.serving.process import MALLOC_ARENAS, OMP_WAIT_POLICY  # here: flagops.serving loads kserve (1 s)
+
     requests = {"cpu": cfg.cpu, "memory": cfg.memory}
     limits = {"cpu": cfg.cpu_limit, "memory": cfg.memory}
     if cfg.gpus:
@@ -109,6 +111,9 @@ def _container(cfg: DeployConfig, champion: Champion) -> dict[str, Any]:
             {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
             {"name": "HF_HOME", "value": "/tmp/.cache/huggingface"},
             {"name": "OMP_NUM_THREADS", "value": _threads(cfg.cpu_limit)},
+            # Idle OpenMP threads sleep, glibc keeps 2 malloc arenas (flagops.serving.process).
+            {"name": "OMP_WAIT_POLICY", "value": OMP_WAIT_POLICY},
+            {"name": "MALLOC_ARENA_MAX", "value": str(MALLOC_ARENAS)},
         ],
         "ports": [{"name": "http1", "containerPort": PORT, "protocol": "TCP"}],  # http1: Knative's name for HTTP/1
         "resources": {"requests": requests, "limits": limits},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,9 @@ from pydantic import ValidationError
 from flagops.config import ServeConfig
 from flagops.serving.app import FlagopsRESTServer
 from flagops.serving.kinds import KindError, ModelKind, build_model, detect_kind
+from flagops.serving.process import tune_process
+
+log = logging.getLogger(__name__)
 
 # ServeConfig fields the command line sets, with their argument types.
 CONFIG_FLAGS = {
@@ -98,6 +102,8 @@ def serve(
         serve_cfg: request limits, batching and strictness.
         dummy: serve fake outputs instead of a model (API tests only); kind "auto" is an embedder.
     """
+    settings = tune_process()  # before model.load() imports torch
+    log.info("process settings: %s", " ".join(f"{k}={v}" for k, v in settings.items()))
     kind = kind or serve_cfg.kind
     if dummy:
         model_kind = ModelKind.EMBEDDER if kind == "auto" else ModelKind(kind)

@@ -113,3 +113,13 @@ def test_make_images_builds_each_dockerfile():
     for path in DOCKERFILES:
         assert f"-f {path.relative_to(REPO)}" in proc.stdout, f"{path} is not built by `make images`"
     assert "hadolint images/*/Dockerfile" in mk
+
+
+def test_flagops_image_has_kubectl_for_cluster_deploys():
+    """deploy_model (deploy.mode=cluster) runs in the flagops image and applies with kubectl."""
+    path = REPO / "images" / "flagops" / "Dockerfile"
+    final = "\n".join(stages(path)[-1])
+    assert re.search(r"^COPY --from=kubectl \S*kubectl /usr/local/bin/kubectl$", final, flags=re.M)
+    (kubectl_stage,) = [s for s in stages(path) if s[0].endswith(" AS kubectl")]
+    assert "gpg --dearmor" in "\n".join(kubectl_stage) and "signed-by=" in "\n".join(kubectl_stage)
+    assert not re.search(r"\b(curl|gnupg)\b", "\n".join(line for line in stages(path)[-1] if not line.lstrip().startswith("#")))
