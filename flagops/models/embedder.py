@@ -48,14 +48,25 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {method!r}; use cls, mean or last_token")
 
 
+def padding_multiple(limit: int, multiple: int | None) -> int | None:
+    """``multiple`` if padding the longest text up to it cannot pass ``limit`` tokens, else None."""
+    return multiple if multiple and limit % multiple == 0 else None
+
+
 class Embedder(nn.Module):
-    """Encoder + pooling. ``forward`` gives differentiable embeddings for training."""
+    """Encoder + pooling. ``forward`` gives differentiable embeddings for training.
+
+    ``pad_to_multiple_of`` (None: pad to the longest text only) rounds each batch's padded
+    length up; the server sets it, so that far fewer distinct tensor shapes reach torch
+    (``serve.pad_to_multiple_of``). Pooling reads the attention mask, so outputs agree.
+    """
 
     def __init__(self, model: nn.Module, tokenizer, settings: EmbedderSettings):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
+        self.pad_to_multiple_of: int | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -102,7 +113,10 @@ class Embedder(nn.Module):
         if is_query and s.query_instruction:
             texts = [s.query_instruction + t for t in texts]
         limit = max_length or (s.query_max_len if is_query else s.passage_max_len)
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt",
+            pad_to_multiple_of=padding_multiple(limit, self.pad_to_multiple_of),
+        )  # fmt: skip
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)

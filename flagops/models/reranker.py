@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from flagops.data.formats import atomic_path
+from flagops.models.embedder import padding_multiple
 from flagops.models.sources import ModelSourceError, cache_dir, resolve_model_source
 
 TINY_RERANKER = "tiny-reranker"
@@ -72,6 +73,7 @@ class CrossEncoderReranker(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.pad_to_multiple_of: int | None = None  # as Embedder's: the server sets it
 
     @classmethod
     def load(cls, source: str | Path, max_length: int = 512) -> CrossEncoderReranker:
@@ -86,7 +88,10 @@ class CrossEncoderReranker(nn.Module):
         queries = [q for q, _ in pairs]
         passages = [p for _, p in pairs]
         limit = max_length or self.max_length
-        return self.tokenizer(queries, passages, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return self.tokenizer(
+            queries, passages, padding=True, truncation=True, max_length=limit, return_tensors="pt",
+            pad_to_multiple_of=padding_multiple(limit, self.pad_to_multiple_of),
+        )  # fmt: skip
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)

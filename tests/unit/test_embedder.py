@@ -1,5 +1,6 @@
 """Pooling by hand on tiny tensors; settings travel with a saved model."""
 
+import numpy as np
 import torch
 
 from flagops.models.embedder import SETTINGS_FILE, Embedder, pool
@@ -30,3 +31,17 @@ def test_query_instruction_is_prepended():
     q = e.tokenize(["hello"], is_query=True)["input_ids"][0].tolist()
     p = e.tokenize(["Represent: hello"], is_query=False)["input_ids"][0].tolist()
     assert q == p
+
+
+def test_padding_to_a_multiple_changes_shapes_not_embeddings():
+    texts = ["a short one", "a somewhat longer text of several more words than the first"]
+    for pooling in ("cls", "mean", "last_token"):
+        e = Embedder.load("tiny-bert", pooling=pooling, passage_max_len=48)
+        plain = e.tokenize(texts, is_query=False)["input_ids"].shape[1]
+        want = e.encode(texts)
+        e.pad_to_multiple_of = 16
+        padded = e.tokenize(texts, is_query=False)["input_ids"].shape[1]
+        assert padded % 16 == 0 and padded > plain
+        assert np.allclose(e.encode(texts), want, atol=1e-6), pooling
+        e.pad_to_multiple_of = 7  # 48 is no multiple of 7: padding could pass the limit, so none
+        assert e.tokenize(texts, is_query=False)["input_ids"].shape[1] == plain
