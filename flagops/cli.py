@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 from flagops import catalog
-from flagops.config import ConfigError, load_config, to_yaml
+from flagops.config import ConfigError, ServeConfig, load_config, to_yaml
 from flagops.data.formats import DataError
 from flagops.models.sources import ModelSourceError
 from flagops.kfp_client import add_kfp_commands
@@ -155,12 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("serve", help="serve an embedder with KServe (V1, V2, OpenAI)")
+    p = sub.add_parser("serve", help="serve an embedder, BGE-M3 model or reranker with KServe (V1, V2, OpenAI, rerank)")
     p.add_argument("--model", help="a model directory or models:/NAME@alias (default: the profile's champion in runs/<profile>)")
     p.add_argument("--host", help="default: serve.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: serve.port (8080)")
     p.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
-    p.add_argument("--kind", choices=("auto", "embedder", "reranker"), help="default: serve.kind (auto: detect from the model)")
+    # ServeConfig.kind lists ModelKind's values (flagops.serving.kinds checks that it does);
+    # reading them there would import kserve (1 s) into every flagops command.
+    kinds = get_args(ServeConfig.model_fields["kind"].annotation)
+    p.add_argument("--kind", choices=kinds, help="default: serve.kind (auto: detect from the model)")
     p.add_argument("--profile", help="profile for serve limits and the default model (default: demo)")
     p.add_argument("overrides", nargs="*", metavar="serve.key=value")
     p.set_defaults(func=cmd_serve)

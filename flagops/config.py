@@ -163,9 +163,10 @@ class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     model_name: str = "embedder"
-    # What the model directory holds; "auto" reads it (flagops_embedder.json or an AutoModel
-    # architecture: embedder; *ForSequenceClassification: reranker).
-    kind: Literal["auto", "embedder", "reranker"] = "auto"
+    # What the model directory holds; "auto" reads it (flagops_m3.json or M3 head files: m3;
+    # flagops_embedder.json or an AutoModel architecture: embedder; *ForSequenceClassification:
+    # reranker). The values are flagops.serving.kinds.ModelKind's, which checks them.
+    kind: Literal["auto", "embedder", "reranker", "m3"] = "auto"
     max_texts: int = Field(128, ge=1)  # texts per request (documents, for a reranker)
     max_chars: int = Field(20000, ge=1)  # characters per text
     # Tokens per text (per query+document pair for a reranker); None: the model's own limit.
@@ -179,6 +180,9 @@ class ServeConfig(Section):
     batch_size: int = Field(32, ge=1)
     max_batch_tokens: int = Field(16384, ge=1)
     max_wait_ms: float = Field(5.0, ge=0.0, le=10000.0)
+    # Pad each batch to a multiple of this many tokens (None: to its longest text). Far fewer
+    # tensor shapes reach torch, so its and malloc's caches stop growing sooner (benchmarks/README.md).
+    pad_to_multiple_of: int | None = Field(8, ge=1)
 
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes object name / namespace

@@ -1,7 +1,7 @@
 """KServe model classes for each model kind, and the server entry point (``server.py``).
 
-* ``embedder_model.py``, ``reranker_model.py``: one ``kserve.Model`` per kind, with its
-  request parsing and its JSON route (``/v1/embeddings``, ``/v1/rerank``);
+* ``embedder_model.py``, ``m3_model.py``, ``reranker_model.py``: one ``kserve.Model`` per
+  kind, with its request parsing and its JSON route (``/v1/embeddings``, ``/v1/rerank``);
 * ``kinds.py``: the kind enum, its lookup tables and detection from a model directory;
 * ``runtime.py``, ``batching.py``: token limits, worker threads, dynamic micro-batching;
 * ``protocol.py``: request checks shared by the kinds; ``metrics.py``: Prometheus;

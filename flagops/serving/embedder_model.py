@@ -101,28 +101,36 @@ class BGEEncoder:
 # ---------------------------------------------------------------- request parsing
 
 
-def parse_v1(body: Any, strict: bool) -> tuple[Any, bool]:
-    """``(texts, is_query)`` from a V1 body; ``texts`` is checked later by ``check_texts``."""
+def parse_v1(body: Any, strict: bool, keys: tuple[str, ...] = V1_KEYS) -> tuple[Any, bool, dict]:
+    """``(texts, is_query, body)`` from a V1 body; ``texts`` is checked later by ``check_texts``.
+
+    ``keys`` are the body's valid keys (a kind may add its own); ``body`` keeps those it holds.
+    """
     if not isinstance(body, dict):
         raise InvalidInput(
             'expected a JSON object {"instances": ["text", ...]} sent with Content-Type: application/json'
         )
-    body = check_keys(body, V1_KEYS, strict=strict)
+    body = check_keys(body, keys, strict=strict)
     if "instances" not in body:
         raise InvalidInput('missing "instances": send {"instances": ["text", ...]}')
     instances = body["instances"]
     if isinstance(instances, list):
         # {"text": ...} instances unwrap to their text; anything else fails in check_texts.
         instances = [x["text"] if isinstance(x, dict) and set(x) == {"text"} else x for x in instances]
-    return instances, check_bool(body.get("is_query", False), "is_query")
+    return instances, check_bool(body.get("is_query", False), "is_query"), body
 
 
-def parse_v2(request: InferRequest, strict: bool) -> tuple[list[Any], bool]:
-    """``(texts, is_query)`` from an Open Inference Protocol request with one BYTES input."""
+def parse_v2(
+    request: InferRequest, strict: bool, parameters: tuple[str, ...] = V2_PARAMETERS
+) -> tuple[list[Any], bool, dict]:
+    """``(texts, is_query, params)`` from an Open Inference Protocol request with one BYTES input.
+
+    ``parameters`` are the request parameters the model reads; ``params`` holds those sent.
+    """
     if len(request.inputs) != 1:
         raise InvalidInput(f"expected exactly one BYTES input holding the texts, got {len(request.inputs)} inputs")
-    params = v2_parameters(request, V2_PARAMETERS, strict=strict)
-    return v2_texts(request.inputs[0]), check_bool(params.get("is_query", False), "is_query")
+    params = v2_parameters(request, parameters, strict=strict)
+    return v2_texts(request.inputs[0]), check_bool(params.get("is_query", False), "is_query"), params
 
 
 def resolve_source(source: str) -> str:
@@ -156,7 +164,9 @@ class EmbedderModel(kserve.Model):
     def load(self) -> bool:
         from flagops.models.embedder import Embedder  # torch loads only for a real model
 
-        self.encoder = BGEEncoder(Embedder.load(resolve_source(self.source)))
+        embedder = Embedder.load(resolve_source(self.source))
+        embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
+        self.encoder = BGEEncoder(embedder)
         self.ready = True
         return self.ready
 
@@ -177,11 +187,11 @@ class EmbedderModel(kserve.Model):
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None):
         strict = self.serve_cfg.strict
         if isinstance(payload, InferRequest):
-            texts, is_query = parse_v2(payload, strict)
+            texts, is_query, _ = parse_v2(payload, strict)
             vectors, _ = await self.embed(texts, is_query=is_query, field=payload.inputs[0].name)
             output = InferOutput(OUTPUT_NAME, list(vectors.shape), "FP32", data=vectors)
             return v2_response(payload, self.name, [output])
-        texts, is_query = parse_v1(payload, strict)
+        texts, is_query, _ = parse_v1(payload, strict)
         vectors, _ = await self.embed(texts, is_query=is_query, field="instances")
         return {"predictions": vectors.tolist()}
 

@@ -1,10 +1,9 @@
 """Model kinds and the lookup tables the server builds from (no if-chains on the kind).
 
-Adding a kind (BGE-M3 next): add a ``ModelKind`` member, its model class and dummy to
-``MODEL_CLASSES`` and ``DUMMY_CLASSES``, its extra HTTP routes to ``ROUTES``, its V1 body
-schema to ``V1_SCHEMAS``, and a rule
-that recognises its directories to ``MARKER_FILES`` (checked first, in order) or
-``ARCHITECTURE_SUFFIXES``.
+Adding a kind: add a ``ModelKind`` member (and its value to ``ServeConfig.kind``), its
+model class and dummy to ``MODEL_CLASSES`` and ``DUMMY_CLASSES``, its extra HTTP routes to
+``ROUTES``, its V1 body schema to ``V1_SCHEMAS``, and a rule that recognises its directories
+to ``MARKER_FILES`` (checked first, in order) or ``ARCHITECTURE_SUFFIXES``.
 """
 
 from __future__ import annotations
@@ -14,21 +13,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import kserve
 from pydantic import BaseModel
 
 from flagops.config import ServeConfig
-from flagops.serving.dummy import DummyEmbedderModel, DummyRerankerModel
-from flagops.serving import embedder_model, reranker_model
+from flagops.serving.dummy import DummyEmbedderModel, DummyM3Model, DummyRerankerModel
+from flagops.serving import embedder_model, m3_model, reranker_model
 from flagops.serving.embedder_model import EmbedderModel, OpenAIEmbeddingRequest, openai_embeddings
+from flagops.serving.m3_model import M3Model
 from flagops.serving.reranker_model import RerankerModel, RerankRequest, rerank_route
 
 
 class ModelKind(StrEnum):
     EMBEDDER = "embedder"
     RERANKER = "reranker"
+    M3 = "m3"
+
+
+# config.py spells the kinds out as a Literal, so that loading a profile imports no kserve.
+if set(get_args(ServeConfig.model_fields["kind"].annotation)) != {"auto", *ModelKind}:
+    raise RuntimeError("ServeConfig.kind must list 'auto' and every ModelKind value")
 
 
 class KindError(ValueError):
@@ -51,21 +57,32 @@ RERANK = JsonRoute("/v1/rerank", RerankRequest, rerank_route, "Rerank documents 
 MODEL_CLASSES: dict[ModelKind, type[kserve.Model]] = {
     ModelKind.EMBEDDER: EmbedderModel,
     ModelKind.RERANKER: RerankerModel,
+    ModelKind.M3: M3Model,
 }
 DUMMY_CLASSES: dict[ModelKind, type[kserve.Model]] = {
     ModelKind.EMBEDDER: DummyEmbedderModel,
     ModelKind.RERANKER: DummyRerankerModel,
+    ModelKind.M3: DummyM3Model,
 }
 ROUTES: dict[ModelKind, tuple[JsonRoute, ...]] = {
     ModelKind.EMBEDDER: (EMBEDDINGS,),
     ModelKind.RERANKER: (RERANK,),
+    ModelKind.M3: (EMBEDDINGS,),  # its dense vectors
 }
 V1_SCHEMAS: dict[ModelKind, dict] = {
     ModelKind.EMBEDDER: embedder_model.V1_SCHEMA,
     ModelKind.RERANKER: reranker_model.V1_SCHEMA,
+    ModelKind.M3: m3_model.V1_SCHEMA,
 }
-# A file only one kind writes decides first; then config.json's architecture name.
-MARKER_FILES: tuple[tuple[str, ModelKind], ...] = (("flagops_embedder.json", ModelKind.EMBEDDER),)
+# A file only one kind writes decides first; then config.json's architecture name. M3 comes
+# before the embedder: an M3 checkpoint also holds flagops_embedder.json (its dense part).
+# FlagEmbedding's M3 checkpoints carry the head files alone.
+MARKER_FILES: tuple[tuple[str, ModelKind], ...] = (
+    ("flagops_m3.json", ModelKind.M3),
+    ("colbert_linear.pt", ModelKind.M3),
+    ("sparse_linear.pt", ModelKind.M3),
+    ("flagops_embedder.json", ModelKind.EMBEDDER),
+)
 ARCHITECTURE_SUFFIXES: tuple[tuple[str, ModelKind], ...] = (
     ("ForSequenceClassification", ModelKind.RERANKER),
     ("ForMaskedLM", ModelKind.EMBEDDER),  # e.g. a RetroMAE-pretrained encoder; AutoModel takes its base

@@ -168,7 +168,9 @@ class RerankerModel(kserve.Model):
     def load(self) -> bool:
         from flagops.models.reranker import CrossEncoderReranker  # torch loads only for a real model
 
-        self.scorer = CrossEncoderScorer(CrossEncoderReranker.load(resolve_source(self.source)))
+        reranker = CrossEncoderReranker.load(resolve_source(self.source))
+        reranker.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
+        self.scorer = CrossEncoderScorer(reranker)
         self.ready = True
         return self.ready
 

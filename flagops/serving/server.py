@@ -2,12 +2,14 @@
 
 Routes: KServe V1 (``/v1/models/NAME:predict``), V2 / Open Inference Protocol
 (``/v2/models/NAME/infer``, ``/v2/health/ready``), ``/metrics`` (Prometheus),
-``/openapi.json``, and per kind ``POST /v1/embeddings`` (OpenAI) or ``POST /v1/rerank``.
+``/openapi.json``, and per kind ``POST /v1/embeddings`` (OpenAI; embedder and M3) or
+``POST /v1/rerank`` (reranker).
 
     python -m flagops.serving.server --model DIR|pkg:PACKAGE|tiny-bert|tiny-reranker|models:/NAME@alias \
-        [--kind auto|embedder|reranker] [--host 127.0.0.1] [--port 8080] [--name embedder] [--dummy] \
+        [--kind auto|embedder|reranker|m3] [--host 127.0.0.1] [--port 8080] [--name embedder] [--dummy] \
         [--max-texts N] [--max-chars N] [--max-tokens N] [--truncation truncate|reject] [--[no-]strict] \
         [--max-body-bytes N] [--batch-size N] [--max-batch-tokens N] [--max-wait-ms MS]
+        [--pad-to-multiple-of N]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ CONFIG_FLAGS = {
     "batch_size": int,
     "max_batch_tokens": int,
     "max_wait_ms": float,
+    "pad_to_multiple_of": int,
 }
 
 

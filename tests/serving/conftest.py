@@ -8,7 +8,10 @@ Each is ``python -m flagops.serving.server`` on a free loopback port:
   50 words, caps bodies at 64 KiB;
 * ``reranker_server``: the tiny random cross-encoder (``tiny-reranker``, kind read from the
   directory), checked against ``CrossEncoderReranker``; rejects pairs over 64 tokens;
-* ``dummy_reranker_server``: the word-overlap reranker, non-strict (unknown fields ignored).
+* ``dummy_reranker_server``: the word-overlap reranker, non-strict (unknown fields ignored);
+* ``m3_server``: a tiny random M3 (``tiny_m3_dir``, kind read from the directory), checked
+  against ``M3Embedder.encode_m3``;
+* ``dummy_m3_server``: the hashed-word M3, strict.
 """
 
 from __future__ import annotations
@@ -54,5 +57,32 @@ def reranker_server(tmp_path_factory):
 def dummy_reranker_server(tmp_path_factory):
     args = ["--dummy", "--kind", "reranker", *LIMITS, "--no-strict", "--max-wait-ms", "20"]
     server = start_server(tmp_path_factory.mktemp("dummy-rr") / "server.log", "dummy-rr", *args)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_dir(tmp_path_factory):
+    """A tiny random M3 checkpoint (hidden 64, ColBERT dim 16, seeded heads), saved once."""
+    from flagops.models.m3 import M3Embedder
+
+    m3 = M3Embedder.load("tiny-bert", pooling="cls", query_max_len=16, passage_max_len=48, colbert_dim=16, seed=8)
+    dest = tmp_path_factory.mktemp("m3") / "tiny-m3"
+    m3.save(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def m3_server(tmp_path_factory, tiny_m3_dir):
+    args = ["--model", str(tiny_m3_dir), *LIMITS, "--max-wait-ms", "20"]
+    server = start_server(tmp_path_factory.mktemp("m3-server") / "server.log", "tiny-m3", *args)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def dummy_m3_server(tmp_path_factory):
+    args = ["--dummy", "--kind", "m3", *LIMITS, "--max-wait-ms", "20"]
+    server = start_server(tmp_path_factory.mktemp("dummy-m3") / "server.log", "dummy-m3", *args)
     yield server
     stop_server(server)

@@ -36,7 +36,7 @@ def schemathesis(server, tmp_path: Path, max_examples: int = 20) -> subprocess.C
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
-@pytest.mark.parametrize("server", ["dummy_server", "dummy_reranker_server"])
+@pytest.mark.parametrize("server", ["dummy_server", "dummy_reranker_server", "dummy_m3_server"])
 def test_no_server_errors_under_fuzzing(request, server, tmp_path):
     served = request.getfixturevalue(server)
     result = schemathesis(served, tmp_path)
