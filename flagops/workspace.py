@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from flagops.config import FlagopsConfig, load_config, to_yaml
 from flagops.data.formats import read_json
@@ -89,8 +90,14 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
     raise RuntimeError(f"the server was not ready at {url} after {timeout:.0f} s")
 
 
-def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> list[list[float]]:
-    """Start `flagops serve` on a free loopback port, embed SAMPLE_QUERIES via /v1/embeddings, stop."""
+class SmokeResult(NamedTuple):
+    vectors: list[list[float]]  # one dense vector per sample query, from /v1/embeddings
+    lexical: list[tuple[str, float]] | None  # M3: the first query's heaviest tokens, from V1 return_sparse
+
+
+def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResult:
+    """Start `flagops serve` on a free loopback port, embed SAMPLE_QUERIES via /v1/embeddings
+    (and, for an M3 model, ask V1 for the first query's lexical weights), stop."""
     import httpx
 
     port = free_port()
@@ -102,7 +109,15 @@ def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> list[list[
         body = {"model": name, "input": SAMPLE_QUERIES}
         r = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json=body, timeout=60.0)
         r.raise_for_status()
-        return [row["embedding"] for row in r.json()["data"]]
+        vectors = [row["embedding"] for row in r.json()["data"]]
+        lexical = None
+        if cfg.model.kind == "m3":
+            body = {"instances": SAMPLE_QUERIES[:1], "is_query": True, "return_dense": False, "return_sparse": True}
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/models/{name}:predict", json=body, timeout=60.0)
+            r.raise_for_status()
+            sparse = r.json()["predictions"][0]["sparse"]
+            lexical = list(zip(sparse["tokens"], sparse["values"], strict=True))[:5]  # heaviest first
+        return SmokeResult(vectors, lexical)
     except RuntimeError:
         proc.terminate()
         print((proc.communicate(timeout=30)[1] or "")[-3000:], file=sys.stderr)
@@ -113,7 +128,7 @@ def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> list[list[
             proc.wait(timeout=30)
 
 
-def print_summary(cfg: FlagopsConfig, workdir: Path, vectors: list[list[float]], model_uri: str) -> None:
+def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_uri: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -135,15 +150,25 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, vectors: list[list[float]],
         f"registered: [bold]{promotion['name']}[/] version {promotion['version']} -> alias "
         f"[bold]{promotion['alias']}[/] ({'; '.join(promotion.get('reasons', []))})"
     )
+    vectors = served.vectors
     dims = len(vectors[0]) if vectors else 0
     console.print(f"served {model_uri} through KServe: {len(vectors)} queries -> {dims}-dim embeddings, e.g. {[round(v, 4) for v in vectors[0][:3]]}")
+    if served.lexical is not None:
+        weights = ", ".join(f"{token!r} {w:.3f}" for token, w in served.lexical)
+        console.print(f"  and lexical weights (return_sparse) of {SAMPLE_QUERIES[0]!r}: {weights}", markup=False)
+    if cfg.model.kind == "m3":
+        call = (
+            f"/v1/models/{cfg.serve.model_name}:predict -d '{{\"instances\": [\"how do I parse JSON?\"], "
+            '"is_query": true, "return_sparse": true, "return_colbert": true}\''
+        )
+    else:
+        call = f"/v1/embeddings -d '{{\"model\": \"{cfg.serve.model_name}\", \"input\": [\"how do I parse JSON?\"]}}'"
     uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
     print(
         "\nServe it again:   make serve" + (f" PROFILE={cfg.profile}" if cfg.profile != "demo" else "")
         + f"\n  (= MLFLOW_TRACKING_URI={uri} flagops serve --model {model_uri})"
         + "\nThen, in another shell:\n"
-        + f"  curl -s -H 'Content-Type: application/json' http://127.0.0.1:{cfg.serve.port}/v1/embeddings "
-        + f"-d '{{\"model\": \"{cfg.serve.model_name}\", \"input\": [\"how do I parse JSON?\"]}}'"
+        + f"  curl -s -H 'Content-Type: application/json' http://127.0.0.1:{cfg.serve.port}{call}"
         + f"\nMLflow UI:        mlflow ui --backend-store-uri {uri}"
         + f"\nPlots:            (cd {workdir} && dvc plots show)    Metrics: (cd {workdir} && dvc metrics show)"
     )
@@ -158,7 +183,7 @@ def run_demo(profile: str, workdir: Path | None = None, overrides=()) -> int:
     cfg = load_config(workdir / "params.yaml")
     model_uri = f"models:/{cfg.registry.model_name}@champion"
     print(f"flagops: serving {model_uri} on 127.0.0.1 for a smoke request")
-    vectors = smoke_serve(model_uri, cfg, workdir)
-    print_summary(cfg, workdir, vectors, model_uri)
+    served = smoke_serve(model_uri, cfg, workdir)
+    print_summary(cfg, workdir, served, model_uri)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     return 0

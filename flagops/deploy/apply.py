@@ -58,7 +58,7 @@ def serve_locally(cfg: FlagopsConfig, champion: Champion) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flagops-deploy-") as mount:
         download(champion, mount)
         served = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_name": name})})
-        vectors = smoke_serve(str(Path(mount) / champion.model_path), served, Path.cwd())
+        vectors = smoke_serve(str(Path(mount) / champion.model_path), served, Path.cwd()).vectors
     dims = len(vectors[0]) if vectors else 0
     print(f"deploy: local: served {champion.name} v{champion.version} as {name!r}: {len(vectors)} queries -> {dims}-dim vectors")
     return {"queries": len(SAMPLE_QUERIES), "dimensions": dims}

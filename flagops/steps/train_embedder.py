@@ -2,12 +2,12 @@
 
 from flagops.data.formats import read_train_jsonl
 from flagops.registry import tracking
-from flagops.training.embedder import train
+from flagops.training.embedder import describe_loss, train
 
 
 def run(cfg, inputs, outputs):
     examples = list(read_train_jsonl(inputs["train_data"]))
     summary = train(cfg.model, cfg.train, examples, outputs["model"])
     tracking.log_metrics(summary)
-    print(f"train_embedder: loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} (mean of 3 logged steps) -> {outputs['model']}")
+    print(f"train_embedder: {describe_loss(summary)} -> {outputs['model']}")
     return outputs

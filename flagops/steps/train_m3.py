@@ -3,6 +3,7 @@
 from flagops.config import ConfigError
 from flagops.data.formats import read_train_jsonl
 from flagops.registry import tracking
+from flagops.training.embedder import describe_loss
 from flagops.training.m3 import train
 
 
@@ -12,5 +13,5 @@ def run(cfg, inputs, outputs):
     examples = list(read_train_jsonl(inputs["train_data"]))
     summary = train(cfg.model, cfg.m3, cfg.train, examples, outputs["model"])
     tracking.log_metrics(summary)
-    print(f"train_m3: loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} (mean of 3 logged steps) -> {outputs['model']}")
+    print(f"train_m3: {describe_loss(summary)} -> {outputs['model']}")
     return outputs

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import shutil
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,14 +203,25 @@ def training_arguments(train_cfg, ckpt: Path, per_device_batch_size: int) -> Tra
 
 
 def loss_summary(trainer: Trainer, result) -> dict[str, float]:
+    """Loss at the start and the end of training: the median of the first and of the last
+    third of the logged losses. Batches differ a lot (length buckets, hard negatives), so
+    one logged step, or a mean with one outlier in it, can read as a rise when training went down."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    k = min(3, len(losses))  # single steps are noisy: average a few logged steps at each end
+    k = max(1, len(losses) // 3)
     return {
         "train_loss": float(result.training_loss),
-        "loss_start": sum(losses[:k]) / k if k else float("nan"),
-        "loss_end": sum(losses[-k:]) / k if k else float("nan"),
+        "loss_start": statistics.median(losses[:k]) if losses else float("nan"),
+        "loss_end": statistics.median(losses[-k:]) if losses else float("nan"),
+        "loss_logged": float(len(losses)),
         "steps": float(trainer.state.global_step),
     }
+
+
+def describe_loss(summary: dict[str, float]) -> str:
+    return (
+        f"loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} "
+        f"(median of the first and the last third of {summary['loss_logged']:.0f} logged losses)"
+    )
 
 
 def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
