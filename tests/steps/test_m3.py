@@ -61,7 +61,7 @@ def test_train_m3_step_lowers_the_loss_and_writes_an_m3_checkpoint(tmp_path, cap
     train_m3.run(cfg, {"train_data": data}, {"model": tmp_path / "model"})
     printed = capsys.readouterr().out
     assert "modes dense+sparse+colbert + self-distillation" in printed and "length-grouped, sub-batches of 8" in printed
-    start, end = (float(x) for x in printed.split("train_m3: loss ")[1].split(" (mean")[0].split(" -> "))
+    start, end = (float(x) for x in printed.split("train_m3: loss ")[1].split(" (median")[0].split(" -> "))
     assert end < start * 0.85, (start, end)
     out = tmp_path / "model"
     for name in ("colbert_linear.pt", "sparse_linear.pt", "colbert_linear.safetensors", "sparse_linear.safetensors", "model.safetensors"):
