@@ -5,6 +5,8 @@ drops the run-time ``pip install kfp`` (the image has kfp), so a component runs 
 air-gapped cluster. KFP ships only the function's source, so the shared body, ``run_step``,
 travels with every component through ``additional_funcs`` and imports what it needs inside.
 Artifacts keep the catalog's names; tests/orchestration/test_kfp.py checks each against it.
+Every component also takes the same parameters, ``PARAMETERS``: the config, the MLflow store
+and the KFP run's id, which groups the run's step runs under one MLflow parent run.
 """
 
 import functools
@@ -23,15 +25,19 @@ ARTIFACT_TYPES = {
     "plot": dsl.Artifact,
     "record": dsl.Artifact,
 }
+# The parameters every component takes, in this order, before its artifacts (see run_step).
+PARAMETERS = ("params", "tracking_uri", "pipeline_key")
 
 
-def run_step(name: str, params: str, tracking_uri: str, **artifacts) -> None:
+def run_step(name: str, params: str, tracking_uri: str, pipeline_key: str, **artifacts) -> None:
     """Run catalog step ``name`` on KFP artifacts named as in the catalog.
 
     Args:
         name: The catalog step.
         params: A FlagopsConfig as YAML (``to_yaml``); no profile file is needed.
         tracking_uri: MLflow store; "" keeps the config's ``registry.tracking_uri``.
+        pipeline_key: The KFP run's id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``): the run's steps
+            log under one MLflow parent run, named ``kfp:<id>``; "" logs a top-level run.
         **artifacts: The step's inputs and outputs; ``.path`` is a file or, for a
             directory artifact, the directory.
     """
@@ -42,6 +48,7 @@ def run_step(name: str, params: str, tracking_uri: str, **artifacts) -> None:
 
     from flagops import catalog
     from flagops.config import load_config
+    from flagops.registry import tracking
     from flagops.steps import execute
 
     step = catalog.get(name)
@@ -52,7 +59,8 @@ def run_step(name: str, params: str, tracking_uri: str, **artifacts) -> None:
         cfg = load_config(path, overrides)
     inputs = {n: artifacts[n].path for n in step.inputs}
     outputs = {a.name: artifacts[a.name].path for a in step.outputs}
-    execute(name, cfg, inputs, outputs)
+    with tracking.exported(tracking.PIPELINE_KEY_ENV, f"kfp:{pipeline_key}" if pipeline_key else None):
+        execute(name, cfg, inputs, outputs)
     for a in step.outputs:
         if a.kind == "metrics":  # also into the KFP UI, under names like candidate_ndcg_at_10
             from flagops.registry.models import read_metrics

@@ -6,6 +6,6 @@ from components import component, run_step
 
 
 @component
-def build_corpus(params: str, tracking_uri: str, corpus: Output[Dataset]):
+def build_corpus(params: str, tracking_uri: str, pipeline_key: str, corpus: Output[Dataset]):
     """Collect passages: Python stdlib docstrings, a user JSONL or a BEIR folder."""
-    run_step("build_corpus", params, tracking_uri, corpus=corpus)
+    run_step("build_corpus", params, tracking_uri, pipeline_key, corpus=corpus)

@@ -9,6 +9,7 @@ from components import component, run_step
 def evaluate(
     params: str,
     tracking_uri: str,
+    pipeline_key: str,
     model: Input[Model],
     eval_set: Input[Dataset],
     metrics: Output[Metrics],
@@ -17,5 +18,13 @@ def evaluate(
 ):
     """nDCG@10 / MRR@10 / Recall / MAP for BM25, the base model and the candidate."""
     run_step(
-        "evaluate", params, tracking_uri, model=model, eval_set=eval_set, metrics=metrics, chart=chart, chart_data=chart_data
+        "evaluate",
+        params,
+        tracking_uri,
+        pipeline_key,
+        model=model,
+        eval_set=eval_set,
+        metrics=metrics,
+        chart=chart,
+        chart_data=chart_data,
     )

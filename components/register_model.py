@@ -9,6 +9,7 @@ from components import component, run_step
 def register_model(
     params: str,
     tracking_uri: str,
+    pipeline_key: str,
     model: Input[Model],
     metrics: Input[Metrics],
     train_data: Input[Dataset],
@@ -16,5 +17,12 @@ def register_model(
 ):
     """Log the candidate to MLflow with signature, lineage tags and a model card."""
     run_step(
-        "register_model", params, tracking_uri, model=model, metrics=metrics, train_data=train_data, registration=registration
+        "register_model",
+        params,
+        tracking_uri,
+        pipeline_key,
+        model=model,
+        metrics=metrics,
+        train_data=train_data,
+        registration=registration,
     )

@@ -6,6 +6,6 @@ from components import component, run_step
 
 
 @component
-def train_embedder(params: str, tracking_uri: str, train_data: Input[Dataset], model: Output[Model]):
+def train_embedder(params: str, tracking_uri: str, pipeline_key: str, train_data: Input[Dataset], model: Output[Model]):
     """Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation)."""
-    run_step("train_embedder", params, tracking_uri, train_data=train_data, model=model)
+    run_step("train_embedder", params, tracking_uri, pipeline_key, train_data=train_data, model=model)

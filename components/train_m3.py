@@ -6,6 +6,6 @@ from components import component, run_step
 
 
 @component
-def train_m3(params: str, tracking_uri: str, train_data: Input[Dataset], model: Output[Model]):
+def train_m3(params: str, tracking_uri: str, pipeline_key: str, train_data: Input[Dataset], model: Output[Model]):
     """Fine-tune BGE-M3 heads: dense + sparse + ColBERT with self-distillation."""
-    run_step("train_m3", params, tracking_uri, train_data=train_data, model=model)
+    run_step("train_m3", params, tracking_uri, pipeline_key, train_data=train_data, model=model)

@@ -34,6 +34,11 @@ def default_params(profile: str) -> str:
 GPU = "nvidia.com/gpu"
 RETRIES = 2  # steps are idempotent (a retry overwrites its outputs): retry lost nodes and OOMs
 BACKOFF = "60s"  # doubles on each retry
+# Each task's `pipeline_key` is the pipeline parameter `run_group`: a non-empty value groups
+# the run's step runs under one MLflow parent run, `kfp:<run_group>`. It is not the KFP run's
+# id (dsl.PIPELINE_JOB_ID_PLACEHOLDER) because a task input is part of KFP's cache key: a new
+# value every run would end cache hits across runs. `flagops kfp submit --group-runs` sets a
+# fresh group per submission; "" (the default, and every scheduled run) logs top-level runs.
 
 
 def configure(task: dsl.PipelineTask, step: catalog.Step) -> dsl.PipelineTask:
@@ -55,17 +60,20 @@ def build(kind: str):
     steps = catalog.pipeline(kind)
 
     @dsl.pipeline(name=name, description=f"flagops retraining DAG ({kind}): corpus to champion, one task per catalog step.")
-    def retrain(params: str = default_params(profile), tracking_uri: str = "") -> dsl.Metrics:
+    def retrain(params: str = default_params(profile), tracking_uri: str = "", run_group: str = "") -> dsl.Metrics:
         """The catalog's DAG for this kind; returns the evaluation metrics.
 
         Args:
             params: The FlagopsConfig as YAML (JSON is YAML); default: the kind's demo profile.
             tracking_uri: The MLflow store the steps log to; "" keeps the config's.
+            run_group: Non-empty: the step runs nest under one MLflow parent run,
+                `kfp:<run_group>` (see above for why it is not the run id).
         """
         built = components.load()
         produced = {}
+        common = {"params": params, "tracking_uri": tracking_uri, "pipeline_key": run_group}  # components.PARAMETERS
         for step in steps:
-            task = built[step.name](params=params, tracking_uri=tracking_uri, **{n: produced[n] for n in step.inputs})
+            task = built[step.name](**common, **{n: produced[n] for n in step.inputs})
             configure(task, step)
             produced.update({a.name: task.outputs[a.name] for a in step.outputs})
         # The evaluation metrics are the pipeline's output: the run page shows them, a caller gets them.

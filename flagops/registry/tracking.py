@@ -74,15 +74,23 @@ def pipeline_run(cfg, name: str, workdir: str | Path = ".") -> Iterator[str]:
     experiment_id = setup(cfg.registry, workdir)
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
         mlflow.set_tags({"flagops.profile": cfg.profile, "flagops.kind": "pipeline"})
-        previous = os.environ.get(PARENT_ENV)
-        os.environ[PARENT_ENV] = run.info.run_id
-        try:
+        with exported(PARENT_ENV, run.info.run_id):
             yield run.info.run_id
-        finally:
-            if previous is None:
-                os.environ.pop(PARENT_ENV, None)
-            else:
-                os.environ[PARENT_ENV] = previous
+
+
+@contextlib.contextmanager
+def exported(name: str, value: str | None) -> Iterator[None]:
+    """Environment variable ``name`` is ``value`` inside the block (None: left as it is), then as before."""
+    previous = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def parent_for_key(experiment_id: str, cfg, key: str | None) -> str | None:

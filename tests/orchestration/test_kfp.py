@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:  # components/ and pipelines/ are top-level packag
 import components  # noqa: E402
 from flagops import catalog, kfp_client  # noqa: E402
 from flagops.config import FlagopsConfig, load_config, to_yaml  # noqa: E402
+from flagops.registry import tracking  # noqa: E402
 from pipelines import retrain  # noqa: E402
 
 
@@ -111,10 +112,29 @@ def test_component_artifacts_and_descriptions_are_the_catalogs(ir, kind):
     built = components.load()
     for step in catalog.pipeline(kind):
         comp = ir["components"][f"comp-{task_name(step.name)}"]
-        assert set(comp["inputDefinitions"]["parameters"]) == {"params", "tracking_uri"}
+        assert set(comp["inputDefinitions"]["parameters"]) == set(components.PARAMETERS)
         assert schemas(comp["inputDefinitions"]) == {n: kfp_type(n) for n in step.inputs}
         assert schemas(comp["outputDefinitions"]) == {n: kfp_type(n) for n in step.output_names}
         assert built[step.name].description == step.summary, step.name
+
+
+def test_every_task_gets_the_run_group_as_its_pipeline_key(ir):
+    """From the pipeline parameter, default "": a per-run value would be in every cache key."""
+    for name, task in ir["root"]["dag"]["tasks"].items():
+        assert task["inputs"]["parameters"]["pipeline_key"] == {"componentInputParameter": "run_group"}, name
+    assert ir["root"]["inputDefinitions"]["parameters"]["run_group"]["defaultValue"] == ""
+
+
+@pytest.mark.parametrize(("pipeline_key", "seen"), [("run-1", "kfp:run-1"), ("", None)])
+def test_run_step_exports_the_pipeline_key_only_while_the_step_runs(monkeypatch, tmp_path, pipeline_key, seen):
+    import flagops.steps
+
+    monkeypatch.delenv(tracking.PIPELINE_KEY_ENV, raising=False)
+    calls = []
+    monkeypatch.setattr(flagops.steps, "execute", lambda *a: calls.append(os.environ.get(tracking.PIPELINE_KEY_ENV)))
+    corpus = argparse.Namespace(path=str(tmp_path / "corpus"))
+    components.run_step("build_corpus", to_yaml(load_config("tiny")), "", pipeline_key, corpus=corpus)
+    assert calls == [seen] and tracking.PIPELINE_KEY_ENV not in os.environ
 
 
 def test_resources_retries_and_caching_are_the_catalogs(ir, kind):
@@ -157,7 +177,7 @@ def local_run(tmp_path_factory, pytestconfig):
     runner = local.SubprocessRunner(use_venv=False)  # this venv: no Docker here, no pip installs
     local.init(runner=runner, pipeline_root=str(root / "outputs"), workspace_root=str(root / "ws"))
     start = time.perf_counter()
-    task = retrain.retrain(params=to_yaml(load_config("tiny")), tracking_uri=uri)
+    task = retrain.retrain(params=to_yaml(load_config("tiny")), tracking_uri=uri, run_group="local-1")
     wall = time.perf_counter() - start
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         print(f"\nkfp.local: the retraining pipeline ({len(catalog.pipeline())} tasks, tiny profile) took {wall:.1f} s")
@@ -174,6 +194,21 @@ def test_local_run_registers_a_champion(local_run):
     assert str(mv.version) == "1" and mv.tags["model_sha256"]
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
     assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.pipeline()}
+
+
+@pytest.mark.slow
+def test_local_run_groups_its_step_runs_under_one_parent_run(local_run):
+    from mlflow import MlflowClient
+
+    _, uri, _ = local_run
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]
+    key = parent.data.tags["flagops.pipeline_key"]
+    assert key == "kfp:local-1" and parent.info.run_name == key and parent.data.tags["flagops.profile"] == "tiny"
+    steps = [r for r in runs if "flagops.step" in r.data.tags]
+    assert sorted(r.data.tags["flagops.step"] for r in steps) == sorted(s.name for s in catalog.pipeline())
+    assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {parent.info.run_id}
 
 
 @pytest.mark.slow
@@ -300,6 +335,20 @@ def test_schedule_creates_a_cron_recurring_run_through_the_cli(server):
     sent = yaml.safe_load(body["runtime_config"]["parameters"]["params"])
     assert sent["profile"] == "tiny" and sent["train"]["max_steps"] == 2
     assert body["runtime_config"]["parameters"]["tracking_uri"] == ""
+    assert body["runtime_config"]["parameters"]["run_group"] == ""  # a schedule keeps KFP's cache
+
+
+def test_submit_group_runs_sends_a_fresh_run_group(server):
+    """`flagops kfp submit --group-runs` against the mock KFP API server (none can run here)."""
+    parser = argparse.ArgumentParser()
+    kfp_client.add_kfp_commands(parser.add_subparsers())
+    groups = []
+    for extra in (["--group-runs"], ["--group-runs"], []):
+        args = parser.parse_args(["kfp", "submit", "--host", "http://kfp.test:8888", "--name", "nightly", *extra])
+        assert args.func(args) == 0
+        groups.append(server.sent("POST", "/runs")[-1]["body"]["runtime_config"]["parameters"]["run_group"])
+    assert groups[0].startswith("nightly-") and groups[1].startswith("nightly-") and groups[0] != groups[1]
+    assert groups[2] == ""
 
 
 def test_cron_is_checked():
