@@ -210,6 +210,11 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
     assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.pipeline()}
     assert (workdir / "registry" / "promotion.json").is_file()
+    # One MLflow parent run for the DAG run (FLAGOPS_PIPELINE_KEY), every step run under it.
+    (parent,) = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]
+    assert parent.data.tags["flagops.pipeline_key"].startswith("airflow:retrain_embedder:")
+    steps = [r for r in runs if "flagops.step" in r.data.tags]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in steps} == {parent.info.run_id}
 
     # New data: the asset-scheduled DAG queues one more retrain_embedder run (no scheduler here to start it).
     _run([AIRFLOW_BIN / "airflow", "dags", "test", "retrain_embedder_on_new_data"], env)
