@@ -124,18 +124,36 @@ def phase_flagembedding(args: argparse.Namespace) -> int:
     return 0 if verdict == "PASS" else 1
 
 
-def phase_all(args: argparse.Namespace) -> int:
+def run_both_phases(script: str, args: argparse.Namespace, ours_extra: list[str], peer_extra: list[str]) -> int:
+    """``script``'s flagops phase in the main venv, then its FlagEmbedding phase in the peer
+    venv, sharing a saved model and a reference .npz in a temporary directory."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    script = str(Path(__file__).resolve())
-    with tempfile.TemporaryDirectory(prefix="flagops-compat-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"flagops-{Path(script).stem}-") as tmp:
         saved, ref = str(Path(tmp) / "model"), str(Path(tmp) / "ref.npz")
-        ours = [args.main_python, script, "--phase", "flagops", "--model", args.model]
-        ours += ["--save-model", saved, "--out", ref]
+        ours = [args.main_python, script, "--phase", "flagops", "--model", args.model, "--save-model", saved, "--out", ref]
         for flag, value in (("--pooling", args.pooling), ("--query-instruction", args.query_instruction)):
             ours += [flag, value] if value is not None else []
-        subprocess.run(ours, env=env, check=True)
+        subprocess.run([*ours, *ours_extra], env=env, check=True)
         peer = [args.peer_python, script, "--phase", "flagembedding", "--model", saved, "--ref", ref]
-        return subprocess.run([*peer, "--min-cos", str(args.min_cos)], env=env).returncode
+        return subprocess.run([*peer, "--min-cos", str(args.min_cos), *peer_extra], env=env).returncode
+
+
+def run_phase(ap: argparse.ArgumentParser, args: argparse.Namespace, phases: dict) -> int:
+    """Check the phase's required flags, then run ``phases[args.phase](args)``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable; never try it
+    if args.phase == "flagops" and not args.out:
+        ap.error("--phase flagops needs --out")
+    if args.phase == "flagembedding" and not args.ref:
+        ap.error("--phase flagembedding needs --ref")
+    if args.phase == "all":
+        for python in (args.main_python, args.peer_python):
+            if not Path(python).is_file():
+                ap.error(f"{python} not found (peer venv: benchmarks/setup_peer_venv.sh)")
+    return phases[args.phase](args)
+
+
+def phase_all(args: argparse.Namespace) -> int:
+    return run_both_phases(str(Path(__file__).resolve()), args, [], [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,20 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     peer = REPO / ".venv-flagembedding" / "bin" / "python"
     ap.add_argument("--peer-python", default=str(peer), help="all: FlagEmbedding's python")
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable; never try it
-    if args.phase == "flagops":
-        if not args.out:
-            ap.error("--phase flagops needs --out")
-        return phase_flagops(args)
-    if args.phase == "flagembedding":
-        if not args.ref:
-            ap.error("--phase flagembedding needs --ref")
-        return phase_flagembedding(args)
-    for python in (args.main_python, args.peer_python):
-        if not Path(python).is_file():
-            ap.error(f"{python} not found (peer venv: benchmarks/setup_peer_venv.sh)")
-    return phase_all(args)
-
+    return run_phase(ap, args, {"flagops": phase_flagops, "flagembedding": phase_flagembedding, "all": phase_all})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,16 +21,15 @@ library and numpy are imported at the top: each phase imports its own side's lib
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compat_flagembedding import PASSAGE_SOURCES, QUERIES, REPO, row_cosines, stdlib_docstrings  # noqa: E402
+from compat_flagembedding import (  # noqa: E402
+    PASSAGE_SOURCES, QUERIES, REPO, row_cosines, run_both_phases, run_phase, stdlib_docstrings,
+)  # fmt: skip
 
 SIDES = ("query", "passage")
 
@@ -120,18 +119,8 @@ def phase_flagembedding(args: argparse.Namespace) -> int:
 
 
 def phase_all(args: argparse.Namespace) -> int:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    script = str(Path(__file__).resolve())
-    with tempfile.TemporaryDirectory(prefix="flagops-compat-m3-") as tmp:
-        saved, ref = str(Path(tmp) / "model"), str(Path(tmp) / "ref.npz")
-        ours = [args.main_python, script, "--phase", "flagops", "--model", args.model, "--save-model", saved, "--out", ref]
-        ours += ["--colbert-dim", str(args.colbert_dim), "--seed", str(args.seed)]
-        for flag, value in (("--pooling", args.pooling), ("--query-instruction", args.query_instruction)):
-            ours += [flag, value] if value is not None else []
-        subprocess.run(ours, env=env, check=True)
-        peer = [args.peer_python, script, "--phase", "flagembedding", "--model", saved, "--ref", ref]
-        peer += ["--min-cos", str(args.min_cos), "--max-weight-diff", str(args.max_weight_diff)]
-        return subprocess.run(peer, env=env).returncode
+    ours = ["--colbert-dim", str(args.colbert_dim), "--seed", str(args.seed)]
+    return run_both_phases(str(Path(__file__).resolve()), args, ours, ["--max-weight-diff", str(args.max_weight_diff)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,20 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--main-python", default=str(REPO / ".venv" / "bin" / "python"), help="all: flagops' python")
     ap.add_argument("--peer-python", default=str(REPO / ".venv-flagembedding" / "bin" / "python"), help="all: FlagEmbedding's python")
     args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable; never try it
-    if args.phase == "flagops":
-        if not args.out:
-            ap.error("--phase flagops needs --out")
-        return phase_flagops(args)
-    if args.phase == "flagembedding":
-        if not args.ref:
-            ap.error("--phase flagembedding needs --ref")
-        return phase_flagembedding(args)
-    for python in (args.main_python, args.peer_python):
-        if not Path(python).is_file():
-            ap.error(f"{python} not found (peer venv: benchmarks/setup_peer_venv.sh)")
-    return phase_all(args)
-
+    return run_phase(ap, args, {"flagops": phase_flagops, "flagembedding": phase_flagembedding, "all": phase_all})
 
 if __name__ == "__main__":
     sys.exit(main())
