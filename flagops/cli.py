@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="default: serve.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: serve.port (8080)")
     p.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
-    # ServeConfig.kind lists ModelKind's values (flagops.serving.kinds checks that it does);
+    # ServeConfig.kind lists ModelKind's values (tests/serving/test_serving_m3.py checks it);
     # reading them there would import kserve (1 s) into every flagops command.
     kinds = get_args(ServeConfig.model_fields["kind"].annotation)
     p.add_argument("--kind", choices=kinds, help="default: serve.kind (auto: detect from the model)")

@@ -165,7 +165,7 @@ class ServeConfig(Section):
     model_name: str = "embedder"
     # What the model directory holds; "auto" reads it (flagops_m3.json or M3 head files: m3;
     # flagops_embedder.json or an AutoModel architecture: embedder; *ForSequenceClassification:
-    # reranker). The values are flagops.serving.kinds.ModelKind's, which checks them.
+    # reranker). The values are flagops.serving.kinds.ModelKind's (a test checks them).
     kind: Literal["auto", "embedder", "reranker", "m3"] = "auto"
     max_texts: int = Field(128, ge=1)  # texts per request (documents, for a reranker)
     max_chars: int = Field(20000, ge=1)  # characters per text

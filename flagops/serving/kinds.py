@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import kserve
 from pydantic import BaseModel
@@ -31,10 +31,8 @@ class ModelKind(StrEnum):
     RERANKER = "reranker"
     M3 = "m3"
 
-
-# config.py spells the kinds out as a Literal, so that loading a profile imports no kserve.
-if set(get_args(ServeConfig.model_fields["kind"].annotation)) != {"auto", *ModelKind}:
-    raise RuntimeError("ServeConfig.kind must list 'auto' and every ModelKind value")
+# config.py spells the kinds out as a Literal (loading a profile imports no kserve);
+# tests/serving/test_serving_m3.py checks that it lists every ModelKind.
 
 
 class KindError(ValueError):
