@@ -39,7 +39,7 @@ params: install
 	$(BIN)/flagops params demo -o params.yaml
 
 dvc-yaml: install
-	$(BIN)/flagops dvc-yaml > dvc.yaml
+	$(BIN)/flagops dvc-yaml --profile demo > dvc.yaml
 
 plots-template: build/dvc-plots-template.html
 

@@ -57,7 +57,7 @@ def run_step(name: str, params: str, tracking_uri: str, pipeline_key: str, **art
         path = Path(tmp) / "params.yaml"
         path.write_text(params, encoding="utf-8")
         cfg = load_config(path, overrides)
-    inputs = {n: artifacts[n].path for n in step.inputs}
+    inputs = {n: artifacts[n].path for n in step.inputs if artifacts.get(n) is not None}  # optional: None when absent
     outputs = {a.name: artifacts[a.name].path for a in step.outputs}
     with tracking.exported(tracking.PIPELINE_KEY_ENV, f"kfp:{pipeline_key}" if pipeline_key else None):
         execute(name, cfg, inputs, outputs)
@@ -81,5 +81,8 @@ def module_names() -> list[str]:
 
 
 def load() -> dict:
-    """{step name: component}, in catalog order; components/<step>.py defines ``<step>``."""
+    """{step name: component}, in catalog order; components/<step>.py defines ``<step>``.
+
+    Steps that share a flagops module (a family parameter) still get a component each: KFP
+    types a component's artifacts by name, and their artifacts differ."""
     return {s.name: getattr(importlib.import_module(f"{__name__}.{s.name}"), s.name) for s in catalog.STEPS}

@@ -10,17 +10,17 @@ import os
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
+from _flagops_settings import PIPELINE_KEY
+
 from flagops import catalog
 
 
-def pod_task(step: catalog.Step, argv: list[str], *, workdir: str, **kw):
-    return pod(step.name, argv, step.resources, workdir=workdir, **kw)
+def pod_task(task: catalog.Task, argv: list[str], *, workdir: str, **kw):
+    return pod(task.name, argv, task.step.resources, workdir=workdir, **kw)
 
 
 def pod(task_id: str, argv: list[str], r: catalog.Resources, *, workdir: str, **kw):
     """A pod on the flagops image running argv in the workspace PVC, MLflow env from the Secret."""
-    from _flagops_dag import PIPELINE_KEY
-
     requests = {"cpu": r.cpu, "memory": r.memory}
     limits = requests | ({"nvidia.com/gpu": str(r.gpus)} if r.gpus else {})
     # GPU nodes are usually tainted so that only pods asking for a GPU land there.

@@ -1,17 +1,23 @@
-"""Every pipeline step, as data.
+"""Every pipeline step, as data, and the DAG a config selects from them.
 
 This is the single place a step's inputs, outputs, config sections, image and resources
-are spelled out. ``dvc.yaml``, the CLI (and later the KFP components and Airflow DAGs)
-are thin adapters over ``STEPS``; tests check each agrees with it.
+are spelled out. ``dvc.yaml``, the CLI, the KFP components and pipelines and the Airflow
+DAGs are thin adapters over ``STEPS``; tests check each agrees with it.
+
+A config picks its pipeline by data, never by code: each step may carry ``when``
+conditions on config values (``model.kind == "m3"``), and an input may name several
+artifacts it can be fed from (the first one the pipeline produces wins) or be optional.
+``pipeline(cfg)`` resolves that into a DAG and stops with a one-line error on a cycle, a
+dangling input or an artifact produced twice. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ArtifactKind = Literal["dataset", "model", "metrics", "plot", "record"]
 
@@ -21,6 +27,10 @@ DEFAULT_IMAGE = "ghcr.io/flagops/flagops:0.1.0"
 def image() -> str:
     """The container image steps run in on a cluster (``FLAGOPS_IMAGE`` overrides)."""
     return os.environ.get("FLAGOPS_IMAGE", DEFAULT_IMAGE)
+
+
+class CatalogError(ValueError):
+    """The steps a config selects do not form a DAG; the message names the step and artifact."""
 
 
 @dataclass(frozen=True)
@@ -38,21 +48,21 @@ class Resources:
     gpus: int = 0
 
 
-# model.kind picks the training step: `bge` (train_embedder) or `m3` (train_m3); each kind's
-# pipeline is STEPS filtered by kind, and every face renders the pipeline of a kind.
-KINDS = ("bge", "m3")
-
-
 @dataclass(frozen=True)
 class Step:
     name: str  # snake_case verb phrase, the same in every face
-    module: str  # flagops.steps.<name>, which defines run(cfg, inputs, outputs)
+    module: str  # flagops.steps.<module>, which defines run(cfg, inputs, outputs, **params)
     sections: tuple[str, ...]  # config sections it reads (its typed config; DVC params)
-    inputs: tuple[str, ...]  # artifact names produced by earlier steps
+    inputs: tuple[str, ...]  # the input names run() receives (required and optional)
     outputs: tuple[Artifact, ...]
     resources: Resources = field(default_factory=Resources)
     summary: str = ""
-    kinds: tuple[str, ...] = KINDS  # the model kinds (model.kind) whose pipeline includes it
+    # (dotted config key, values): the step is in a config's pipeline when every key holds one of its values.
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    optional: tuple[str, ...] = ()  # inputs the step runs without when the pipeline produces none
+    # input -> the artifacts it may be fed from, first produced wins; an input not listed takes its own name.
+    sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    params: tuple[tuple[str, Any], ...] = ()  # keyword arguments run() gets: one module, several steps
 
     @property
     def run(self) -> Callable:
@@ -62,102 +72,217 @@ class Step:
     def output_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.outputs)
 
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(i for i in self.inputs if i not in self.optional)
 
-def _step(name: str, sections, inputs, outputs, resources=Resources(), summary="", kinds=None) -> Step:
-    module = f"flagops.steps.{name}"
-    return Step(name, module, tuple(sections), tuple(inputs), tuple(outputs), resources, summary, kinds or KINDS)
+    def feeds(self, name: str) -> tuple[str, ...]:
+        """The artifacts input ``name`` may be fed from, in order of preference."""
+        return dict(self.sources).get(name, (name,))
+
+    def enabled(self, cfg) -> bool:
+        return all(config_value(cfg, key) in values for key, values in self.when)
+
+    def condition(self) -> str:
+        """``model.kind=m3``: when the step runs, for messages and `flagops steps`."""
+        return " and ".join(f"{key}={'|'.join(map(str, values))}" for key, values in self.when)
+
+
+def config_value(cfg, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+@dataclass(frozen=True)
+class Task:
+    """A step placed in one pipeline, with each input wired to the artifact that feeds it."""
+
+    step: Step
+    wiring: tuple[tuple[str, Artifact], ...]  # (input name, the artifact feeding it); absent optional inputs left out
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """input name -> artifact name."""
+        return {name: art.name for name, art in self.wiring}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    tasks: tuple[Task, ...]  # in a topological order (catalog order among independent tasks)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return tuple(t.step for t in self.tasks)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"step {name!r} is not in this pipeline; its steps are: {', '.join(self.names)}")
+
+    def producer(self) -> dict[str, str]:
+        """artifact name -> the task that writes it."""
+        return {a.name: t.name for t in self.tasks for a in t.step.outputs}
+
+    def edges(self) -> set[tuple[str, str]]:
+        """(upstream, downstream) task pairs, derived from the wiring."""
+        producer = self.producer()
+        return {(producer[art], t.name) for t in self.tasks for art in t.inputs.values()}
+
+    def artifacts(self) -> dict[str, Artifact]:
+        return {a.name: a for t in self.tasks for a in t.step.outputs}
+
+
+def resolve(steps: Iterable[Step], cfg) -> Pipeline:
+    """The DAG of the steps ``cfg`` enables; CatalogError on a cycle, a dangling input or an
+    artifact produced twice."""
+    chosen = [s for s in steps if s.enabled(cfg)]
+    producer: dict[str, str] = {}
+    made: dict[str, Artifact] = {}
+    for s in chosen:
+        for a in s.outputs:
+            if a.name in producer:
+                raise CatalogError(f"artifact {a.name!r} is produced by both {producer[a.name]} and {s.name}; enable one of them")
+            producer[a.name], made[a.name] = s.name, a
+    tasks = {}
+    for s in chosen:
+        wiring = []
+        for name in s.inputs:
+            art = next((a for a in s.feeds(name) if a in producer), None)
+            if art is not None:
+                wiring.append((name, made[art]))
+            elif name not in s.optional:
+                wanted = " or ".join(repr(a) for a in s.feeds(name))
+                raise CatalogError(f"step {s.name}: input {name!r} needs {wanted}, which no step of this pipeline produces")
+        tasks[s.name] = Task(s, tuple(wiring))
+    return Pipeline(_toposort(tasks, producer))
+
+
+def _toposort(tasks: dict[str, Task], producer: dict[str, str]) -> tuple[Task, ...]:
+    upstream = {n: {producer[a] for a in t.inputs.values()} for n, t in tasks.items()}
+    done: list[str] = []
+    while len(done) < len(tasks):
+        ready = [n for n in tasks if n not in done and upstream[n] <= set(done)]
+        if not ready:
+            raise CatalogError(f"the steps form a cycle: {_cycle(upstream, set(done))}")
+        done.append(ready[0])  # catalog order among the ready ones: a stable, readable order
+    return tuple(tasks[n] for n in done)
+
+
+def _cycle(upstream: dict[str, set[str]], done: set[str]) -> str:
+    """One cycle among the steps not done, as ``a -> b -> a``."""
+    node = next(n for n in upstream if n not in done)
+    path: list[str] = []
+    while node not in path:
+        path.append(node)
+        node = sorted(upstream[node] - done)[0]
+    loop = path[path.index(node) :] + [node]
+    return " -> ".join(reversed(loop))
 
 
 GPU = Resources(cpu="8", memory="32Gi", gpus=1)
+EVAL = Resources(cpu="2", memory="8Gi", gpus=1)
 
 STEPS: tuple[Step, ...] = (
-    _step(
+    Step(
         "build_corpus",
-        ["corpus"],
-        [],
-        [Artifact("corpus", "data/corpus.jsonl")],
+        "flagops.steps.build_corpus",
+        ("corpus",),
+        (),
+        (Artifact("corpus", "data/corpus.jsonl"),),
         summary="Collect passages: Python stdlib docstrings, a user JSONL or a BEIR folder.",
     ),
-    _step(
+    Step(
         "synthesize_queries",
-        ["synthesis"],
-        ["corpus"],
-        [Artifact("train_pairs", "data/train_pairs.jsonl"), Artifact("eval_set", "data/eval", is_dir=True)],
+        "flagops.steps.synthesize_queries",
+        ("synthesis",),
+        ("corpus",),
+        (Artifact("train_pairs", "data/train_pairs.jsonl"), Artifact("eval_set", "data/eval", is_dir=True)),
         summary="Generate a query per passage; split train/test by group (module).",
     ),
-    _step(
+    Step(
         "mine_hard_negatives",
-        ["model", "mining"],
-        ["train_pairs"],
-        [Artifact("train_data", "data/train.jsonl")],
+        "flagops.steps.mine_hard_negatives",
+        ("model", "mining"),
+        ("train_pairs",),
+        (Artifact("train_data", "data/train.jsonl"),),
         Resources(cpu="2", memory="8Gi", gpus=1),
         summary="Sample negatives from ranks 10-210 of a teacher's faiss search.",
     ),
-    _step(
+    Step(
         "train_embedder",
-        ["model", "train"],
-        ["train_data"],
-        [Artifact("model", "models/candidate", kind="model", is_dir=True)],
+        "flagops.steps.train_embedder",
+        ("model", "train"),
+        ("train_data",),
+        (Artifact("model", "models/candidate", kind="model", is_dir=True),),
         GPU,
         summary="Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation).",
-        kinds=("bge",),
+        when=(("model.kind", ("bge",)),),
     ),
-    _step(
+    Step(
         "train_m3",
-        ["model", "m3", "train"],
-        ["train_data"],
-        [Artifact("model", "models/candidate", kind="model", is_dir=True)],
+        "flagops.steps.train_m3",
+        ("model", "m3", "train"),
+        ("train_data",),
+        (Artifact("model", "models/candidate", kind="model", is_dir=True),),
         GPU,
         summary="Fine-tune BGE-M3 heads: dense + sparse + ColBERT with self-distillation.",
-        kinds=("m3",),
+        when=(("model.kind", ("m3",)),),
     ),
-    _step(
+    Step(
         "evaluate",
-        ["model", "evaluate"],
-        ["model", "eval_set"],
-        [
+        "flagops.steps.evaluate",
+        ("model", "evaluate"),
+        ("model", "eval_set"),
+        (
             Artifact("metrics", "metrics/eval.json", kind="metrics"),
             Artifact("chart", "plots/eval_comparison.png", kind="plot"),
             Artifact("chart_data", "plots/eval_comparison.json", kind="plot"),
-        ],
-        Resources(cpu="2", memory="8Gi", gpus=1),
+        ),
+        EVAL,
         summary="nDCG@10 / MRR@10 / Recall / MAP for BM25, the base model and the candidate.",
     ),
-    _step(
+    Step(
         "register_model",
-        ["model", "registry"],
-        ["model", "metrics", "train_data"],
-        [Artifact("registration", "registry/registration.json", kind="record")],
+        "flagops.steps.register_model",
+        ("model", "registry"),
+        ("model", "metrics", "train_data"),
+        (Artifact("registration", "registry/registration.json", kind="record"),),
         summary="Log the candidate to MLflow with signature, lineage tags and a model card.",
     ),
-    _step(
+    Step(
         "promote_model",
-        ["registry"],
-        ["registration"],
-        [Artifact("promotion", "registry/promotion.json", kind="record")],
+        "flagops.steps.promote_model",
+        ("registry",),
+        ("registration",),
+        (Artifact("promotion", "registry/promotion.json", kind="record"),),
         summary="Give the `champion` alias only if the candidate beats the current champion.",
     ),
-    _step(
+    Step(
         "deploy_model",
-        ["registry", "deploy"],
-        ["promotion"],
-        [
+        "flagops.steps.deploy_model",
+        ("registry", "deploy"),
+        ("promotion",),
+        (
             Artifact("inference_service", "deploy/inferenceservice.yaml", kind="record"),
             Artifact("deployment", "registry/deployment.json", kind="record"),
-        ],
+        ),
         summary="Render (and apply) the champion's KServe InferenceService; a new champion starts as a canary.",
     ),
 )
 
 BY_NAME = {s.name: s for s in STEPS}
-ARTIFACTS = {a.name: a for s in STEPS for a in s.outputs}  # variants of a step write the same artifact
-
-
-def pipeline(kind: str = "bge") -> tuple[Step, ...]:
-    """The DAG for model kind ``kind``, in run order."""
-    if kind not in KINDS:
-        raise KeyError(f"unknown model kind {kind!r}; kinds are: {', '.join(KINDS)}")
-    return tuple(s for s in STEPS if kind in s.kinds)
+ARTIFACTS = {a.name: a for s in STEPS for a in s.outputs}  # alternatives of a step write the same artifact
 
 
 def get(name: str) -> Step:
@@ -167,38 +292,26 @@ def get(name: str) -> Step:
         raise KeyError(f"unknown step {name!r}; steps are: {', '.join(BY_NAME)}") from None
 
 
-def edges(kind: str = "bge") -> set[tuple[str, str]]:
-    """(upstream, downstream) pairs of kind's pipeline, derived from inputs and outputs."""
-    steps = pipeline(kind)
-    producer = {a.name: s.name for s in steps for a in s.outputs}
-    return {(producer[i], s.name) for s in steps for i in s.inputs}
+def pipeline(cfg) -> Pipeline:
+    """The DAG ``cfg`` (a FlagopsConfig) selects from the catalog."""
+    return resolve(STEPS, cfg)
 
 
-def check() -> None:
-    """Raise if, in any kind's pipeline, an input has no producer, an artifact is produced
-    twice, a step is listed twice, or steps are out of order."""
-    for kind in KINDS:
-        _check(pipeline(kind))
-    for s in STEPS:
-        for a in s.outputs:
-            if ARTIFACTS[a.name] != a:
-                raise ValueError(f"step {s.name}: artifact {a.name!r} differs from another step's {a.name!r}")
-
-
-def _check(steps: tuple[Step, ...]) -> None:
-    seen: set[str] = set()
-    produced: set[str] = set()
+def check(steps: Iterable[Step] = STEPS) -> None:
+    """Raise CatalogError if a step is listed twice, names an optional or sourced input it
+    does not have, or describes an artifact differently from another step."""
+    seen: dict[str, Artifact] = {}
+    names: set[str] = set()
     for s in steps:
-        for i in s.inputs:
-            if i not in produced:
-                raise ValueError(f"step {s.name}: input {i!r} is not produced by an earlier step")
+        if s.name in names:
+            raise CatalogError(f"step {s.name!r} listed twice")
+        names.add(s.name)
+        unknown = (set(s.optional) | {k for k, _ in s.sources}) - set(s.inputs)
+        if unknown:
+            raise CatalogError(f"step {s.name}: {sorted(unknown)} named as optional or sourced but not among its inputs")
         for a in s.outputs:
-            if a.name in produced:
-                raise ValueError(f"artifact {a.name!r} is produced twice")
-            produced.add(a.name)
-        if s.name in seen:
-            raise ValueError(f"step {s.name!r} listed twice")
-        seen.add(s.name)
+            if seen.setdefault(a.name, a) != a:
+                raise CatalogError(f"step {s.name}: artifact {a.name!r} differs from another step's {a.name!r}")
 
 
 check()

@@ -1,9 +1,9 @@
 """The `flagops` command. Every face calls the same form: `flagops step NAME --in/--out ...`.
 
-  flagops steps                          list the catalog
+  flagops steps [--profile P]            list the catalog, or the DAG profile P runs
   flagops step NAME [--params F | --profile P] [--in k=PATH] [--out k=PATH] [sec.key=value ...]
   flagops params PROFILE [-o params.yaml]   render a profile as a DVC params file
-  flagops dvc-yaml                       render dvc.yaml from the catalog
+  flagops dvc-yaml [--profile P]         render P's dvc.yaml (default: demo) from the catalog
   flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
   flagops demo [--profile P]             pipeline + serve the champion + summary table
   flagops serve --model SOURCE [--host H] [--port N]
@@ -27,7 +27,9 @@ from flagops.kfp_client import add_kfp_commands
 from flagops.deploy.cli import add_deploy_commands
 from flagops.training.pytorchjob import add_training_commands
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, ModelSourceError, KeyError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, DataError, ModelSourceError, catalog.CatalogError, KeyError, FileNotFoundError,
+)
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -56,17 +58,30 @@ def cmd_step(args: argparse.Namespace) -> int:
 
     step = catalog.get(args.name)
     cfg = _config(args)
-    inputs = {n: catalog.ARTIFACTS[n].path for n in step.inputs} | _pairs(args.inputs, "--in")
+    # Defaults: the artifacts that feed each input in this config's pipeline (or, for a step
+    # outside it, its own names; execute then says which config runs it).
+    if step.enabled(cfg):
+        wired = {n: art.path for n, art in catalog.pipeline(cfg).task(step.name).wiring}
+    else:
+        wired = {n: catalog.ARTIFACTS[n].path for n in step.required if n in catalog.ARTIFACTS}
+    inputs = wired | _pairs(args.inputs, "--in")
     outputs = {a.name: a.path for a in step.outputs} | _pairs(args.outputs, "--out")
     execute(step.name, cfg, inputs, outputs, track=not args.no_track)
     return 0
 
 
-def cmd_steps(_: argparse.Namespace) -> int:
-    for s in catalog.STEPS:
-        ins = ", ".join(s.inputs) or "-"
-        only = f" [model.kind={'|'.join(s.kinds)}]" if s.kinds != catalog.KINDS else ""
-        print(f"{s.name:22s} in: {ins:32s} out: {', '.join(s.output_names):32s} {s.summary}{only}")
+def cmd_steps(args: argparse.Namespace) -> int:
+    """The catalog, or with --profile the DAG that profile runs (tasks in run order, with their wiring)."""
+    if args.profile is None:
+        for s in catalog.STEPS:
+            ins = ", ".join(f"{i}?" if i in s.optional else i for i in s.inputs) or "-"
+            only = f" [{s.condition()}]" if s.when else ""
+            print(f"{s.name:22s} in: {ins:32s} out: {', '.join(s.output_names):32s} {s.summary}{only}")
+        return 0
+    pipe = catalog.pipeline(load_config(args.profile))
+    for t in pipe.tasks:
+        ins = ", ".join(n if n == a else f"{n}<-{a}" for n, a in t.inputs.items()) or "-"
+        print(f"{t.name:22s} in: {ins:32s} out: {', '.join(t.step.output_names)}")
     return 0
 
 
@@ -86,7 +101,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     from flagops.dvc import render_text
 
-    sys.stdout.write(render_text(args.kind))
+    sys.stdout.write(render_text(load_config(args.profile)))
     return 0
 
 
@@ -134,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(func=cmd_step)
 
-    sub.add_parser("steps", help="list the catalog").set_defaults(func=cmd_steps)
+    p = sub.add_parser("steps", help="list the catalog, or the DAG a profile runs")
+    p.add_argument("--profile", help="a profile name or YAML file: list its pipeline's tasks in run order")
+    p.set_defaults(func=cmd_steps)
 
     p = sub.add_parser("params", help="render a profile as params.yaml")
     p.add_argument("profile")
@@ -143,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("dvc-yaml", help="render dvc.yaml from the catalog")
-    p.add_argument("--kind", default="bge", choices=catalog.KINDS, help="model kind whose pipeline to render")
+    p.add_argument("--profile", default="demo", help="the profile (name or YAML file) whose DAG to render")
     p.set_defaults(func=cmd_dvc_yaml)
 
     for name, func, text in (

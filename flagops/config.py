@@ -252,11 +252,15 @@ class FlagopsConfig(Section):
     deploy: DeployConfig = DeployConfig()
 
 
+def shipped_profiles() -> list[str]:
+    """The names of the profiles that ship with flagops (flagops/configs/*.yaml)."""
+    return sorted(p.name.removesuffix(".yaml") for p in Path(str(PROFILE_DIR)).glob("*.yaml"))
+
+
 def profile_path(name: str) -> Path:
     path = Path(str(PROFILE_DIR / f"{name}.yaml"))
     if not path.is_file():
-        known = sorted(p.name.removesuffix(".yaml") for p in Path(str(PROFILE_DIR)).glob("*.yaml"))
-        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(known)} or pass a YAML path")
+        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(shipped_profiles())} or pass a YAML path")
     return path
 
 

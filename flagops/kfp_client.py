@@ -3,9 +3,11 @@
     flagops kfp submit   --host URL [--profile P | --params F] [section.key=value ...]
     flagops kfp schedule --host URL --cron "0 3 * * *" [--profile P | --params F] ...
 
-Both upload ``pipelines/retrain.yaml`` (``make kfp-compile``) to the pipeline ``flagops-retrain``:
-the first upload creates it, later ones add a version named by the IR's content hash (the same
-IR reuses its version). Then they create a run or a recurring run in an experiment. The config travels as the
+Both upload the config's compiled pipeline, ``pipelines/<profile>.yaml`` (``make kfp-compile``),
+to the pipeline it names (``flagops-<profile>``): the first upload creates it, later ones add a
+version named by the IR's content hash (the same IR reuses its version). The IR is the one
+whose DAG is the config's: a config whose branches match no shipped profile needs its own
+(``python -m pipelines.retrain --params F -o FILE``, then ``--package FILE``). Then they create a run or a recurring run in an experiment. The config travels as the
 ``params`` pipeline argument: the full FlagopsConfig as YAML, so a run records every value.
 
 A face module: kfp is imported only inside the functions that talk to the server, and no
@@ -27,8 +29,7 @@ from typing import Any
 
 from flagops.config import ConfigError, load_config, to_yaml
 
-PIPELINE = "flagops-retrain"
-PACKAGE = "pipelines/retrain.yaml"
+PIPELINES_DIR = Path("pipelines")  # the committed IRs, one per shipped profile (relative to the repo root)
 EXPERIMENT = "flagops"
 
 
@@ -67,9 +68,35 @@ def _package(path: str | Path) -> Path:
     return Path(path)
 
 
-def upload(client, package: str | Path, name: str = PIPELINE) -> tuple[str, str]:
-    """Upload ``package`` as a version of pipeline ``name`` (created if absent); return (pipeline_id, version_id)."""
+def pipeline_name(package: str | Path) -> str:
+    """The pipeline name compiled into an IR (``pipelineInfo.name``)."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(_package(package).read_text(encoding="utf-8")))
+    return docs[0]["pipelineInfo"]["name"]
+
+
+def package_for(cfg) -> Path:
+    """The committed IR whose DAG is ``cfg``'s: its own profile's first, then any shipped profile's."""
+    from flagops import catalog
+    from flagops.config import shipped_profiles
+
+    wanted = catalog.pipeline(cfg)
+    shipped = shipped_profiles()
+    for profile in sorted(shipped, key=lambda p: p != cfg.profile):
+        if catalog.pipeline(load_config(profile)) == wanted:
+            return _package(PIPELINES_DIR / f"{profile}.yaml")
+    raise ConfigError(
+        f"no compiled pipeline runs the DAG of this config ({', '.join(wanted.names)}); compile one with "
+        "`python -m pipelines.retrain --params FILE -o my.yaml` and pass --package my.yaml"
+    )
+
+
+def upload(client, package: str | Path, name: str | None = None) -> tuple[str, str]:
+    """Upload ``package`` as a version of pipeline ``name`` (default: the IR's own; created if
+    absent); return (pipeline_id, version_id)."""
     package = _package(package)
+    name = name or pipeline_name(package)
     version = f"{name}-{hashlib.sha256(package.read_bytes()).hexdigest()[:12]}"
     pipeline_id = client.get_pipeline_id(name)
     if pipeline_id is None:  # the first upload creates the pipeline and its first version
@@ -119,8 +146,8 @@ def schedule(
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    def action(client, params, options) -> str:
-        return f"submitted run {submit(client, args.package, params, **options)} of {PIPELINE}"
+    def action(client, package, params, options) -> str:
+        return f"submitted run {submit(client, package, params, **options)} of {pipeline_name(package)} ({package})"
 
     return _call(args, action)
 
@@ -128,14 +155,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     cron = kfp_cron(args.cron)  # a bad expression fails before anything is uploaded
 
-    def action(client, params, options) -> str:
-        job = schedule(client, args.package, params, cron, max_concurrency=args.max_concurrency, **options)
-        return f"scheduled {PIPELINE} as recurring run {job} (cron {cron!r})"
+    def action(client, package, params, options) -> str:
+        job = schedule(client, package, params, cron, max_concurrency=args.max_concurrency, **options)
+        return f"scheduled {pipeline_name(package)} ({package}) as recurring run {job} (cron {cron!r})"
 
     return _call(args, action)
 
 
-def _call(args: argparse.Namespace, action: Callable[[Any, dict, dict], str]) -> int:
+def _call(args: argparse.Namespace, action: Callable[[Any, Path, dict, dict], str]) -> int:
     """Check the config and the IR, connect, act; a server or network failure is one error line."""
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
@@ -143,11 +170,12 @@ def _call(args: argparse.Namespace, action: Callable[[Any, dict, dict], str]) ->
     if args.profile and args.params:
         raise ConfigError("give either --params FILE or --profile NAME, not both")
     group = f"{args.name or 'retrain'}-{uuid.uuid4().hex[:8]}" if getattr(args, "group_runs", False) else ""
-    params = arguments(load_config(args.params or args.profile or "demo", args.overrides), args.tracking_uri, group)
-    _package(args.package)
+    cfg = load_config(args.params or args.profile or "demo", args.overrides)
+    params = arguments(cfg, args.tracking_uri, group)
+    package = _package(args.package) if args.package else package_for(cfg)
     options = {"experiment": args.experiment, "name": args.name, "pipeline_root": args.pipeline_root}
     try:
-        print(f"flagops: {action(connect(args.host, args.namespace), params, options)}")
+        print(f"flagops: {action(connect(args.host, args.namespace), package, params, options)}")
     except (ApiException, HTTPError) as exc:
         where = args.host or "$KF_PIPELINES_ENDPOINT"
         print(f"flagops: error: the KFP API at {where} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
@@ -160,13 +188,13 @@ def add_kfp_commands(subparsers: Any) -> None:
     kfp_parser = subparsers.add_parser("kfp", help="submit or schedule the retraining pipeline on Kubeflow")
     sub = kfp_parser.add_subparsers(dest="kfp_command", required=True)
     for name, func, text in (
-        ("submit", cmd_submit, "upload pipelines/retrain.yaml and start a run"),
-        ("schedule", cmd_schedule, "upload pipelines/retrain.yaml and create a cron recurring run"),
+        ("submit", cmd_submit, "upload the profile's pipelines/<profile>.yaml and start a run"),
+        ("schedule", cmd_schedule, "upload the profile's pipelines/<profile>.yaml and create a cron recurring run"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--host", help="KFP API endpoint, e.g. http://localhost:8888 (default: $KF_PIPELINES_ENDPOINT)")
         p.add_argument("--namespace", help="Kubernetes namespace (multi-user KFP)")
-        p.add_argument("--package", default=PACKAGE, help=f"compiled pipeline (default: {PACKAGE})")
+        p.add_argument("--package", help="compiled pipeline (default: the shipped IR whose DAG is the config's)")
         p.add_argument("--profile", help="a built-in profile (default: demo)")
         p.add_argument("--params", help="a params YAML instead of a profile")
         p.add_argument("--tracking-uri", default="", help="MLflow store the steps log to (default: the config's)")

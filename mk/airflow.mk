@@ -30,5 +30,5 @@ airflow-run: install airflow-venv
 	$(BIN)/flagops params $(PROFILE) -o $(AIRFLOW_WORKDIR)/params.yaml
 	export AIRFLOW_HOME=$(AIRFLOW_WORKDIR)/airflow-home AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	  AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags FLAGOPS_WORKDIR=$(AIRFLOW_WORKDIR) \
-	  FLAGOPS_BIN=$(CURDIR)/$(BIN)/flagops FLAGOPS_AIRFLOW_MODE=local; \
+	  FLAGOPS_BIN=$(CURDIR)/$(BIN)/flagops FLAGOPS_AIRFLOW_MODE=local FLAGOPS_PROFILE=$(PROFILE); \
 	$(AIRFLOW_BIN)/airflow db migrate >/dev/null && $(AIRFLOW_BIN)/airflow dags test retrain_embedder

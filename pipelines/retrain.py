@@ -1,10 +1,10 @@
-"""The retraining pipelines on Kubeflow: one task per catalog step, wired by its artifacts.
+"""The retraining pipelines on Kubeflow: one task per task of a profile's DAG, wired by its artifacts.
 
-One pipeline per model kind (the catalog's `pipeline(kind)`): `bge` (train_embedder) in
-pipelines/retrain.yaml, `m3` (train_m3) in pipelines/retrain_m3.yaml. Compile them to the
-committed IR (a test fails when either is stale):
-    make kfp-compile        (or: python -m pipelines.retrain [--kind bge|m3 -o FILE])
-Submit or schedule the IR with `flagops kfp submit|schedule` (flagops/kfp_client.py).
+One compiled IR per shipped profile, `pipelines/<profile>.yaml`, pipeline `flagops-<profile>`
+(see docs/architecture.md for why not one IR with conditions). Compile them (a test fails
+when one is stale):
+    make kfp-compile        (or: python -m pipelines.retrain [--profile P | --params F] [-o FILE])
+Submit or schedule with `flagops kfp submit|schedule --profile P` (flagops/kfp_client.py).
 """
 
 import argparse
@@ -15,22 +15,9 @@ from kfp import compiler, dsl
 
 import components
 from flagops import catalog
-from flagops.config import load_config
+from flagops.config import load_config, shipped_profiles
 
-# kind -> (pipeline name, default profile, committed IR)
-KINDS = {
-    "bge": ("flagops-retrain", "demo", Path(__file__).with_name("retrain.yaml")),
-    "m3": ("flagops-retrain-m3", "demo_m3", Path(__file__).with_name("retrain_m3.yaml")),
-}
-NAME, _, PACKAGE = KINDS["bge"]
-
-
-def default_params(profile: str) -> str:
-    """The profile as set in its files, so config fields added later keep their defaults and
-    leave the committed IR fresh (`flagops kfp submit` sends the full config). One line of
-    JSON, which is YAML: KFP copies defaults into the IR's comment header, and a multi-line
-    default would leave uncommented lines there, so the file would no longer parse."""
-    return json.dumps(load_config(profile).model_dump(mode="json", exclude_unset=True))
+HERE = Path(__file__).parent
 GPU = "nvidia.com/gpu"
 RETRIES = 2  # steps are idempotent (a retry overwrites its outputs): retry lost nodes and OOMs
 BACKOFF = "60s"  # doubles on each retry
@@ -39,6 +26,23 @@ BACKOFF = "60s"  # doubles on each retry
 # id (dsl.PIPELINE_JOB_ID_PLACEHOLDER) because a task input is part of KFP's cache key: a new
 # value every run would end cache hits across runs. `flagops kfp submit --group-runs` sets a
 # fresh group per submission; "" (the default, and every scheduled run) logs top-level runs.
+
+
+def package(profile: str) -> Path:
+    """The committed IR of a shipped profile."""
+    return HERE / f"{profile}.yaml"
+
+
+def pipeline_name(profile: str) -> str:
+    return "flagops-" + profile.replace("_", "-")
+
+
+def default_params(source: str | Path) -> str:
+    """The profile as set in its files, so config fields added later keep their defaults and
+    leave the committed IR fresh (`flagops kfp submit` sends the full config). One line of
+    JSON, which is YAML: KFP copies defaults into the IR's comment header, and a multi-line
+    default would leave uncommented lines there, so the file would no longer parse."""
+    return json.dumps(load_config(source).model_dump(mode="json", exclude_unset=True))
 
 
 def configure(task: dsl.PipelineTask, step: catalog.Step) -> dsl.PipelineTask:
@@ -54,46 +58,56 @@ def configure(task: dsl.PipelineTask, step: catalog.Step) -> dsl.PipelineTask:
     return task
 
 
-def build(kind: str):
-    """The pipeline of model kind ``kind``: the catalog's DAG; returns the evaluation metrics."""
-    name, profile, _ = KINDS[kind]
-    steps = catalog.pipeline(kind)
+def build(pipe: catalog.Pipeline, name: str, params_default: str, built: dict | None = None):
+    """A KFP pipeline with one task per task of ``pipe``; returns the first metrics artifact.
 
-    @dsl.pipeline(name=name, description=f"flagops retraining DAG ({kind}): corpus to champion, one task per catalog step.")
-    def retrain(params: str = default_params(profile), tracking_uri: str = "", run_group: str = "") -> dsl.Metrics:
-        """The catalog's DAG for this kind; returns the evaluation metrics.
+    ``built`` maps step names to components (default: components/, one per catalog step).
+    """
+    built = built if built is not None else components.load()
+    metrics = next((t.name, a.name) for t in pipe.tasks for a in t.step.outputs if a.kind == "metrics")
+
+    @dsl.pipeline(name=name, description=f"flagops retraining DAG ({', '.join(pipe.names)}): one task per step.")
+    def retrain(params: str = params_default, tracking_uri: str = "", run_group: str = "") -> dsl.Metrics:
+        """The profile's DAG; returns the evaluation metrics.
 
         Args:
-            params: The FlagopsConfig as YAML (JSON is YAML); default: the kind's demo profile.
+            params: The FlagopsConfig as YAML (JSON is YAML); default: the profile's.
             tracking_uri: The MLflow store the steps log to; "" keeps the config's.
             run_group: Non-empty: the step runs nest under one MLflow parent run,
                 `kfp:<run_group>` (see above for why it is not the run id).
         """
-        built = components.load()
-        produced = {}
+        tasks = {}
         common = {"params": params, "tracking_uri": tracking_uri, "pipeline_key": run_group}  # components.PARAMETERS
-        for step in steps:
-            task = built[step.name](**common, **{n: produced[n] for n in step.inputs})
-            configure(task, step)
-            produced.update({a.name: task.outputs[a.name] for a in step.outputs})
+        producer = pipe.producer()
+        for t in pipe.tasks:
+            wired = {n: tasks[producer[art]].outputs[art] for n, art in t.inputs.items()}
+            tasks[t.name] = configure(built[t.name](**common, **wired), t.step)
         # The evaluation metrics are the pipeline's output: the run page shows them, a caller gets them.
-        return next(produced[a.name] for s in steps for a in s.outputs if a.kind == "metrics")
+        return tasks[metrics[0]].outputs[metrics[1]]
 
     return retrain
 
 
-retrain = build("bge")
+def for_config(source: str | Path):
+    """The pipeline of a profile name or params YAML, its default params that config."""
+    cfg = load_config(source)
+    return build(catalog.pipeline(cfg), pipeline_name(cfg.profile), default_params(source))
 
 
-def compile_to(path: str | Path = PACKAGE, kind: str = "bge") -> Path:
-    compiler.Compiler().compile(build(kind), str(path))
+def compile_to(path: str | Path, source: str | Path) -> Path:
+    compiler.Compiler().compile(for_config(source), str(path))
     return Path(path)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Compile the retraining pipelines to KFP IR YAML.")
-    parser.add_argument("--kind", choices=list(KINDS), help="one kind only (default: all, to their committed paths)")
-    parser.add_argument("-o", "--output", help="with --kind: where to write (default: its committed path)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--profile", help="one shipped profile only (default: all, to pipelines/<profile>.yaml)")
+    group.add_argument("--params", help="a params YAML of your own (needs -o)")
+    parser.add_argument("-o", "--output", help="where to write (default: pipelines/<profile>.yaml)")
     args = parser.parse_args()
-    for kind in [args.kind] if args.kind else list(KINDS):
-        print(f"wrote {compile_to(args.output or KINDS[kind][2], kind)}")
+    if args.params and not args.output:
+        parser.error("--params needs -o FILE")
+    sources = [args.params] if args.params else [args.profile] if args.profile else shipped_profiles()
+    for source in sources:
+        print(f"wrote {compile_to(args.output or package(source), source)}")

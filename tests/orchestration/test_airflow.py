@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from flagops import catalog
+from flagops.config import load_config
 from flagops.dvc import stage_cmd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ K8S = {
     "FLAGOPS_K8S_MLFLOW_SECRET": "mlflow-credentials",
     "FLAGOPS_WORKDIR": "/mnt/flagops",
     "FLAGOPS_SCHEDULE": "0 3 * * 1",
-    "FLAGOPS_MODEL_KIND": "m3",  # the kubernetes probe builds the M3 pipeline (train_m3)
+    "FLAGOPS_PROFILE": "demo_m3",  # the kubernetes probe builds the M3 profile's DAG (train_m3)
     # A credential in the scheduler's environment must not reach a pod spec.
     "MLFLOW_TRACKING_URI": "http://user:hunter2@mlflow.internal:5000",
 }
@@ -122,12 +123,16 @@ def test_dag_settings(parsed):
     assert bag["dags"]["retrain_embedder"]["schedule"] == extra.get("FLAGOPS_SCHEDULE", "@weekly")
 
 
+def _pipeline(extra: dict) -> catalog.Pipeline:
+    return catalog.pipeline(load_config(extra.get("FLAGOPS_PROFILE", "demo")))
+
+
 def test_tasks_and_dependencies_are_the_catalog(parsed):
     _, extra, bag = parsed
     tasks = bag["dags"]["retrain_embedder"]["tasks"]
-    kind = extra.get("FLAGOPS_MODEL_KIND", "bge")
-    assert list(tasks) == [s.name for s in catalog.pipeline(kind)]
-    assert {(up, name) for name, t in tasks.items() for up in t["upstream"]} == catalog.edges(kind)
+    pipe = _pipeline(extra)
+    assert list(tasks) == list(pipe.names)
+    assert {(up, name) for name, t in tasks.items() for up in t["upstream"]} == pipe.edges()
 
 
 def test_new_data_triggers_retraining_and_build_corpus_updates_the_corpus_asset(parsed):
@@ -143,17 +148,18 @@ def test_new_data_triggers_retraining_and_build_corpus_updates_the_corpus_asset(
 
 def test_local_tasks_run_the_dvc_stage_command(bags):
     _, extra, bag = bags["local"]
-    for step in catalog.pipeline("bge"):
-        task = bag["dags"]["retrain_embedder"]["tasks"][step.name]
+    for t in _pipeline(extra).tasks:
+        task = bag["dags"]["retrain_embedder"]["tasks"][t.name]
         assert task["type"] == "BashOperator"
-        assert task["bash_command"] == shlex.join([str(FLAGOPS_BIN), *shlex.split(stage_cmd(step))[1:]])
+        assert task["bash_command"] == shlex.join([str(FLAGOPS_BIN), *shlex.split(stage_cmd(t))[1:]])
         assert task["cwd"] == extra["FLAGOPS_WORKDIR"] and task["append_env"]
         assert task["env"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{extra['FLAGOPS_WORKDIR']}/mlflow.db"
 
 
 def test_kubernetes_tasks_are_pods_with_the_catalog_image_command_and_resources(bags):
     _, extra, bag = bags["kubernetes"]
-    for step in catalog.pipeline(extra["FLAGOPS_MODEL_KIND"]):
+    for t in _pipeline(extra).tasks:
+        step = t.step
         task = bag["dags"]["retrain_embedder"]["tasks"][step.name]
         assert task["type"] == "KubernetesPodOperator"
         assert task["get_logs"] and task["on_finish_action"] == "delete_pod"
@@ -161,7 +167,7 @@ def test_kubernetes_tasks_are_pods_with_the_catalog_image_command_and_resources(
         assert pod["metadata"]["namespace"] == extra["FLAGOPS_K8S_NAMESPACE"]
         [container] = pod["spec"]["containers"]
         assert container["image"] == extra["FLAGOPS_IMAGE"]
-        assert container["command"] + container["args"] == shlex.split(stage_cmd(step))
+        assert container["command"] + container["args"] == shlex.split(stage_cmd(t))
         assert container["workingDir"] == extra["FLAGOPS_WORKDIR"]
         r = step.resources
         assert container["resources"]["requests"] == {"cpu": r.cpu, "memory": r.memory}
@@ -191,14 +197,13 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     """`airflow dags test retrain_embedder` on the tiny profile ends with a champion in MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from flagops.config import load_config
-
     _require_airflow_venv()
     workdir, store = tmp_path / "ws", tmp_path / "mlflow.db"
     workdir.mkdir()
     _run([FLAGOPS_BIN, "params", "tiny", "-o", workdir / "params.yaml"], dict(os.environ))
     uri = f"sqlite:///{store}"  # four slashes: tmp_path is absolute
-    env = _env(tmp_path / "airflow-home", FLAGOPS_AIRFLOW_MODE="local", FLAGOPS_WORKDIR=str(workdir), MLFLOW_TRACKING_URI=uri)
+    env = _env(tmp_path / "airflow-home", FLAGOPS_AIRFLOW_MODE="local", FLAGOPS_WORKDIR=str(workdir), MLFLOW_TRACKING_URI=uri,
+               FLAGOPS_PROFILE="tiny")
     _run([AIRFLOW_BIN / "airflow", "db", "migrate"], env)
     started = time.perf_counter()
     _run([AIRFLOW_BIN / "airflow", "dags", "test", "retrain_embedder"], env, timeout=900)
@@ -208,7 +213,7 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias(model, "champion").version) == "1"
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
-    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.pipeline()}
+    assert {r.data.tags.get("flagops.step") for r in runs} >= set(catalog.pipeline(load_config("tiny")).names)
     assert (workdir / "registry" / "promotion.json").is_file()
     # One MLflow parent run for the DAG run (FLAGOPS_PIPELINE_KEY), every step run under it.
     (parent,) = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]

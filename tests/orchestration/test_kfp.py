@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:  # components/ and pipelines/ are top-level packag
 
 import components  # noqa: E402
 from flagops import catalog, kfp_client  # noqa: E402
-from flagops.config import FlagopsConfig, load_config, to_yaml  # noqa: E402
+from flagops.config import FlagopsConfig, load_config, shipped_profiles, to_yaml  # noqa: E402
 from flagops.registry import tracking  # noqa: E402
 from pipelines import retrain  # noqa: E402
 
@@ -36,23 +36,31 @@ pytestmark = [
 ]
 
 
+TINY = catalog.pipeline(load_config("tiny"))
+
+
 def task_name(step: str) -> str:
     """KFP names a task after its component, with dashes."""
     return step.replace("_", "-")
 
 
-@pytest.fixture(scope="module", params=list(retrain.KINDS))
-def kind(request) -> str:
-    """Each model kind has its pipeline (train_embedder or train_m3) and committed IR."""
+@pytest.fixture(scope="module", params=shipped_profiles())
+def profile(request) -> str:
+    """Each shipped profile has its DAG and committed IR."""
     return request.param
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory, kind) -> Path:
+def pipe(profile) -> catalog.Pipeline:
+    return catalog.pipeline(load_config(profile))
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, profile) -> Path:
     """`python -m pipelines.retrain` (what `make kfp-compile` runs) in a fresh process, default image."""
-    out = tmp_path_factory.mktemp("ir") / f"retrain-{kind}.yaml"
+    out = tmp_path_factory.mktemp("ir") / f"{profile}.yaml"
     env = {k: v for k, v in os.environ.items() if k != "FLAGOPS_IMAGE"}
-    cmd = [sys.executable, "-m", "pipelines.retrain", "--kind", kind, "-o", str(out)]
+    cmd = [sys.executable, "-m", "pipelines.retrain", "--profile", profile, "-o", str(out)]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -66,12 +74,12 @@ def ir(compiled) -> dict:
 # --------------------------------------------------------------------------- IR and parity
 
 
-def test_committed_ir_is_fresh_and_compilation_is_deterministic(compiled, kind, tmp_path):
-    committed = retrain.KINDS[kind][2]
+def test_committed_ir_is_fresh_and_compilation_is_deterministic(compiled, profile, tmp_path):
+    committed = retrain.package(profile)
     assert compiled.read_bytes() == committed.read_bytes(), f"{committed.name} is stale: run `make kfp-compile`"
     if catalog.image() != catalog.DEFAULT_IMAGE:
         pytest.skip("FLAGOPS_IMAGE is set: this process's components use another image")
-    again = retrain.compile_to(tmp_path / "again.yaml", kind)  # another process, another compile: same bytes
+    again = retrain.compile_to(tmp_path / "again.yaml", profile)  # another process, another compile: same bytes
     assert again.read_bytes() == compiled.read_bytes()
 
 
@@ -88,21 +96,21 @@ def test_a_step_without_a_component_fails(monkeypatch):
         components.load()
 
 
-def test_tasks_and_edges_are_the_catalogs(ir, kind):
+def test_tasks_and_edges_are_the_catalogs(ir, pipe):
     tasks = ir["root"]["dag"]["tasks"]
-    steps = catalog.pipeline(kind)
-    assert set(tasks) == {task_name(s.name) for s in steps}
+    assert set(tasks) == {task_name(n) for n in pipe.names}
     edges = {(up, name) for name, t in tasks.items() for up in t.get("dependentTasks", [])}
-    assert edges == {(task_name(a), task_name(b)) for a, b in catalog.edges(kind)}
-    producer = {a.name: s.name for s in steps for a in s.outputs}
-    for step in steps:  # each input comes from its producer's output of the same name
-        wired = tasks[task_name(step.name)]["inputs"].get("artifacts", {})
-        assert set(wired) == set(step.inputs)
+    assert edges == {(task_name(a), task_name(b)) for a, b in pipe.edges()}
+    producer = pipe.producer()
+    for t in pipe.tasks:  # each input comes from the output of the artifact that feeds it
+        wired = tasks[task_name(t.name)]["inputs"].get("artifacts", {})
+        assert set(wired) == set(t.inputs)
         for name, ref in wired.items():
-            assert ref["taskOutputArtifact"] == {"outputArtifactKey": name, "producerTask": task_name(producer[name])}
+            art = t.inputs[name]
+            assert ref["taskOutputArtifact"] == {"outputArtifactKey": art, "producerTask": task_name(producer[art])}
 
 
-def test_component_artifacts_and_descriptions_are_the_catalogs(ir, kind):
+def test_component_artifacts_and_descriptions_are_the_catalogs(ir, pipe):
     def schemas(defs):
         return {k: v["artifactType"]["schemaTitle"] for k, v in defs.get("artifacts", {}).items()}
 
@@ -110,10 +118,13 @@ def test_component_artifacts_and_descriptions_are_the_catalogs(ir, kind):
         return components.ARTIFACT_TYPES[catalog.ARTIFACTS[name].kind].schema_title
 
     built = components.load()
-    for step in catalog.pipeline(kind):
+    for t in pipe.tasks:
+        step = t.step
         comp = ir["components"][f"comp-{task_name(step.name)}"]
         assert set(comp["inputDefinitions"]["parameters"]) == set(components.PARAMETERS)
-        assert schemas(comp["inputDefinitions"]) == {n: kfp_type(n) for n in step.inputs}
+        assert schemas(comp["inputDefinitions"]) == {n: kfp_type(step.feeds(n)[0]) for n in step.inputs}
+        optional = {n for n, d in comp["inputDefinitions"].get("artifacts", {}).items() if d.get("isOptional")}
+        assert optional == set(step.optional), step.name
         assert schemas(comp["outputDefinitions"]) == {n: kfp_type(n) for n in step.output_names}
         assert built[step.name].description == step.summary, step.name
 
@@ -137,9 +148,9 @@ def test_run_step_exports_the_pipeline_key_only_while_the_step_runs(monkeypatch,
     assert calls == [seen] and tracking.PIPELINE_KEY_ENV not in os.environ
 
 
-def test_resources_retries_and_caching_are_the_catalogs(ir, kind):
+def test_resources_retries_and_caching_are_the_catalogs(ir, pipe):
     tasks = ir["root"]["dag"]["tasks"]
-    for step in catalog.pipeline(kind):
+    for step in pipe.steps:
         res = ir["deploymentSpec"]["executors"][f"exec-{task_name(step.name)}"]["container"]["resources"]
         r = step.resources
         assert (res["resourceCpuRequest"], res["resourceCpuLimit"]) == (r.cpu, r.cpu), step.name
@@ -158,9 +169,10 @@ def test_components_run_on_the_flagops_image_without_pip(ir):
         assert "pip install" not in " ".join(ex["container"]["command"]), name
 
 
-def test_default_params_are_the_demo_profile(ir, kind):
+def test_default_params_are_the_profiles(ir, profile):
     default = ir["root"]["inputDefinitions"]["parameters"]["params"]["defaultValue"]
-    assert FlagopsConfig.model_validate(yaml.safe_load(default)) == load_config(retrain.KINDS[kind][1])
+    assert FlagopsConfig.model_validate(yaml.safe_load(default)) == load_config(profile)
+    assert ir["pipelineInfo"]["name"] == retrain.pipeline_name(profile)
     assert ir["root"]["inputDefinitions"]["parameters"]["tracking_uri"]["defaultValue"] == ""
 
 
@@ -177,10 +189,10 @@ def local_run(tmp_path_factory, pytestconfig):
     runner = local.SubprocessRunner(use_venv=False)  # this venv: no Docker here, no pip installs
     local.init(runner=runner, pipeline_root=str(root / "outputs"), workspace_root=str(root / "ws"))
     start = time.perf_counter()
-    task = retrain.retrain(params=to_yaml(load_config("tiny")), tracking_uri=uri, run_group="local-1")
+    task = retrain.for_config("tiny")(params=to_yaml(load_config("tiny")), tracking_uri=uri, run_group="local-1")
     wall = time.perf_counter() - start
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\nkfp.local: the retraining pipeline ({len(catalog.pipeline())} tasks, tiny profile) took {wall:.1f} s")
+        print(f"\nkfp.local: the retraining pipeline ({len(TINY.tasks)} tasks, tiny profile) took {wall:.1f} s")
     return root, uri, task.output
 
 
@@ -193,7 +205,7 @@ def test_local_run_registers_a_champion(local_run):
     mv = client.get_model_version_by_alias("bge-tiny", "champion")
     assert str(mv.version) == "1" and mv.tags["model_sha256"]
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
-    assert {r.data.tags.get("flagops.step") for r in runs} >= {s.name for s in catalog.pipeline()}
+    assert {r.data.tags.get("flagops.step") for r in runs} >= set(TINY.names)
 
 
 @pytest.mark.slow
@@ -207,7 +219,7 @@ def test_local_run_groups_its_step_runs_under_one_parent_run(local_run):
     key = parent.data.tags["flagops.pipeline_key"]
     assert key == "kfp:local-1" and parent.info.run_name == key and parent.data.tags["flagops.profile"] == "tiny"
     steps = [r for r in runs if "flagops.step" in r.data.tags]
-    assert sorted(r.data.tags["flagops.step"] for r in steps) == sorted(s.name for s in catalog.pipeline())
+    assert sorted(r.data.tags["flagops.step"] for r in steps) == sorted(TINY.names)
     assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {parent.info.run_id}
 
 
@@ -220,7 +232,7 @@ def test_local_run_metrics_reach_kfp_and_every_output_exists(local_run):
     assert metrics.metadata["candidate_ndcg_at_10"] == written["candidate/ndcg@10"]
     assert len(metrics.metadata) == len(written)
     (run_dir,) = (root / "outputs").iterdir()
-    for step in catalog.pipeline():
+    for step in TINY.steps:
         for a in step.outputs:
             path = run_dir / task_name(step.name) / a.name
             assert (path.is_dir() if a.is_dir else path.is_file()), path
@@ -301,12 +313,12 @@ def test_submit_uploads_the_ir_and_creates_a_run(server):
     """A mock stands in for the KFP API server (none can run on this machine); we check what is sent."""
     client = kfp_client.connect("http://kfp.test:8888")
     params = kfp_client.arguments(load_config("tiny"), "sqlite:////tmp/m.db")
-    assert kfp_client.submit(client, retrain.PACKAGE, params, name="retrain-test") == "r-1"
+    assert kfp_client.submit(client, retrain.package("tiny"), params, name="retrain-test") == "r-1"
 
     (upload,) = server.sent("POST", "/pipelines/upload")
-    assert upload["query"]["name"] == "flagops-retrain"
+    assert upload["query"]["name"] == "flagops-tiny"
     (filename, content, _) = dict(upload["fields"])["uploadfile"]
-    assert filename == "retrain.yaml" and content == retrain.PACKAGE.read_bytes()
+    assert filename == "tiny.yaml" and content == retrain.package("tiny").read_bytes()
     assert server.sent("POST", "/experiments")[0]["body"]["display_name"] == "flagops"
     (run,) = server.sent("POST", "/runs")
     body = run["body"]
@@ -318,7 +330,7 @@ def test_submit_uploads_the_ir_and_creates_a_run(server):
 
 def test_schedule_creates_a_cron_recurring_run_through_the_cli(server):
     """`flagops kfp schedule` against the mock KFP API server (none can run on this machine)."""
-    server.pipelines = [{"pipeline_id": "p-old", "display_name": "flagops-retrain"}]
+    server.pipelines = [{"pipeline_id": "p-old", "display_name": "flagops-tiny"}]
     parser = argparse.ArgumentParser()
     kfp_client.add_kfp_commands(parser.add_subparsers())
     argv = ["kfp", "schedule", "--host", "http://kfp.test:8888", "--cron", "0 3 * * *", "--profile", "tiny", "train.max_steps=2"]
@@ -326,7 +338,7 @@ def test_schedule_creates_a_cron_recurring_run_through_the_cli(server):
     assert args.func(args) == 0
 
     (version,) = server.sent("POST", "/pipelines/upload_version")
-    assert version["query"]["pipelineid"] == "p-old" and version["query"]["name"].startswith("flagops-retrain-")
+    assert version["query"]["pipelineid"] == "p-old" and version["query"]["name"].startswith("flagops-tiny-")
     (job,) = server.sent("POST", "/recurringruns")
     body = job["body"]
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}  # KFP's 6 fields, seconds first
@@ -349,6 +361,30 @@ def test_submit_group_runs_sends_a_fresh_run_group(server):
         groups.append(server.sent("POST", "/runs")[-1]["body"]["runtime_config"]["parameters"]["run_group"])
     assert groups[0].startswith("nightly-") and groups[1].startswith("nightly-") and groups[0] != groups[1]
     assert groups[2] == ""
+
+
+@pytest.mark.parametrize(("argv", "package"), [
+    (["--profile", "demo_m3"], "demo_m3.yaml"),
+    (["--profile", "demo", "model.kind=m3"], "demo_m3.yaml"),  # an override that changes the DAG picks its IR
+    (["--profile", "tiny_m3"], "tiny_m3.yaml"),
+])
+def test_submit_uploads_the_profiles_own_pipeline(server, argv, package):
+    """`flagops kfp submit --profile X` against the mock KFP API server (none can run here)."""
+    parser = argparse.ArgumentParser()
+    kfp_client.add_kfp_commands(parser.add_subparsers())
+    args = parser.parse_args(["kfp", "submit", "--host", "http://kfp.test:8888", *argv])
+    assert args.func(args) == 0
+    (upload,) = server.sent("POST", "/pipelines/upload")
+    assert dict(upload["fields"])["uploadfile"][0] == package
+    assert upload["query"]["name"] == "flagops-" + package.removesuffix(".yaml").replace("_", "-")
+
+
+def test_submit_refuses_a_config_whose_dag_no_ir_has(monkeypatch):
+    import flagops.config
+
+    monkeypatch.setattr(flagops.config, "shipped_profiles", lambda: ["demo", "tiny"])
+    with pytest.raises(flagops.config.ConfigError, match=r"no compiled pipeline runs the DAG of this config .*--package"):
+        kfp_client.package_for(load_config("tiny_m3"))
 
 
 def test_cron_is_checked():
