@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install serve pipeline plots-template bench-encode bench-peer-venv bench-compat params dvc-yaml clean
+.PHONY: demo test lint install serve pipeline plots-template bench-encode bench-peer-venv bench-compat params dvc-yaml clean
 
 # torch==2.13.0 first: the pinned CPU wheel, so nothing pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -26,8 +26,14 @@ demo: install
 	$(BIN)/flagops demo --profile $(PROFILE)
 
 # The Airflow venv (its own pins) and the offline plot template are part of what is tested.
-test: install airflow-venv plots-template
+test: install airflow-venv plots-template lint
 	$(BIN)/python -m pytest -q
+
+# ruff (lint + format check) and the import-linter layer contracts in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	PYTHONPATH=. $(BIN)/lint-imports
 
 pipeline: install
 	$(BIN)/flagops pipeline --profile $(PROFILE)

