@@ -23,6 +23,7 @@ from flagops import catalog
 from flagops.config import ConfigError, ServeConfig, load_config, to_yaml
 from flagops.data.formats import DataError
 from flagops.models.sources import ModelSourceError
+from flagops.registry import tracking
 from flagops.kfp_client import add_kfp_commands
 from flagops.deploy.cli import add_deploy_commands
 from flagops.training.pytorchjob import add_training_commands
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    tracking.configure_env()  # before a step or the server imports mlflow; child processes inherit it
     try:
         return args.func(args)
     except USER_ERRORS as exc:

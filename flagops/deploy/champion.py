@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# registry.models first: it sets MLflow's environment defaults (telemetry off) before mlflow loads.
-from flagops.registry import models, tracking  # isort: skip
-
 from mlflow import MlflowClient
 from mlflow.models import Model
 
 from flagops.config import ConfigError, DeployConfig
 from flagops.deploy.inference_service import Champion, kserve_storage_uri
+from flagops.models.layout import ARTIFACT, artifact_subdir
+from flagops.registry import tracking
+from flagops.registry.aliases import CHAMPION, PROMOTION_TAG, alias_version
 
 STATE_TAG = "flagops.deployment"
 ROLLBACK_TAG = "flagops.rolled_back"
@@ -58,18 +58,16 @@ def record_serving(client: MlflowClient, name: str, cfg: DeployConfig, state: Se
 
 
 def champion_version(client: MlflowClient, name: str) -> int | None:
-    mv = models.alias_version(client, name, models.CHAMPION)
+    mv = alias_version(client, name, CHAMPION)
     return None if mv is None else int(mv.version)
 
 
 def model_path(client: MlflowClient, name: str, version: int) -> str:
     """The embedder directory inside a registered pyfunc, relative to its root (e.g. artifacts/candidate)."""
-    mlmodel = Model.load(f"models:/{name}/{version}")  # fetches the MLmodel file only
-    artifacts = mlmodel.flavors.get("python_function", {}).get("artifacts", {})
-    path = artifacts.get(models.ARTIFACT, {}).get("path")
+    path = artifact_subdir(Model.load(f"models:/{name}/{version}").flavors)  # fetches the MLmodel file only
     if not path:
         raise ConfigError(
-            f"models:/{name}/{version} is no flagops embedder (no {models.ARTIFACT!r} pyfunc artifact); "
+            f"models:/{name}/{version} is no flagops embedder (no {ARTIFACT!r} pyfunc artifact); "
             "register it with register_model"
         )
     return path
@@ -92,17 +90,17 @@ def champion(client: MlflowClient, name: str, version: int, cfg: DeployConfig) -
 
 def rollback(client: MlflowClient, name: str) -> tuple[int, int]:
     """Give ``champion`` back to the version the current champion replaced; return (from, to)."""
-    current = models.alias_version(client, name, models.CHAMPION)
+    current = alias_version(client, name, CHAMPION)
     if current is None:
         raise ConfigError(f"{name} has no @champion; nothing to roll back")
-    promotion: dict[str, Any] = json.loads(current.tags.get(models.PROMOTION_TAG, "{}"))
+    promotion: dict[str, Any] = json.loads(current.tags.get(PROMOTION_TAG, "{}"))
     previous = promotion.get("previous_champion")
     if previous is None:
         raise ConfigError(
-            f"{name} v{current.version} replaced no earlier champion (its {models.PROMOTION_TAG} tag names none); "
+            f"{name} v{current.version} replaced no earlier champion (its {PROMOTION_TAG} tag names none); "
             "nothing to roll back to"
         )
-    client.set_registered_model_alias(name, models.CHAMPION, str(previous))
+    client.set_registered_model_alias(name, CHAMPION, str(previous))
     client.set_model_version_tag(name, current.version, ROLLBACK_TAG, json.dumps({"champion_now": int(previous)}))
     return int(current.version), int(previous)
 

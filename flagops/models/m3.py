@@ -91,13 +91,9 @@ def sparse_embedding(token_weights: torch.Tensor, input_ids: torch.Tensor, vocab
     return out * keep  # out of place: autograd needs `out` as it was
 
 
-def dense_scores(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """(nq, dim) x (np, dim) -> (nq, np) inner products."""
-    return q @ p.T
-
-
-def sparse_scores(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """(nq, vocab) x (np, vocab) -> (nq, np): sum over shared ids of w_q(id) * w_p(id)."""
+def inner_scores(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """(nq, d) x (np, d) -> (nq, np) inner products: the dense score, and the sparse one on
+    (batch, vocab) lexical weights, where it is the sum over shared ids of w_q(id) * w_p(id)."""
     return q @ p.T
 
 
@@ -447,5 +443,5 @@ def lexical_weights(row: sp.csr_matrix) -> dict[str, float]:
 
 __all__ = [
     "HEADS", "M3_SETTINGS_FILE", "MODES", "M3CheckpointError", "M3Embedder", "M3Encoded", "M3Output", "M3Settings",
-    "colbert_scores", "dense_scores", "lexical_weights", "mcls_ids", "sparse_embedding", "sparse_scores", "special_token_ids",
+    "colbert_scores", "inner_scores", "lexical_weights", "mcls_ids", "sparse_embedding", "special_token_ids",
 ]  # fmt: skip

@@ -21,7 +21,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from flagops.data.formats import atomic_path
 from flagops.models.embedder import padding_multiple
-from flagops.models.sources import ModelSourceError, cache_dir, resolve_model_source
+from flagops.models.cache import cache_dir
+from flagops.models.sources import ModelSourceError, resolve_model_source
 
 TINY_RERANKER = "tiny-reranker"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

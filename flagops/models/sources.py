@@ -13,18 +13,15 @@ Sources:
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
+
+from flagops.models.layout import embedder_dir
 
 TINY_PREFIX = "tiny-bert"
 
 
 class ModelSourceError(ValueError):
     """A model source that cannot be resolved to a local directory."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FLAGOPS_CACHE", Path.home() / ".cache" / "flagops"))
 
 
 def resolve_model_source(source: str) -> Path:
@@ -41,18 +38,15 @@ def resolve_model_source(source: str) -> Path:
             raise ModelSourceError(f"model source {source!r}: {path} holds no config.json")
         return path
     if source == TINY_PREFIX or source.startswith(TINY_PREFIX + "@"):
-        from flagops.models.tiny import ensure_tiny_bert
+        from flagops.models.tiny import TOKENIZER_SOURCE, ensure_tiny_bert  # torch: only for tiny models
 
         seed = source.split("@", 1)[1] if "@" in source else "0"
         if not seed.isdigit():
             raise ModelSourceError(f"model source {source!r}: expected tiny-bert@<integer seed>")
-        return ensure_tiny_bert(int(seed))
+        return ensure_tiny_bert(int(seed), resolve_model_source(TOKENIZER_SOURCE))
     path = Path(source).expanduser()
     if (path / "MLmodel").is_file() and not (path / "config.json").is_file():
-        # A downloaded MLflow model, e.g. KServe's storageUri mount at /mnt/models.
-        from flagops.registry.models import embedder_dir
-
-        return embedder_dir(path)
+        return embedder_dir(path)  # a downloaded MLflow model, e.g. KServe's storageUri mount at /mnt/models
     if not (path / "config.json").is_file():
         hint = "a directory with config.json, pkg:<package> or tiny-bert"
         if not path.exists():

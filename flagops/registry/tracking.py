@@ -2,26 +2,53 @@
 
 DVC runs each stage as its own process, so the pipeline's parent run id travels in the
 environment variable ``FLAGOPS_PARENT_RUN_ID``; each step opens a nested run under it.
+
+Importing this module changes nothing and loads no MLflow: ``configure_env`` sets flagops'
+MLflow defaults (telemetry off) and every function here that uses MLflow calls it first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-import mlflow  # noqa: E402
-
+# flagops' MLflow defaults; a value already in the environment wins.
+MLFLOW_ENV_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 PARENT_ENV = "FLAGOPS_PARENT_RUN_ID"
 # Orchestrators that cannot hand a run id from task to task (Airflow, KFP) pass a key that
 # names the pipeline execution instead; the first step creates the parent run for it.
 PIPELINE_KEY_ENV = "FLAGOPS_PIPELINE_KEY"
 DEFAULT_DB = "mlflow.db"
+TEXT_LIMIT = 5000  # chars; model-version descriptions and registry tags are VARCHAR(5000) on SQL stores
+
+
+def configure_env() -> None:
+    """Set ``MLFLOW_ENV_DEFAULTS`` where unset, before MLflow is used; calling it again changes nothing.
+
+    mlflow makes its telemetry client when it is first imported. If that happened before this
+    call (a module that imports mlflow at the top), the client is made again from the
+    environment now in place, which with telemetry off means none.
+    """
+    for name, value in MLFLOW_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if "mlflow.telemetry" in sys.modules:
+        from mlflow.telemetry import get_telemetry_client, set_telemetry_client
+        from mlflow.telemetry.utils import is_telemetry_disabled
+
+        if is_telemetry_disabled() and get_telemetry_client() is not None:
+            set_telemetry_client()
+
+
+def _mlflow():
+    """The mlflow module, imported after ``configure_env``."""
+    configure_env()
+    import mlflow
+
+    return mlflow
 
 
 def tracking_uri(registry_cfg, workdir: str | Path = ".") -> str:
@@ -43,6 +70,7 @@ def artifact_location(uri: str) -> str | None:
 
 def setup(registry_cfg, workdir: str | Path = ".") -> str:
     """Point mlflow at the store and experiment; return the experiment id."""
+    mlflow = _mlflow()
     uri = tracking_uri(registry_cfg, workdir)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -72,6 +100,7 @@ def mlflow_key(key: str) -> str:
 def pipeline_run(cfg, name: str, workdir: str | Path = ".") -> Iterator[str]:
     """Open the parent run for one pipeline execution and export its id to child processes."""
     experiment_id = setup(cfg.registry, workdir)
+    mlflow = _mlflow()
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
         mlflow.set_tags({"flagops.profile": cfg.profile, "flagops.kind": "pipeline"})
         with exported(PARENT_ENV, run.info.run_id):
@@ -97,7 +126,7 @@ def parent_for_key(experiment_id: str, cfg, key: str | None) -> str | None:
     """The parent run of the pipeline execution named ``key``, created on first use."""
     if not key:
         return None
-    client = mlflow.MlflowClient()
+    client = _mlflow().MlflowClient()
     safe = key.replace("'", "")
     found = client.search_runs([experiment_id], filter_string=f"tags.`flagops.pipeline_key` = '{safe}'", max_results=1)
     if found:
@@ -112,6 +141,7 @@ def parent_for_key(experiment_id: str, cfg, key: str | None) -> str | None:
 def step_run(cfg, step_name: str, sections: tuple[str, ...], workdir: str | Path = ".") -> Iterator[Any]:
     """A run for one step, nested under the pipeline's parent run when there is one."""
     experiment_id = setup(cfg.registry, workdir)
+    mlflow = _mlflow()
     parent = os.environ.get(PARENT_ENV) or parent_for_key(experiment_id, cfg, os.environ.get(PIPELINE_KEY_ENV))
     tags = {"flagops.step": step_name, "flagops.profile": cfg.profile}
     if parent:
@@ -123,11 +153,24 @@ def step_run(cfg, step_name: str, sections: tuple[str, ...], workdir: str | Path
         yield run
 
 
+@contextlib.contextmanager
+def ensure_run(cfg, step_name: str) -> Iterator[Any]:
+    """The active run (``execute`` opens one per step), else a new step run of our own."""
+    active = _mlflow().active_run()
+    if active is not None:
+        yield active
+        return
+    with step_run(cfg, step_name, ()) as run:
+        yield run
+
+
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow = _mlflow()
     if mlflow.active_run() is not None:
         mlflow.log_metrics({mlflow_key(k): float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow = _mlflow()
     if mlflow.active_run() is not None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)

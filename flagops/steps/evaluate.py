@@ -43,18 +43,15 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     sources = {"candidate": str(inputs["model"]), **({"base": None} if ev.base else {})}
     metrics: dict[str, float] = {}
     for system, source in sources.items():
-        embedder = Embedder.from_config(cfg.model, source=source)
-        metrics.update(evaluator(embedder, prefix=system))
+        if system == "candidate" and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
+            embedder, found = evaluate_m3_candidate(cfg, source, eval_set, evaluator)
+        else:
+            embedder = Embedder.from_config(cfg.model, source=source)
+            found = evaluator(embedder, prefix=system)
+        metrics.update(found)
         if sts_pairs is not None:
             metrics[f"{system}/sts_spearman"] = sts_spearman(embedder, sts_pairs, ev.batch_size, progress=system)
         del embedder  # one model in memory at a time
-        if system == "candidate" and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
-            from flagops.evaluation.m3 import evaluate_m3
-            from flagops.models.m3 import M3Embedder
-
-            m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning)
-            metrics.update(evaluate_m3(m3, eval_set, cfg, prefix="candidate"))
-            del m3
     if ev.bm25:
         run_bm25 = bm25_search(eval_set.corpus, eval_set.queries, evaluator.top_k)
         metrics.update(prefixed(retrieval_metrics(eval_set.qrels, run_bm25), "bm25"))
@@ -69,6 +66,25 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
 
     print_table(metrics, primary_metric=ev.primary_metric)
     return metrics
+
+
+def evaluate_m3_candidate(cfg, source: str, eval_set, evaluator: RetrievalEvaluator) -> tuple[Embedder, dict[str, float]]:
+    """Load and encode the M3 candidate once: ``candidate/m3_<mode>/*`` and the dense
+    ``candidate/*`` keys every kind reports; also its dense ``Embedder`` (what the server runs).
+
+    The candidate keys are the m3_dense run. With ``m3.mcls`` that run is MCLS, which the
+    server does not do, so the candidate keys take a plain dense pass of their own.
+    """
+    from flagops.evaluation.m3 import evaluate_m3
+    from flagops.models.m3 import M3Embedder
+
+    m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning)
+    metrics = evaluate_m3(m3, eval_set, cfg, prefix="candidate")
+    if cfg.m3.mcls:
+        dense = evaluator(m3.embedder, prefix="candidate")
+    else:
+        dense = {f"candidate/{name}": metrics[f"candidate/m3_dense/{name}"] for name in RETRIEVAL_METRICS}
+    return m3.embedder, {**dense, **metrics}
 
 
 def print_table(metrics: Mapping[str, float], primary_metric: str) -> None:

@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback
 from flagops.config import ConfigError
 from flagops.data.formats import DataError, TrainExample
 from flagops.losses.m3 import M3UnifiedLoss
-from flagops.models.m3 import M3Embedder, M3Output, colbert_scores, dense_scores, sparse_scores
+from flagops.models.m3 import M3Embedder, M3Output, colbert_scores, inner_scores
 from flagops.training.batching import LengthGroupedBatches, encode_in_chunks, example_lengths, unwrap_batch
 from flagops.training.embedder import (
     EpochSeedCallback,
@@ -64,9 +64,9 @@ class M3ForTraining(nn.Module):
         """Raw mode -> (batch, batch * group) scores of every query against every passage."""
         out = {}
         if "dense" in self.modes:
-            out["dense"] = dense_scores(q.dense, p.dense)
+            out["dense"] = inner_scores(q.dense, p.dense)
         if "sparse" in self.modes:
-            out["sparse"] = sparse_scores(self.m3.sparse_vectors(q), self.m3.sparse_vectors(p))
+            out["sparse"] = inner_scores(self.m3.sparse_vectors(q), self.m3.sparse_vectors(p))
         if "colbert" in self.modes:
             out["colbert"] = colbert_scores(q.colbert, q.colbert_mask, p.colbert, p.colbert_mask)
         return out

@@ -20,7 +20,7 @@ from test_ddp_equivalence import _max_grad_diff, torchrun
 from flagops.config import ConfigError, load_config
 from flagops.losses.m3 import CrossDeviceDense, compute_loss_from_scores
 from flagops.models.embedder import Embedder
-from flagops.models.m3 import M3Output, dense_scores
+from flagops.models.m3 import M3Output, inner_scores
 from flagops.training.m3 import train
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +40,7 @@ def _single_process_reference(teacher: bool) -> tuple[float, dict[str, torch.Ten
     p = module.encode(batch["p_input_ids"], batch["p_attention_mask"])  # (W*B*G, ...)
     t = worker.TEMPERATURE
     teachers = batch.get("teacher_scores")  # (W*B, G) or None
-    dense_global = CrossDeviceDense(dense_scores(q.dense, p.dense) / t, teachers)  # (W*B, W*B*G)
+    dense_global = CrossDeviceDense(inner_scores(q.dense, p.dense) / t, teachers)  # (W*B, W*B*G)
     b, group = len(worker.BATCH) // WORLD, p.dense.shape[0] // q.dense.shape[0]
     losses = []
     for r in range(WORLD):

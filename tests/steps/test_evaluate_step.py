@@ -149,3 +149,64 @@ def test_tracked_run_logs_metrics_and_chart(workspace, untracked, tmp_path, monk
     assert run.data.metrics == {mlflow_key(k): pytest.approx(v) for k, v in metrics.items()}
     assert "candidate/ndcg_at_10" in run.data.metrics
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["chart.png"]
+
+
+# --------------------------------------------------------------------------- M3 candidate
+
+
+@pytest.fixture(scope="module")
+def m3_candidate(workspace):
+    from flagops.models.m3 import M3Embedder
+
+    path = workspace / "m3-candidate"
+    M3Embedder.load("tiny-bert", pooling="cls", colbert_dim=32, seed=3).save(path)
+    return path
+
+
+def m3_config(*overrides: str) -> FlagopsConfig:
+    return load_config("tiny_m3", ["evaluate.base=false", "evaluate.bm25=false", "evaluate.batch_size=8", *overrides])
+
+
+def count_calls(monkeypatch) -> dict[str, int]:
+    """Count model loads and encode calls; the real methods still run."""
+    from flagops.models.embedder import Embedder
+    from flagops.models.m3 import M3Embedder
+
+    calls = {"load": 0, "encode": 0, "encode_m3": 0}
+    for owner, name in ((Embedder, "load"), (Embedder, "encode"), (M3Embedder, "encode_m3")):
+        real = getattr(owner, name)  # a classmethod comes bound, an instance method plain
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("mcls", [False, True])
+def test_m3_candidate_is_loaded_once_and_its_dense_keys_are_unchanged(workspace, m3_candidate, monkeypatch, mcls):
+    from flagops.evaluation.retrieval import RetrievalEvaluator
+    from flagops.models.embedder import Embedder
+
+    cfg = m3_config(f"m3.mcls={str(mcls).lower()}", "m3.mcls_interval=8")  # 8: the passages get several CLS
+    inputs = {"model": m3_candidate, "eval_set": workspace / "eval"}
+    out = workspace / f"m3-mcls-{mcls}"
+    calls = count_calls(monkeypatch)
+    metrics = execute("evaluate", cfg, inputs, {"metrics": out / "eval.json", "chart": out / "c.png", "chart_data": out / "c.json"}, track=False)
+    # One load; passages and queries encoded once each in every mode. Only MCLS, which the
+    # server does not do, needs a plain dense pass (passages, queries) for the candidate keys.
+    assert calls == {"load": 1, "encode": 2 if mcls else 0, "encode_m3": 2}
+    monkeypatch.undo()
+    if not mcls:
+        for name in RETRIEVAL_METRICS:
+            assert metrics[f"candidate/{name}"] == metrics[f"candidate/m3_dense/{name}"], name
+    # The numbers the plain dense evaluation of the same directory gives (what evaluate did before).
+    plain = RetrievalEvaluator(read_beir_set(workspace), 8)(Embedder.from_config(cfg.model, m3_candidate), prefix="candidate")
+    assert {k: metrics[k] for k in plain} == pytest.approx(plain, abs=2e-6)
+
+
+def read_beir_set(workspace) -> EvalSet:
+    from flagops.data.formats import read_beir
+
+    return read_beir(workspace / "eval")

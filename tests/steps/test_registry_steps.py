@@ -27,7 +27,8 @@ from mlflow import MlflowClient  # noqa: E402
 from flagops.config import validate  # noqa: E402
 from flagops.data.formats import read_json, write_json, write_jsonl  # noqa: E402
 from flagops.registry import tracking  # noqa: E402
-from flagops.registry.models import dir_sha256, fetch_model_dir  # noqa: E402
+from flagops.registry.lineage import dir_sha256  # noqa: E402
+from flagops.registry.models import fetch_model_dir  # noqa: E402
 from flagops.steps import execute  # noqa: E402
 
 NAME = "test-embedder"

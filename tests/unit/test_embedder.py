@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from flagops.models.embedder import SETTINGS_FILE, Embedder, pool
+from flagops.models.embedder import Embedder, pool
+from flagops.models.layout import SETTINGS_FILE
 
 H = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]], [[2.0, 2.0], [4.0, 0.0], [9.0, 9.0]]])  # (2, 3, 2)
 M = torch.tensor([[1, 1, 1], [1, 1, 0]])  # second text has one pad position

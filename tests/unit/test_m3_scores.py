@@ -13,12 +13,11 @@ from flagops.evaluation.m3 import colbert_matrix, m3_runs, sparse_search
 from flagops.models.m3 import (
     M3Encoded,
     colbert_scores,
-    dense_scores,
+    inner_scores,
     lexical_weights,
     mcls_content_budget,
     mcls_ids,
     sparse_embedding,
-    sparse_scores,
     special_token_ids,
 )
 
@@ -43,13 +42,13 @@ def test_sparse_score_is_the_sum_over_shared_ids_of_weight_products():
     q[0, 3], q[0, 5] = 0.9, 0.2
     p[0, 3], p[0, 9] = 0.5, 1.0  # shares id 3 only
     p[1, 9] = 2.0  # shares nothing
-    torch.testing.assert_close(sparse_scores(q, p), torch.tensor([[0.9 * 0.5, 0.0]]))
+    torch.testing.assert_close(inner_scores(q, p), torch.tensor([[0.9 * 0.5, 0.0]]))
 
 
 def test_dense_score_is_the_inner_product():
     q = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     p = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
-    torch.testing.assert_close(dense_scores(q, p), torch.tensor([[0.0, 1.0, 0.6], [0.8, 0.6, 1.0]]))
+    torch.testing.assert_close(inner_scores(q, p), torch.tensor([[0.0, 1.0, 0.6], [0.8, 0.6, 1.0]]))
 
 
 def test_colbert_score_is_the_mean_over_query_tokens_of_the_best_passage_token():

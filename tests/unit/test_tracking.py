@@ -47,3 +47,52 @@ def test_without_parent_steps_are_top_level(cfg):
 
 def test_metric_names_are_mlflow_safe():
     assert tracking.mlflow_key("candidate/ndcg@10") == "candidate/ndcg_at_10"
+
+
+# --------------------------------------------------------------------------- MLflow defaults
+
+# A fresh interpreter: mlflow decides on telemetry when first imported, so these checks need
+# one where it was not imported yet. CI markers are removed because mlflow turns itself off
+# under CI and pytest, which would hide a client that flagops failed to drop.
+ENV_PROBE = """
+import json, os, sys
+before = dict(os.environ)
+import flagops.registry.tracking as tracking
+out = {"import_changed_env": dict(os.environ) != before, "mlflow_loaded": "mlflow" in sys.modules}
+import mlflow  # as a module that imports it at the top does: mlflow makes its telemetry client now
+from mlflow.telemetry import get_telemetry_client
+out["client_before"] = get_telemetry_client() is not None
+tracking.configure_env()
+tracking.configure_env()  # again: changes nothing
+out["client_after"] = get_telemetry_client() is not None
+out["env"] = {k: os.environ.get(k) for k in tracking.MLFLOW_ENV_DEFAULTS}
+print(json.dumps(out))
+"""
+CI_MARKERS = ("CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE", "TF_BUILD")
+
+
+def _probe(tmp_path, **env):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in CI_MARKERS and k not in tracking.MLFLOW_ENV_DEFAULTS}
+    clean |= {"XDG_CONFIG_HOME": str(tmp_path), "HOME": str(tmp_path), **env}  # mlflow's installation id lands here
+    done = subprocess.run([sys.executable, "-c", ENV_PROBE], env=clean, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_changes_no_environment_and_configure_env_turns_telemetry_off(tmp_path):
+    out = _probe(tmp_path)
+    assert out["import_changed_env"] is False and out["mlflow_loaded"] is False
+    assert out["client_before"] is True  # mlflow was imported with telemetry on ...
+    assert out["client_after"] is False  # ... and configure_env dropped its client
+    assert out["env"] == {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def test_configure_env_keeps_values_already_set(tmp_path):
+    out = _probe(tmp_path, MLFLOW_DISABLE_TELEMETRY="false", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="true")
+    assert out["env"] == {"MLFLOW_DISABLE_TELEMETRY": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "true"}
+    assert out["client_after"] is True  # the user asked for telemetry; flagops leaves it on

@@ -1,0 +1,35 @@
+"""Where things sit in a flagops model directory and in a registered (downloaded) MLflow model.
+
+A leaf module: file names and a YAML read, no torch and no MLflow, so ``models/``,
+``registry/``, ``serving/`` and ``deploy/`` can all share it without an import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flagops.data.formats import DataError
+
+SETTINGS_FILE = "flagops_embedder.json"  # the embedder's pooling, instruction and lengths (Embedder.save)
+ARTIFACT = "embedder"  # pyfunc artifact key of the embedder directory in a registered version
+
+
+def artifact_subdir(flavors: Mapping[str, Any]) -> str | None:
+    """The embedder directory's path inside a pyfunc model, from its MLmodel ``flavors``; None if absent."""
+    return flavors.get("python_function", {}).get("artifacts", {}).get(ARTIFACT, {}).get("path")
+
+
+def embedder_dir(model_root: str | Path) -> Path:
+    """The embedder directory inside a downloaded pyfunc model (e.g. a KServe storageUri mount)."""
+    root = Path(model_root)
+    mlmodel = root / "MLmodel"
+    if not mlmodel.is_file():
+        raise DataError(f"{root}: no MLmodel file; expected a downloaded MLflow model")
+    subdir = artifact_subdir((yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("flavors", {}))
+    if not subdir or not (root / subdir / "config.json").is_file():
+        raise DataError(f"{root}: not a flagops embedder (no {ARTIFACT!r} model directory among its pyfunc artifacts)")
+    return root / subdir

@@ -1,0 +1,91 @@
+"""The registry aliases: ``@champion`` for the version that serves, ``@challenger`` for one that lost.
+
+``promote`` applies the gate (``promotion.decide``) to a registered version and moves the
+aliases; the decision is recorded on the version (``flagops.promotion`` tag) and on the
+active run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+from flagops.registry import tracking
+from flagops.registry.lineage import version_metrics
+from flagops.registry.promotion import decide
+from flagops.registry.tracking import TEXT_LIMIT
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PROMOTION_TAG = "flagops.promotion"
+
+
+def alias_version(client: MlflowClient, name: str, alias: str):
+    """The version ``alias`` points at, or None (read from the model, not from an error message)."""
+    version = client.get_registered_model(name).aliases.get(alias)
+    return None if version is None else client.get_model_version(name, str(version))
+
+
+def promote(registry_cfg, name: str, version: int | str) -> dict[str, Any]:
+    """Apply the gate to ``name`` v``version`` and move the aliases; log the decision to the active run."""
+    tracking.configure_env()
+    client = MlflowClient()
+    cand = client.get_model_version(name, str(version))
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None and champion.version == cand.version:
+        # A re-run: keep the record of the promotion that made it champion.
+        previous = json.loads(cand.tags.get(PROMOTION_TAG, "{}")).get("previous_champion")
+        reasons = [f"already champion: v{cand.version} holds @champion; nothing changed"]
+        record = _promotion(cand, True, previous, reasons, changed=False)
+    else:
+        decision = decide(
+            version_metrics(cand),
+            version_metrics(champion) if champion is not None else None,
+            registry_cfg.primary_metric,
+            registry_cfg.min_delta,
+            list(registry_cfg.guard_metrics),
+            registry_cfg.tolerance,
+        )
+        previous = int(champion.version) if champion is not None else None
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, cand.version)
+            if CHALLENGER in cand.aliases:
+                client.delete_registered_model_alias(name, CHALLENGER)
+        else:
+            client.set_registered_model_alias(name, CHALLENGER, cand.version)
+        record = _promotion(cand, decision.promote, previous, decision.reasons, changed=True)
+        client.set_model_version_tag(name, cand.version, PROMOTION_TAG, json.dumps(record)[:TEXT_LIMIT])
+    _log_promotion(record)
+    verdict = "champion" if record["promoted"] else "challenger"
+    print(f"promote_model: {name} v{cand.version} -> @{verdict}\n  " + "\n  ".join(record["reasons"]))
+    return record
+
+
+def _promotion(cand, promoted: bool, previous: int | None, reasons: list[str], *, changed: bool) -> dict[str, Any]:
+    return {
+        "name": cand.name,
+        "version": int(cand.version),
+        "promoted": promoted,
+        "alias": CHAMPION if promoted else CHALLENGER,
+        "previous_champion": previous,
+        "reasons": list(reasons),
+        "changed": changed,
+    }
+
+
+def _log_promotion(record: Mapping[str, Any]) -> None:
+    if mlflow.active_run() is None:
+        return
+    mlflow.set_tags(
+        {
+            "flagops.candidate_version": str(record["version"]),
+            "flagops.promoted": str(record["promoted"]).lower(),
+            "flagops.alias": record["alias"],
+            "flagops.previous_champion": str(record["previous_champion"]),
+            "flagops.reasons": "\n".join(record["reasons"])[:TEXT_LIMIT],
+        }
+    )
+    mlflow.log_dict(dict(record), "promotion.json")

@@ -1,0 +1,99 @@
+"""The MLflow pyfunc a registered embedder version is: its class, signature and requirements.
+
+The version's one artifact, ``embedder`` (``models.layout.ARTIFACT``), is the HF /
+sentence-transformers directory ``Embedder.save`` wrote. Its python_model is
+``EmbedderPyfunc``, pickled by reference. flagops is not on PyPI, so rather than list it
+in ``pip_requirements`` the version carries a copy of the flagops package (``code_paths``,
+~0.3 MB): the pyfunc then loads anywhere the pinned torch/transformers/numpy/mlflow are
+installed (``mlflow models serve``, a bare venv). MLflow puts that copy on ``sys.path`` at
+load time; a process that has already imported flagops keeps its own, so the flagops
+image and the project venv run their installed code. This needs ``flagops/__init__.py``:
+in a namespace package the copy would merge with the installed one.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
+
+from flagops.models.layout import ARTIFACT
+from flagops.registry.lineage import PACKAGE_DIR
+
+INPUT_EXAMPLE = ["what does a bge embedder do?", "BGE maps a text to one dense vector for retrieval."]
+RUNTIME_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "mlflow")
+
+
+# The class is pickled by reference on purpose (flagops travels in code_paths): drop
+# MLflow's generic notice about pickled python_model objects, and nothing else.
+
+
+class _DropNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Passing a Python object as `python_model`" not in record.getMessage()
+
+
+logging.getLogger("mlflow.pyfunc").addFilter(_DropNotice())
+
+
+class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
+    """``predict(list[str], params={"is_query": bool}) -> float32 (n, dim)`` via ``Embedder.encode``."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from flagops.models.embedder import Embedder  # torch + transformers: only when loaded
+
+        self.embedder = Embedder.load(context.artifacts[ARTIFACT])
+        if torch.cuda.is_available():
+            self.embedder.to("cuda")
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+        is_query = bool((params or {}).get("is_query", False))
+        return self.embedder.encode(_as_texts(model_input), is_query=is_query)
+
+
+def _as_texts(model_input) -> list[str]:
+    """A string column arrives as a DataFrame (schema enforcement), a list or an array."""
+    if hasattr(model_input, "iloc") and getattr(model_input, "ndim", 1) == 2:  # DataFrame
+        model_input = model_input.iloc[:, 0]
+    if isinstance(model_input, str):
+        model_input = [model_input]
+    texts = list(np.asarray(model_input, dtype=object).ravel())
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"expected strings to embed, got {bad[0]}")
+    return texts
+
+
+def embedder_signature(dim: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
+        params=ParamSchema([ParamSpec("is_query", DataType.boolean, False)]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of what the pyfunc imports; local tags like ``+cpu`` are dropped."""
+    return [f"{d}=={dist_version(d).split('+')[0]}" for d in RUNTIME_DISTS]
+
+
+def log_embedder(model_dir: Path, dim: int) -> ModelInfo:
+    """Log ``model_dir`` to the active run as the pyfunc ``model``, with a copy of flagops beside it."""
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=EmbedderPyfunc(),
+        artifacts={ARTIFACT: str(model_dir)},
+        signature=embedder_signature(dim),
+        input_example=INPUT_EXAMPLE,
+        pip_requirements=pip_requirements(),
+        code_paths=[str(PACKAGE_DIR)],
+    )
