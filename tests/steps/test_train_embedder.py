@@ -11,6 +11,7 @@ import torch
 from flagops.config import load_config
 from flagops.data.formats import TrainExample, write_train_jsonl
 from flagops.models.embedder import Embedder
+from flagops.training import common
 from flagops.training import embedder as recipe
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud light".split()
@@ -44,7 +45,7 @@ def test_loss_goes_down_and_model_saves(tmp_path):
     summary = recipe.train(cfg.model, cfg.train, _examples(), out)
     assert summary["steps"] == 18
     assert summary["loss_end"] < summary["loss_start"] * 0.8, summary
-    assert (out / "model.safetensors").is_file() and not recipe.checkpoint_dir(out).exists()
+    assert (out / "model.safetensors").is_file() and not common.checkpoint_dir(out).exists()
 
 
 def test_distillation_adds_kl_term(tmp_path):
@@ -52,16 +53,16 @@ def test_distillation_adds_kl_term(tmp_path):
     summary = recipe.train(cfg.model, cfg.train, _examples(), tmp_path / "m")
     assert np.isfinite(summary["train_loss"])
     with pytest.raises(Exception, match="no pos_scores/neg_scores"):
-        recipe.GroupDataset([TrainExample("q", ["p"], ["n"])], 2, 0, distill=True)
+        common.GroupDataset([TrainExample("q", ["p"], ["n"])], 2, 0, distill=True)
 
 
 def test_group_without_negatives_is_a_clear_error():
     with pytest.raises(Exception, match="has no negatives; run mine_hard_negatives"):
-        recipe.GroupDataset([TrainExample("q", ["p"])], 4, 0, distill=False)
+        common.GroupDataset([TrainExample("q", ["p"])], 4, 0, distill=False)
 
 
 def test_negatives_resampled_with_repetition_when_too_few():
-    ds = recipe.GroupDataset([TrainExample("q", ["p"], ["n1", "n2"])], 6, 0, distill=False)
+    ds = common.GroupDataset([TrainExample("q", ["p"], ["n1", "n2"])], 6, 0, distill=False)
     _, passages, _ = ds[0]
     assert passages[0] == "p" and len(passages) == 6 and set(passages[1:]) == {"n1", "n2"}
 
@@ -69,19 +70,19 @@ def test_negatives_resampled_with_repetition_when_too_few():
 def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
     cfg = _cfg("train.max_steps=4", "train.save_steps=2", "train.batch_size=4")
     out = tmp_path / "model"
-    real_on_log = recipe.MlflowThroughputCallback.on_log
+    real_on_log = common.MlflowThroughputCallback.on_log
 
     def crash_at_step_3(self, args, state, control, logs=None, **kw):
         if state.global_step == 3:
             raise KeyboardInterrupt("simulated crash after checkpoint-2")
         return real_on_log(self, args, state, control, logs=logs, **kw)
 
-    monkeypatch.setattr(recipe.MlflowThroughputCallback, "on_log", crash_at_step_3)
+    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         recipe.train(cfg.model, cfg.train, _examples(), out)
-    assert (recipe.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
+    assert (common.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
 
-    monkeypatch.setattr(recipe.MlflowThroughputCallback, "on_log", real_on_log)
+    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", real_on_log)
     summary = recipe.train(cfg.model, cfg.train, _examples(), out)
     assert "resuming from checkpoint-2" in capsys.readouterr().out
     assert summary["steps"] == 4 and out.is_dir()
@@ -89,9 +90,9 @@ def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
 
 def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, capsys):
     out = tmp_path / "model"
-    ckpt = recipe.checkpoint_dir(out) / "checkpoint-2"
+    ckpt = common.checkpoint_dir(out) / "checkpoint-2"
     ckpt.mkdir(parents=True)
-    (recipe.checkpoint_dir(out) / recipe.FINGERPRINT).write_text("another run")
+    (common.checkpoint_dir(out) / common.FINGERPRINT).write_text("another run")
     cfg = _cfg("train.max_steps=1", "train.batch_size=4")
     recipe.train(cfg.model, cfg.train, _examples(), out)
     assert "resuming" not in capsys.readouterr().out
