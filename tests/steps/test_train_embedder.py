@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 
 import numpy as np
@@ -48,7 +50,47 @@ def test_loss_goes_down_and_model_saves(tmp_path):
     assert (out / "model.safetensors").is_file() and not common.checkpoint_dir(out).exists()
 
 
-def test_distillation_adds_kl_term(tmp_path):
+def _hand_loss(q: torch.Tensor, p: torch.Tensor, teacher: torch.Tensor, temperature: float, weight: float) -> float:
+    """InfoNCE with in-batch negatives + weight * KL(softmax(teacher) || softmax(student)), term by term."""
+    batch, group = teacher.shape
+    q, p = q.double().tolist(), p.double().tolist()
+    dot = [[sum(a * b for a, b in zip(qi, pj)) / temperature for pj in p] for qi in q]  # (batch, batch * group)
+    contrastive = kl = 0.0
+    for i in range(batch):
+        row = dot[i]
+        contrastive += math.log(sum(math.exp(x) for x in row)) - row[i * group]  # positive: column i * group
+        own = row[i * group : (i + 1) * group]  # this query's group, positive first
+        log_z = math.log(sum(math.exp(x) for x in own))
+        t = [math.exp(x) for x in teacher[i].tolist()]
+        t = [x / sum(t) for x in t]
+        kl += sum(ti * (math.log(ti) - (si - log_z)) for ti, si in zip(t, own))
+    return contrastive / batch + weight * kl / batch
+
+
+def test_distillation_loss_matches_a_hand_computation():
+    """The loss the Trainer gets (dataset -> collator -> model) is InfoNCE + distill_weight * KL."""
+    cfg = _cfg("train.distill=true", "train.distill_weight=0.7", "train.temperature=0.05", "train.train_group_size=3")
+    train = cfg.train
+    torch.manual_seed(0)
+    embedder = Embedder.from_config(cfg.model)
+    model = recipe.BiEncoderForTraining(embedder, train.temperature, train.in_batch_negatives, train.distill_weight).eval()  # no dropout
+    # Teachers that rank a negative first, so the KL term is far from 0.
+    examples = [dataclasses.replace(ex, pos_scores=[0.2 * i], neg_scores=[1.5, -0.5 * i, 0.3]) for i, ex in enumerate(_examples(4))]
+    dataset = common.GroupDataset(examples, train.train_group_size, train.seed, distill=True)
+    batch = common.GroupCollator(embedder)([dataset[i] for i in range(4)])
+    assert batch["teacher_scores"].shape == (4, 3)
+    with torch.no_grad():
+        loss = model(**batch)["loss"].item()
+        q = embedder(batch["q_input_ids"], batch["q_attention_mask"])  # (4, dim)
+        p = embedder(batch["p_input_ids"], batch["p_attention_mask"])  # (12, dim)
+        contrastive_only = model(**{k: v for k, v in batch.items() if k != "teacher_scores"})["loss"].item()
+    expected = _hand_loss(q, p, batch["teacher_scores"], train.temperature, train.distill_weight)
+    assert loss == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert loss - contrastive_only > 0.05  # the KL term is there and not negligible
+    assert contrastive_only == pytest.approx(_hand_loss(q, p, batch["teacher_scores"], train.temperature, 0.0), rel=1e-5)
+
+
+def test_distillation_trains_and_needs_teacher_scores(tmp_path):
     cfg = _cfg("train.max_steps=2", "train.distill=true", "train.batch_size=4")
     summary = recipe.train(cfg.model, cfg.train, _examples(), tmp_path / "m")
     assert np.isfinite(summary["train_loss"])
