@@ -9,15 +9,15 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from flagops import kube
 from flagops.config import ConfigError, FlagopsConfig
 from flagops.deploy.inference_service import Champion, check_fetchable
 
-KUBECTL_TIMEOUT_S = 60
+KUBECTL_TIMEOUT_S = kube.KUBECTL_TIMEOUT_S
 NO_KUBECTL = "deploy.mode=cluster: kubectl not found on PATH; install it and point it at the cluster, or set deploy.mode=dry-run"
 
 
@@ -69,18 +69,7 @@ def serve_locally(cfg: FlagopsConfig, champion: Champion) -> dict[str, Any]:
 
 def kubectl(*args: str, timeout: float = KUBECTL_TIMEOUT_S) -> str:
     """Run kubectl; a missing binary or a failure is one ConfigError line naming the fix."""
-    binary = shutil.which("kubectl")
-    if binary is None:
-        raise ConfigError(NO_KUBECTL)
-    try:
-        done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"deploy.mode=cluster: `kubectl {args[0]}` took over {timeout:.0f} s; is the cluster reachable?") from None
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit code {done.returncode}"
-        raise ConfigError(f"deploy.mode=cluster: `kubectl {args[0]}` failed: {reason}")
-    return done.stdout
+    return kube.kubectl(*args, context="deploy.mode=cluster", missing=NO_KUBECTL, timeout=timeout)
 
 
 def kubectl_apply(manifest: Path) -> None:

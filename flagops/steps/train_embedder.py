@@ -2,7 +2,8 @@
 
 from flagops.data.formats import read_train_jsonl
 from flagops.registry import tracking
-from flagops.training.embedder import describe_loss, train
+from flagops.training.common import describe_loss
+from flagops.training.embedder import train
 
 
 def run(cfg, inputs, outputs):

@@ -3,7 +3,7 @@
 from flagops.config import ConfigError
 from flagops.data.formats import read_train_jsonl
 from flagops.registry import tracking
-from flagops.training.embedder import describe_loss
+from flagops.training.common import describe_loss
 from flagops.training.m3 import train
 
 

@@ -1,17 +1,15 @@
 """The BGE-M3 recipe on the HF Trainer. Read top to bottom:
 setup (data, model, loss) -> train (checkpoints, resume) -> save -> cleanup.
 
-The data, collation, logging and checkpoint fingerprint are the embedder recipe's own
-(``flagops.training.embedder``). What M3 adds: the sparse and ColBERT heads, the unified
-loss with self-distillation (``flagops.losses.m3``), optional length-grouped batches and
-sub-batched encoding (``flagops.training.batching``), and a checkpoint in FlagEmbedding's
-M3 layout.
+The data, collation, process group, checkpoints, Trainer arguments and logging are the
+ones both recipes share (``flagops.training.common``). What M3 adds: the sparse and
+ColBERT heads, the unified loss with self-distillation (``flagops.losses.m3``), optional
+length-grouped batches and sub-batched encoding (``flagops.training.batching``), and a
+checkpoint in FlagEmbedding's M3 layout.
 """
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,20 +18,11 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from flagops.config import ConfigError
-from flagops.data.formats import DataError, TrainExample
+from flagops.data.formats import TrainExample
 from flagops.losses.m3 import M3UnifiedLoss
 from flagops.models.m3 import M3Embedder, M3Output, colbert_scores, inner_scores
+from flagops.training import common
 from flagops.training.batching import LengthGroupedBatches, encode_in_chunks, example_lengths, unwrap_batch
-from flagops.training.embedder import (
-    EpochSeedCallback,
-    GroupCollator,
-    GroupDataset,
-    MlflowThroughputCallback,
-    fingerprint,
-    loss_summary,
-    prepare_checkpoints,
-    training_arguments,
-)
 
 # --------------------------------------------------------------------------- model
 
@@ -89,7 +78,7 @@ class StepCallback(TrainerCallback):
         self.model.global_step = state.global_step
 
 
-# --------------------------------------------------------------------------- pieces the embedder recipe could share
+# --------------------------------------------------------------------------- head learning rate
 
 
 def set_head_learning_rate(trainer: Trainer, model: M3ForTraining, head_lr: float) -> None:
@@ -116,7 +105,7 @@ def set_head_learning_rate(trainer: Trainer, model: M3ForTraining, head_lr: floa
 def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
     # ---- setup
     torch.manual_seed(train_cfg.seed)
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    world = common.world_size()  # from torchrun's WORLD_SIZE: the process group is joined only by the Trainer's arguments
     modes = m3_cfg.trained_modes
     cross_device = train_cfg.cross_device_negatives
     if cross_device and not (train_cfg.in_batch_negatives and "dense" in modes):
@@ -132,8 +121,8 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
         m3.embedder.model.gradient_checkpointing_enable()
     if m3_cfg.fix_encoder:
         m3.embedder.model.requires_grad_(False)  # the Trainer's optimizer skips frozen parameters
-    groups = GroupDataset(examples, train_cfg.train_group_size, train_cfg.seed, train_cfg.distill)
-    collate = GroupCollator(m3)  # needs only .tokenize, which M3Embedder forwards to its Embedder
+    groups = common.GroupDataset(examples, train_cfg.train_group_size, train_cfg.seed, train_cfg.distill)
+    collate = common.GroupCollator(m3)  # needs only .tokenize, which M3Embedder forwards to its Embedder
     dataset, per_device, queries_per_step = groups, train_cfg.batch_size, float(train_cfg.batch_size)
     if m3_cfg.length_buckets:
         lengths = example_lengths(examples, m3.tokenizer, m3.settings.passage_max_len)
@@ -143,13 +132,12 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
     model = M3ForTraining(m3, loss, modes, sub_batch_size=m3_cfg.sub_batch_size,
                           self_distill=m3_cfg.self_distill, self_distill_start_step=m3_cfg.self_distill_start_step)  # fmt: skip
 
-    stamp = hashlib.sha256((fingerprint(model_cfg, train_cfg, examples) + m3_cfg.model_dump_json()).encode()).hexdigest()
-    ckpt, resume = prepare_checkpoints(output, stamp, train_cfg.resume_from_checkpoint)
-
-    steps_per_epoch = len(dataset) // (per_device * world)
-    if steps_per_epoch == 0:
-        raise DataError(f"{len(groups)} training queries make no full batch of {train_cfg.batch_size * world}; lower train.batch_size")
-    total = train_cfg.max_steps if train_cfg.max_steps > 0 else int(steps_per_epoch * train_cfg.epochs)
+    args = common.training_arguments(train_cfg, output, per_device)  # joins the process group under torchrun
+    stamp = common.fingerprint(model_cfg, m3_cfg, train_cfg, examples=examples)
+    ckpt, resume = common.prepare_checkpoints(output, stamp, train_cfg.resume_from_checkpoint)
+    steps_per_epoch, total = common.schedule(
+        len(dataset) // per_device, world, train_cfg, queries=len(groups), queries_per_batch=queries_per_step
+    )
     group = train_cfg.train_group_size
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(
@@ -167,10 +155,10 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
     )
     trainer = Trainer(
         model=model,
-        args=training_arguments(train_cfg, ckpt, per_device),
+        args=args,
         train_dataset=dataset,
         data_collator=collate,
-        callbacks=[MlflowThroughputCallback(round(queries_per_step * world)), EpochSeedCallback(dataset), StepCallback(model)],
+        callbacks=[common.MlflowThroughputCallback(queries_per_step * world), common.EpochSeedCallback(dataset), StepCallback(model)],
     )
 
     if m3_cfg.head_learning_rate is not None:
@@ -180,7 +168,5 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
     result = trainer.train(resume_from_checkpoint=resume)
 
     # ---- save (rank 0 only) and cleanup
-    if trainer.is_world_process_zero():
-        m3.save(output)
-        shutil.rmtree(ckpt, ignore_errors=True)
-    return {**loss_summary(trainer, result), **{f"loss_{k}_last": v for k, v in model.last_terms.items()}}
+    common.save_and_clean_up(trainer, m3, output, ckpt)
+    return {**common.loss_summary(trainer, result), **{f"loss_{k}_last": v for k, v in model.last_terms.items()}}

@@ -1,16 +1,20 @@
-"""Multi-node ``train_embedder`` as a Kubeflow PyTorchJob (kubeflow.org/v1), rendered from a config.
+"""Multi-node training as a Kubeflow PyTorchJob (kubeflow.org/v1), rendered from a config.
+
+The job runs the profile's training step (``training_step_name``: ``train_embedder``, or
+``train_m3`` when ``model.kind`` is m3).
 
 One Master pod and ``workers`` Worker pods each run torchrun with one process per GPU, and
 every process runs the same command every other face runs:
 
     torchrun --nnodes N --nproc-per-node G --node-rank $(RANK) --master-addr $(MASTER_ADDR) \\
-        --master-port $(MASTER_PORT) -m flagops.cli step train_embedder --params ... --in ... --out ...
+        --master-port $(MASTER_PORT) -m flagops.cli step STEP --params ... --in ... --out ...
 
 The training operator injects RANK (this pod's index: Master 0, Worker i + 1),
 MASTER_ADDR and MASTER_PORT into each pod; Kubernetes expands the ``$(VAR)`` references.
 The params come from a ConfigMap rendered from the same config, and data, checkpoints and
 the trained model live on a ReadWriteMany PVC mounted as the working directory, so a
-restarted pod resumes from the newest checkpoint.
+restarted pod resumes from the newest checkpoint. Submitting refuses to replace a job of
+the same name that is still running, unless ``--replace`` is given.
 
     flagops train submit-pytorchjob --profile demo --workers 1 --gpus-per-worker 2 --dry-run
 """
@@ -19,23 +23,32 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flagops import catalog
+from flagops import catalog, kube
 from flagops.config import ConfigError, FlagopsConfig, load_config
 
-STEP = "train_embedder"
+NO_KUBECTL = "kubectl not found on PATH; install it, use --in-cluster inside a pod, or use --dry-run and apply the YAML yourself"
+CONTEXT = "train submit-pytorchjob"
 WORKDIR = "/workspace"  # the PVC; the catalog's relative artifact paths resolve under it
 PARAMS_DIR = "/etc/flagops"
 CONTAINER = "pytorch"  # the training operator looks for this container name
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def training_step_name(cfg: FlagopsConfig) -> str:
+    """The catalog step this config trains with: ``train_m3`` for model.kind m3, else ``train_embedder``."""
+    return "train_m3" if cfg.model.kind == "m3" else "train_embedder"
+
+
+def default_job_name(cfg: FlagopsConfig) -> str:
+    return "flagops-" + training_step_name(cfg).replace("_", "-")
 
 
 def params_yaml(cfg: FlagopsConfig) -> str:
@@ -131,7 +144,7 @@ def _replica(replicas: int, image: str, nodes: int, gpus: int, params_configmap:
 def render_pytorchjob(
     cfg: FlagopsConfig,
     *,
-    name: str,
+    name: str | None = None,
     image: str | None = None,
     workers: int = 1,
     gpus_per_worker: int | None = None,
@@ -139,12 +152,12 @@ def render_pytorchjob(
     pvc: str = "flagops-workspace",
     namespace: str | None = None,
 ) -> dict[str, Any]:
-    """A PyTorchJob running ``train_embedder`` on 1 Master + ``workers`` Worker pods.
+    """A PyTorchJob running the config's training step on 1 Master + ``workers`` Worker pods.
 
     Args:
         cfg: the config; its ``train`` section (cross-device negatives, DeepSpeed) travels
             in the params ConfigMap, see ``render_params_configmap``.
-        name: the job's name (DNS-1123).
+        name: the job's name (DNS-1123); default ``flagops-<step>``, e.g. flagops-train-m3.
         image: the flagops image; default ``catalog.image()``.
         workers: Worker pods besides the Master, so ``workers + 1`` nodes in all.
         gpus_per_worker: GPUs, and so torchrun processes, per pod; default the catalog's.
@@ -152,11 +165,12 @@ def render_pytorchjob(
         pvc: a ReadWriteMany claim holding the inputs, checkpoints and outputs.
         namespace: optional; omitted so ``kubectl -n`` decides.
     """
+    name = name or default_job_name(cfg)
     if not DNS_1123.match(name) or len(name) > 63:
         raise ConfigError(f"PyTorchJob name {name!r}: use lowercase letters, digits and '-' (at most 63)")
     if workers < 0:
         raise ConfigError(f"workers={workers}: must be 0 or more (Worker pods besides the Master)")
-    step = catalog.get(STEP)
+    step = catalog.get(training_step_name(cfg))
     gpus = step.resources.gpus if gpus_per_worker is None else gpus_per_worker
     if gpus < 0:
         raise ConfigError(f"gpus_per_worker={gpus}: must be 0 or more")
@@ -238,51 +252,91 @@ def cmd_submit_pytorchjob(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(text)
         return 0
+    objects = [o for o in yaml.safe_load_all(text) if o]
     if args.in_cluster:
-        return apply_in_cluster(list(yaml.safe_load_all(text)), args.namespace)
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        raise ConfigError("kubectl not found on PATH; install it or use --dry-run and apply the YAML yourself")
-    return subprocess.run([kubectl, "apply", "-f", "-"], input=text, text=True, check=False).returncode
+        return apply_in_cluster(objects, args.namespace, replace=args.replace)
+    return apply_with_kubectl(text, objects, args.namespace, replace=args.replace)
 
 
-def apply_in_cluster(objects: list[dict[str, Any]], namespace: str | None) -> int:
+def _finished(job: dict[str, Any]) -> bool:
+    """Whether the training operator marked the job Succeeded or Failed: none of its pods runs any more."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def must_delete(existing: dict[str, Any] | None, where: str, replace: bool) -> bool:
+    """Whether a job of the same name has to go first. A finished one is replaced (a re-run);
+    a running one only with ``--replace``, since deleting it kills its training."""
+    if existing is None:
+        return False
+    if not replace and not _finished(existing):
+        raise ConfigError(
+            f"PyTorchJob {where} already exists and has not finished; pass --replace to delete it and submit again, or use another --name"
+        )
+    return True
+
+
+def _kubectl(*args: str, stdin: str | None = None) -> str:
+    return kube.kubectl(*args, context=CONTEXT, missing=NO_KUBECTL, stdin=stdin)
+
+
+def apply_with_kubectl(text: str, objects: list[dict[str, Any]], namespace: str | None, *, replace: bool) -> int:
+    """``kubectl apply`` the ConfigMap and the PyTorchJob, after checking for a job of the same name."""
+    name = objects[-1]["metadata"]["name"]
+    ns = ["-n", namespace] if namespace else []
+    found = _kubectl("get", "pytorchjob", name, *ns, "-o", "json", "--ignore-not-found")
+    if must_delete(json.loads(found) if found.strip() else None, f"{namespace or '(current namespace)'}/{name}", replace):
+        _kubectl("delete", "pytorchjob", name, *ns, "--wait=true")
+    print(_kubectl("apply", "-f", "-", stdin=text).strip())
+    return 0
+
+
+def apply_in_cluster(objects: list[dict[str, Any]], namespace: str | None, *, replace: bool = False) -> int:
     """Create or replace the ConfigMap and PyTorchJob with the pod's service account
-    (no kubectl in the image): what an Airflow KubernetesPodOperator task runs."""
+    (no kubectl in the image): what an Airflow KubernetesPodOperator task runs. The job is
+    checked first, so a refusal leaves a running job's ConfigMap as it was."""
     from kubernetes import client, config
 
     config.load_incluster_config()
     ns = namespace or Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
-    for obj in (o for o in objects if o):
-        name = obj["metadata"]["name"]
-        if obj["kind"] == "ConfigMap":
-            try:
-                core.replace_namespaced_config_map(name, ns, obj)
-            except client.ApiException as exc:
-                if exc.status != 404:
-                    raise
-                core.create_namespaced_config_map(ns, obj)
-        else:  # a PyTorchJob: a new run replaces a finished one of the same name
-            group, version = obj["apiVersion"].split("/")
-            try:
-                custom.delete_namespaced_custom_object(group, version, ns, "pytorchjobs", name)
-            except client.ApiException as exc:
-                if exc.status != 404:
-                    raise
-            custom.create_namespaced_custom_object(group, version, ns, "pytorchjobs", obj)
-        print(f"submitted {obj['kind']} {ns}/{name}")
+    (cm,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    (job,) = [o for o in objects if o["kind"] == "PyTorchJob"]
+    name, (group, version) = job["metadata"]["name"], job["apiVersion"].split("/")
+    job_api = (group, version, ns, "pytorchjobs", name)
+    if must_delete(_api(f"get pytorchjob {ns}/{name}", custom.get_namespaced_custom_object, *job_api), f"{ns}/{name}", replace):
+        _api(f"delete pytorchjob {ns}/{name}", custom.delete_namespaced_custom_object, *job_api)
+    where = f"{ns}/{cm['metadata']['name']}"
+    if _api(f"replace configmap {where}", core.replace_namespaced_config_map, cm["metadata"]["name"], ns, cm) is None:
+        _api(f"create configmap {where}", core.create_namespaced_config_map, ns, cm)
+    _api(f"create pytorchjob {ns}/{name}", custom.create_namespaced_custom_object, group, version, ns, "pytorchjobs", job)
+    print(f"submitted ConfigMap {where} and PyTorchJob {ns}/{name}")
     return 0
+
+
+def _api(what: str, call, *args):
+    """One Kubernetes API call with kubectl's timeout; None for 404, one ConfigError line otherwise."""
+    import urllib3
+    from kubernetes import client
+
+    try:
+        return call(*args, _request_timeout=kube.KUBECTL_TIMEOUT_S)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise ConfigError(f"{CONTEXT} --in-cluster: {what} failed: HTTP {exc.status} {exc.reason}") from None
+    except urllib3.exceptions.HTTPError as exc:  # timeouts and refused connections
+        raise ConfigError(f"{CONTEXT} --in-cluster: {what}: no answer from the API server ({type(exc).__name__})") from None
 
 
 def add_training_commands(subparsers) -> None:
     """Add `flagops train submit-pytorchjob ...` to the top-level CLI's subparsers."""
     train = subparsers.add_parser("train", help="distributed training on a cluster")
     sub = train.add_subparsers(dest="train_command", required=True)
-    p = sub.add_parser("submit-pytorchjob", help="render (and kubectl apply) a multi-node train_embedder PyTorchJob")
+    p = sub.add_parser("submit-pytorchjob", help="render (and kubectl apply) a multi-node PyTorchJob of the profile's training step")
     p.add_argument("--params", help="a params YAML (default: ./params.yaml)")
     p.add_argument("--profile", help="a built-in profile: tiny, demo")
-    p.add_argument("--name", default="flagops-train-embedder", help="job name (default: flagops-train-embedder)")
+    p.add_argument("--name", help="job name (default: flagops-<training step>, e.g. flagops-train-embedder)")
     p.add_argument("--image", help="default: $FLAGOPS_IMAGE or the catalog's image")
     p.add_argument("--workers", type=int, default=1, help="Worker pods besides the Master (default: 1)")
     p.add_argument("--gpus-per-worker", type=int, help="GPUs and torchrun processes per pod (default: the catalog's)")
@@ -291,5 +345,8 @@ def add_training_commands(subparsers) -> None:
     p.add_argument("--namespace", help="metadata.namespace (default: none, kubectl decides)")
     p.add_argument("--dry-run", action="store_true", help="print the YAML instead of applying it")
     p.add_argument("--in-cluster", action="store_true", help="apply with the pod's service account instead of kubectl")
+    p.add_argument(
+        "--replace", action="store_true", help="delete a still-running job of the same name first (a finished one is always replaced)"
+    )
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(func=cmd_submit_pytorchjob)

@@ -19,7 +19,8 @@ import torch.distributed as dist
 
 from flagops.losses.distributed import gather_with_grad
 from flagops.models.embedder import Embedder
-from flagops.training.embedder import BiEncoderForTraining, GroupCollator
+from flagops.training.common import GroupCollator
+from flagops.training.embedder import BiEncoderForTraining
 
 TEMPERATURE = 0.05
 # 8 queries, group 3 (positive first), teacher scores for the distillation case.

@@ -28,7 +28,7 @@ from train_worker import examples  # tests/distributed is on sys.path: the scrip
 from flagops.config import ConfigError, load_config
 from flagops.losses import m3 as m3_losses
 from flagops.models.m3 import M3Embedder
-from flagops.training.embedder import GroupCollator
+from flagops.training.common import GroupCollator
 from flagops.training.m3 import M3ForTraining, train
 
 TEMPERATURE = 0.05

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import os
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flagops import catalog
+from flagops import catalog, kube
 from flagops.config import ConfigError, load_config, validate
 from flagops.training import pytorchjob
 
@@ -129,6 +131,141 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
 
 
 def test_cli_without_dry_run_needs_kubectl(monkeypatch):
-    monkeypatch.setattr(pytorchjob.shutil, "which", lambda _: None)
+    monkeypatch.setattr(kube.shutil, "which", lambda _: None)
     with pytest.raises(ConfigError, match="kubectl not found"):
         run_cli("--profile", "tiny")
+
+
+# --------------------------------------------------------------------------- the profile's training step
+
+
+def test_m3_profile_renders_train_m3():
+    cfg = load_config("tiny_m3")
+    assert pytorchjob.training_step_name(cfg) == "train_m3" and pytorchjob.training_step_name(load_config("tiny")) == "train_embedder"
+    job = pytorchjob.render_pytorchjob(cfg, workers=1, gpus_per_worker=2)
+    assert job["metadata"]["name"] == "flagops-train-m3" and job["metadata"]["labels"]["flagops/step"] == "train_m3"
+    step = catalog.get("train_m3")
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        command = spec["template"]["spec"]["containers"][0]["command"]
+        argv = command[command.index("-m") + 1 :]
+        assert argv[:3] == ["flagops.cli", "step", "train_m3"]
+        assert argv[argv.index("--out") + 1] == f"model={step.outputs[0].path}"
+
+
+# --------------------------------------------------------------------------- submitting with kubectl
+
+# No cluster exists here: a fake `kubectl` on PATH stands in for it. It logs its argv and
+# answers `get` with the job state in $FAKE_KUBECTL (absent, running, finished), or sleeps
+# (hang) or fails (refuse) on every call.
+FAKE_KUBECTL = """#!{python}
+import json, os, sys, time
+mode = os.environ["FAKE_KUBECTL"]
+with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+if mode == "hang":
+    time.sleep(30)
+if mode == "refuse":
+    sys.exit("error: You must be logged in to the server (Unauthorized)")
+if sys.argv[1] == "get" and mode != "absent":
+    done = [{{"type": "Succeeded", "status": "True"}}] if mode == "finished" else [{{"type": "Running", "status": "True"}}]
+    print(json.dumps({{"kind": "PyTorchJob", "metadata": {{"name": sys.argv[3]}}, "status": {{"conditions": done}}}}))
+elif sys.argv[1] == "apply":
+    sys.stdin.read()
+    print("configmap/flagops-params configured\\npytorchjob.kubeflow.org/" + "flagops-train-embedder created")
+"""
+
+
+@pytest.fixture
+def fake_kubectl(tmp_path, monkeypatch):
+    """Put the fake kubectl first on PATH; returns (set_mode, read the calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "kubectl"
+    script.write_text(FAKE_KUBECTL.format(python=sys.executable))
+    script.chmod(0o755)
+    log = tmp_path / "kubectl.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KUBECTL_LOG", str(log))
+
+    def calls() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    return lambda mode: monkeypatch.setenv("FAKE_KUBECTL", mode), calls
+
+
+def test_submit_applies_when_no_job_of_that_name_exists(fake_kubectl):
+    set_mode, calls = fake_kubectl
+    set_mode("absent")
+    assert "pytorchjob.kubeflow.org/flagops-train-embedder created" in run_cli("--profile", "tiny", "--namespace", "ml")
+    assert calls() == ["get pytorchjob flagops-train-embedder -n ml -o json --ignore-not-found", "apply -f -"]
+
+
+def test_running_job_is_refused_without_replace_and_deleted_with_it(fake_kubectl):
+    set_mode, calls = fake_kubectl
+    set_mode("running")
+    with pytest.raises(ConfigError, match=r"^PyTorchJob \(current namespace\)/flagops-train-embedder already exists .* pass --replace"):
+        run_cli("--profile", "tiny")
+    assert [c.split()[0] for c in calls()] == ["get"]  # nothing deleted, nothing applied
+    run_cli("--profile", "tiny", "--replace")
+    assert [c.split()[0] for c in calls()] == ["get", "get", "delete", "apply"]
+
+
+def test_finished_job_is_replaced(fake_kubectl):
+    set_mode, calls = fake_kubectl
+    set_mode("finished")
+    run_cli("--profile", "tiny")
+    assert [c.split()[0] for c in calls()] == ["get", "delete", "apply"]
+
+
+def test_hung_kubectl_is_a_one_line_timeout(fake_kubectl, monkeypatch):
+    set_mode, _ = fake_kubectl
+    set_mode("hang")
+    monkeypatch.setattr(kube, "KUBECTL_TIMEOUT_S", 1)
+    with pytest.raises(ConfigError) as err:
+        run_cli("--profile", "tiny")
+    message = str(err.value)
+    assert message.startswith("train submit-pytorchjob: `kubectl get pytorchjob flagops-train-embedder") and "took over 1 s" in message
+    assert "\n" not in message
+
+
+def test_failing_kubectl_names_the_command_and_its_reason(fake_kubectl):
+    set_mode, _ = fake_kubectl
+    set_mode("refuse")
+    with pytest.raises(ConfigError) as err:
+        run_cli("--profile", "tiny_m3")
+    assert str(err.value) == (
+        "train submit-pytorchjob: `kubectl get pytorchjob flagops-train-m3 -o json --ignore-not-found` failed: "
+        "error: You must be logged in to the server (Unauthorized)"
+    )
+
+
+# --------------------------------------------------------------------------- submitting in the cluster
+
+
+class _FakeApi:
+    """Stands in for the Kubernetes API server (none exists here): one PyTorchJob, running."""
+
+    def __init__(self, log: list[str]):
+        self.log = log
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name, _request_timeout):
+        self.log.append(f"get {name} timeout={_request_timeout}")
+        return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+
+    def __getattr__(self, verb):
+        return lambda *args, _request_timeout: self.log.append(verb.split("_")[0]) or {"kind": verb}  # the API answers with an object
+
+
+def test_in_cluster_refuses_a_running_job_before_touching_its_configmap(monkeypatch):
+    from kubernetes import client, config
+
+    log: list[str] = []
+    monkeypatch.setattr(config, "load_incluster_config", lambda: None)
+    monkeypatch.setattr(client, "CoreV1Api", lambda: _FakeApi(log))
+    monkeypatch.setattr(client, "CustomObjectsApi", lambda: _FakeApi(log))
+    with pytest.raises(ConfigError, match=r"^PyTorchJob ml/flagops-train-embedder already exists .* --replace"):
+        run_cli("--profile", "tiny", "--in-cluster", "--namespace", "ml")
+    assert log == [f"get flagops-train-embedder timeout={kube.KUBECTL_TIMEOUT_S}"]
+    log.clear()
+    run_cli("--profile", "tiny", "--in-cluster", "--namespace", "ml", "--replace")
+    assert log[1:] == ["delete", "replace", "create"]

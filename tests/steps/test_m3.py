@@ -254,7 +254,7 @@ def test_hybrid_combines_modes_with_the_configured_weights():
 
 def test_resume_after_interruption_continues_from_the_checkpoint(tmp_path, monkeypatch, capsys):
     from flagops.training import m3 as recipe
-    from flagops.training.embedder import checkpoint_dir
+    from flagops.training.common import checkpoint_dir
 
     cfg = _cfg("train.max_steps=4", "train.save_steps=2", "m3.self_distill_start_step=3")
     steps_seen, crashed = [], []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from flagops.config import load_config
 from flagops.data.formats import TrainExample, write_train_jsonl
 from flagops.models.embedder import Embedder
+from flagops.training import common
 from flagops.training import embedder as recipe
 
 WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega river stone cloud light".split()
@@ -44,24 +47,64 @@ def test_loss_goes_down_and_model_saves(tmp_path):
     summary = recipe.train(cfg.model, cfg.train, _examples(), out)
     assert summary["steps"] == 18
     assert summary["loss_end"] < summary["loss_start"] * 0.8, summary
-    assert (out / "model.safetensors").is_file() and not recipe.checkpoint_dir(out).exists()
+    assert (out / "model.safetensors").is_file() and not common.checkpoint_dir(out).exists()
 
 
-def test_distillation_adds_kl_term(tmp_path):
+def _hand_loss(q: torch.Tensor, p: torch.Tensor, teacher: torch.Tensor, temperature: float, weight: float) -> float:
+    """InfoNCE with in-batch negatives + weight * KL(softmax(teacher) || softmax(student)), term by term."""
+    batch, group = teacher.shape
+    q, p = q.double().tolist(), p.double().tolist()
+    dot = [[sum(a * b for a, b in zip(qi, pj)) / temperature for pj in p] for qi in q]  # (batch, batch * group)
+    contrastive = kl = 0.0
+    for i in range(batch):
+        row = dot[i]
+        contrastive += math.log(sum(math.exp(x) for x in row)) - row[i * group]  # positive: column i * group
+        own = row[i * group : (i + 1) * group]  # this query's group, positive first
+        log_z = math.log(sum(math.exp(x) for x in own))
+        t = [math.exp(x) for x in teacher[i].tolist()]
+        t = [x / sum(t) for x in t]
+        kl += sum(ti * (math.log(ti) - (si - log_z)) for ti, si in zip(t, own))
+    return contrastive / batch + weight * kl / batch
+
+
+def test_distillation_loss_matches_a_hand_computation():
+    """The loss the Trainer gets (dataset -> collator -> model) is InfoNCE + distill_weight * KL."""
+    cfg = _cfg("train.distill=true", "train.distill_weight=0.7", "train.temperature=0.05", "train.train_group_size=3")
+    train = cfg.train
+    torch.manual_seed(0)
+    embedder = Embedder.from_config(cfg.model)
+    model = recipe.BiEncoderForTraining(embedder, train.temperature, train.in_batch_negatives, train.distill_weight).eval()  # no dropout
+    # Teachers that rank a negative first, so the KL term is far from 0.
+    examples = [dataclasses.replace(ex, pos_scores=[0.2 * i], neg_scores=[1.5, -0.5 * i, 0.3]) for i, ex in enumerate(_examples(4))]
+    dataset = common.GroupDataset(examples, train.train_group_size, train.seed, distill=True)
+    batch = common.GroupCollator(embedder)([dataset[i] for i in range(4)])
+    assert batch["teacher_scores"].shape == (4, 3)
+    with torch.no_grad():
+        loss = model(**batch)["loss"].item()
+        q = embedder(batch["q_input_ids"], batch["q_attention_mask"])  # (4, dim)
+        p = embedder(batch["p_input_ids"], batch["p_attention_mask"])  # (12, dim)
+        contrastive_only = model(**{k: v for k, v in batch.items() if k != "teacher_scores"})["loss"].item()
+    expected = _hand_loss(q, p, batch["teacher_scores"], train.temperature, train.distill_weight)
+    assert loss == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert loss - contrastive_only > 0.05  # the KL term is there and not negligible
+    assert contrastive_only == pytest.approx(_hand_loss(q, p, batch["teacher_scores"], train.temperature, 0.0), rel=1e-5)
+
+
+def test_distillation_trains_and_needs_teacher_scores(tmp_path):
     cfg = _cfg("train.max_steps=2", "train.distill=true", "train.batch_size=4")
     summary = recipe.train(cfg.model, cfg.train, _examples(), tmp_path / "m")
     assert np.isfinite(summary["train_loss"])
     with pytest.raises(Exception, match="no pos_scores/neg_scores"):
-        recipe.GroupDataset([TrainExample("q", ["p"], ["n"])], 2, 0, distill=True)
+        common.GroupDataset([TrainExample("q", ["p"], ["n"])], 2, 0, distill=True)
 
 
 def test_group_without_negatives_is_a_clear_error():
     with pytest.raises(Exception, match="has no negatives; run mine_hard_negatives"):
-        recipe.GroupDataset([TrainExample("q", ["p"])], 4, 0, distill=False)
+        common.GroupDataset([TrainExample("q", ["p"])], 4, 0, distill=False)
 
 
 def test_negatives_resampled_with_repetition_when_too_few():
-    ds = recipe.GroupDataset([TrainExample("q", ["p"], ["n1", "n2"])], 6, 0, distill=False)
+    ds = common.GroupDataset([TrainExample("q", ["p"], ["n1", "n2"])], 6, 0, distill=False)
     _, passages, _ = ds[0]
     assert passages[0] == "p" and len(passages) == 6 and set(passages[1:]) == {"n1", "n2"}
 
@@ -69,19 +112,19 @@ def test_negatives_resampled_with_repetition_when_too_few():
 def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
     cfg = _cfg("train.max_steps=4", "train.save_steps=2", "train.batch_size=4")
     out = tmp_path / "model"
-    real_on_log = recipe.MlflowThroughputCallback.on_log
+    real_on_log = common.MlflowThroughputCallback.on_log
 
     def crash_at_step_3(self, args, state, control, logs=None, **kw):
         if state.global_step == 3:
             raise KeyboardInterrupt("simulated crash after checkpoint-2")
         return real_on_log(self, args, state, control, logs=logs, **kw)
 
-    monkeypatch.setattr(recipe.MlflowThroughputCallback, "on_log", crash_at_step_3)
+    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         recipe.train(cfg.model, cfg.train, _examples(), out)
-    assert (recipe.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
+    assert (common.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
 
-    monkeypatch.setattr(recipe.MlflowThroughputCallback, "on_log", real_on_log)
+    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", real_on_log)
     summary = recipe.train(cfg.model, cfg.train, _examples(), out)
     assert "resuming from checkpoint-2" in capsys.readouterr().out
     assert summary["steps"] == 4 and out.is_dir()
@@ -89,9 +132,9 @@ def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
 
 def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, capsys):
     out = tmp_path / "model"
-    ckpt = recipe.checkpoint_dir(out) / "checkpoint-2"
+    ckpt = common.checkpoint_dir(out) / "checkpoint-2"
     ckpt.mkdir(parents=True)
-    (recipe.checkpoint_dir(out) / recipe.FINGERPRINT).write_text("another run")
+    (common.checkpoint_dir(out) / common.FINGERPRINT).write_text("another run")
     cfg = _cfg("train.max_steps=1", "train.batch_size=4")
     recipe.train(cfg.model, cfg.train, _examples(), out)
     assert "resuming" not in capsys.readouterr().out
