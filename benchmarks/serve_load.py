@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,8 +37,9 @@ import httpx
 import numpy as np
 import psutil
 
+from flagops.serving.smoke import LOOPBACK, free_port  # loopback: load goes to this machine only
+
 REPO = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"  # load goes to this machine only
 INFINITY_ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
 SERVED_NAME = "minilm"  # the model name in both servers' routes and request bodies
 
@@ -88,12 +88,6 @@ def docstring_texts(model_dir: Path, tokens: int, n: int, at_least: int | None =
 
 
 # ---------------------------------------------------------------- the servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -169,7 +163,7 @@ class Server:
 
 def flagops_server(model_dir: Path, logs: Path) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "flagops.serving.server", "--model", str(model_dir),
+    argv = [sys.executable, "-m", "flagops.cli", "serve", "--model", str(model_dir),
             "--host", LOOPBACK, "--port", str(port), "--name", SERVED_NAME]  # fmt: skip
     return Server("flagops", argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings",
                   f"/v2/models/{SERVED_NAME}/ready", logs / "flagops.log")  # fmt: skip

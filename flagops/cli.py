@@ -6,7 +6,7 @@
   flagops dvc-yaml [--profile P]         render P's dvc.yaml (default: demo) from the catalog
   flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
   flagops demo [--profile P]             pipeline + serve the champion + summary table
-  flagops serve --model SOURCE [--host H] [--port N]
+  flagops serve [--model SOURCE | --dummy] [--host H] [--port N] [--name N] [--kind K] [serve.key=value ...]
   flagops kfp submit|schedule ...         upload pipelines/retrain.yaml and start a run / a recurring run
   flagops deploy render|promote|rollback    KServe InferenceService for the champion; canary promote; alias rollback
   flagops train submit-pytorchjob [--profile P | --params F] [--workers N] [--gpus-per-worker G] [--dry-run]
@@ -113,27 +113,42 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flagops.workspace import run_demo
+    from flagops.demo import run_demo
 
     return run_demo(args.profile, Path(args.workdir) if args.workdir else None, args.overrides)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from flagops.serving.kinds import KindError
+    from flagops.serving.server import serve
+
+    cfg = load_config(args.profile or "demo", args.overrides)
+    model = "dummy" if args.dummy else args.model or _champion(cfg)
+    try:
+        serve(model, host=args.host, port=args.port, name=args.name, serve_cfg=cfg.serve, kind=args.kind, dummy=args.dummy)
+    except KindError as exc:  # a directory whose kind cannot be told: the message names --kind
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
+def _champion(cfg) -> str:
+    """``models:/NAME@champion`` of the profile's workspace (what `make serve` runs), its store exported."""
     import os
 
     from flagops.registry.tracking import tracking_uri
-    from flagops.serving.server import serve
     from flagops.workspace import default_workdir
 
-    cfg = load_config(args.profile or "demo", args.overrides)
-    model = args.model
-    if model is None:  # the champion of this profile's workspace (what `make serve` runs)
-        workdir = default_workdir(cfg.profile)
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg.registry, workdir)
-        model = f"models:/{cfg.registry.model_name}@champion"
-        print(f"flagops: serving {model} from {os.environ['MLFLOW_TRACKING_URI']}")
-    serve(model, host=args.host, port=args.port, name=args.name, serve_cfg=cfg.serve, kind=args.kind)  # None: serve_cfg's
-    return 0
+    workdir = default_workdir(cfg.profile)
+    uri = tracking_uri(cfg.registry, workdir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `flagops demo --profile {cfg.profile}` first, "
+            "or pass --model DIR|models:/NAME@alias (or --dummy)"
+        )
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    model = f"models:/{cfg.registry.model_name}@champion"
+    print(f"flagops: serving {model} from {uri}")
+    return model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("serve", help="serve an embedder, BGE-M3 model or reranker with KServe (V1, V2, OpenAI, rerank)")
-    p.add_argument("--model", help="a model directory or models:/NAME@alias (default: the profile's champion in runs/<profile>)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model",
+        help="a model directory, pkg:PACKAGE, tiny-bert, tiny-reranker or models:/NAME@alias "
+        "(default: the profile's champion in runs/<profile>)",
+    )
+    source.add_argument("--dummy", action="store_true", help="serve fake outputs (API tests): 8-dim hash vectors, no model")
     p.add_argument("--host", help="default: serve.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: serve.port (8080)")
     p.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
@@ -184,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = get_args(ServeConfig.model_fields["kind"].annotation)
     p.add_argument("--kind", choices=kinds, help="default: serve.kind (auto: detect from the model)")
     p.add_argument("--profile", help="profile for serve limits and the default model (default: demo)")
-    p.add_argument("overrides", nargs="*", metavar="serve.key=value")
+    p.add_argument("overrides", nargs="*", metavar="serve.key=value", help="e.g. serve.max_texts=64 serve.truncation=reject")
     p.set_defaults(func=cmd_serve)
 
     add_training_commands(sub)

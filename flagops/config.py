@@ -6,6 +6,7 @@ value is a ``ConfigError`` whose one-line message names the file, the key and th
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -183,6 +184,15 @@ class ServeConfig(Section):
     # Pad each batch to a multiple of this many tokens (None: to its longest text). Far fewer
     # tensor shapes reach torch, so its and malloc's caches stop growing sooner (benchmarks/README.md).
     pad_to_multiple_of: int | None = Field(8, ge=1)
+
+    def overrides(self) -> list[str]:
+        """``serve.KEY=VALUE`` for every field but the address and name (``flagops serve`` takes
+        those as --host, --port, --name): how the InferenceService's container and the smoke
+        server are given this section. Values are YAML scalars, as ``load_config`` reads them."""
+        return [
+            f"serve.{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in self.model_dump(exclude={"host", "port", "model_name"}).items()
+        ]
 
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes object name / namespace

@@ -2,7 +2,7 @@
 
 * ``dry-run``: nothing beyond the written YAML (and, for a canary move, the patch printed);
 * ``local``: the champion is downloaded as KServe's storage initializer would, served with
-  the container's arguments on 127.0.0.1 and sent a smoke request (``workspace.smoke_serve``);
+  the container's arguments on 127.0.0.1 and sent a smoke request (``serving.smoke.smoke_serve``);
 * ``cluster``: ``kubectl apply -f`` to the current context, then wait for Ready.
 """
 
@@ -52,7 +52,7 @@ def apply(cfg: FlagopsConfig, manifest: Path, doc: dict[str, Any], champion: Cha
 def serve_locally(cfg: FlagopsConfig, champion: Champion) -> dict[str, Any]:
     """Download the version (as the storage initializer does), serve it as the container would, embed."""
     from flagops.deploy.champion import download
-    from flagops.workspace import SAMPLE_QUERIES, smoke_serve
+    from flagops.serving.smoke import SAMPLE_QUERIES, smoke_serve
 
     name = cfg.deploy.service_name
     with tempfile.TemporaryDirectory(prefix="flagops-deploy-") as mount:

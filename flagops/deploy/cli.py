@@ -60,7 +60,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             raise ConfigError(f"{name} has no @champion in {client.tracking_uri}; run the pipeline first or use --offline")
         state = next_serving(store.serving(client, name, cfg.deploy), version, cfg.deploy.canary_traffic_percent)
         champ, canary = store.champion(client, name, version, cfg.deploy), state.canary_traffic_percent
-    doc = render_inference_service(cfg.deploy, champ, canary_traffic_percent=canary)
+    doc = render_inference_service(cfg.deploy, cfg.serve, champ, canary_traffic_percent=canary)
     check_with_sdk(doc)
     text = render_text(doc, _regenerate_command(args))
     if args.output == "-":

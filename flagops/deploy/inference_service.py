@@ -1,10 +1,11 @@
 """The champion as a KServe InferenceService (serving.kserve.io/v1beta1), rendered from the config.
 
-The predictor is a custom container on the flagops serve image running the same server
-``flagops serve`` runs. KServe's storage initializer downloads the ``STORAGE_URI`` of the
-container (the custom-container form of ``storageUri``) into ``/mnt/models`` before the
-server starts; a registered version is an MLflow pyfunc, so ``--model`` points at the
-embedder directory inside it (``Champion.model_path``, read from the version's MLmodel).
+The predictor is a custom container on the flagops serve image running ``flagops serve``,
+with the ``serve`` section's limits, batching and padding as ``serve.KEY=VALUE`` arguments.
+KServe's storage initializer downloads the ``STORAGE_URI`` of the container (the
+custom-container form of ``storageUri``) into ``/mnt/models`` before the server starts; a
+registered version is an MLflow pyfunc, so ``--model`` points at the embedder directory
+inside it (``Champion.model_path``, read from the version's MLmodel).
 
     flagops deploy render --profile demo            # the champion of the current MLflow store
     flagops deploy render --params manifests/overlays/prod-gpu/flagops.yaml --offline --model-version 1 \
@@ -21,10 +22,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from flagops.config import ConfigError, DeployConfig
+from flagops.config import ConfigError, DeployConfig, ServeConfig
 
 API_VERSION = "serving.kserve.io/v1beta1"
 CONTAINER = "kserve-container"  # the name KServe's storage initializer looks for
+COMMAND = ["flagops", "serve"]  # both images install the flagops command on PATH
 MODEL_MOUNT = "/mnt/models"  # where the storage initializer puts storageUri
 PORT = 8080  # KServe routes traffic to 8080
 READY_PATH, LIVE_PATH = "/v2/health/ready", "/v2/health/live"  # Open Inference Protocol health
@@ -82,7 +84,7 @@ def _threads(cpu_limit: str) -> str:
     return str(max(1, math.floor(cores)))
 
 
-def _container(cfg: DeployConfig, champion: Champion) -> dict[str, Any]:
+def _container(cfg: DeployConfig, serve_cfg: ServeConfig, champion: Champion) -> dict[str, Any]:
     from flagops.serving.process import MALLOC_ARENAS, OMP_WAIT_POLICY  # here: flagops.serving loads kserve (1 s)
 
     requests = {"cpu": cfg.cpu, "memory": cfg.memory}
@@ -97,12 +99,14 @@ def _container(cfg: DeployConfig, champion: Champion) -> dict[str, Any]:
         "name": CONTAINER,
         "image": cfg.image,
         # The command is explicit so the CUDA flagops image (another entrypoint) runs the same server.
-        "command": ["python", "-m", "flagops.serving.server"],
+        "command": COMMAND,
         "args": [
             "--model", f"{MODEL_MOUNT}/{champion.model_path}",
             "--host", "0.0.0.0",  # in the pod: the queue-proxy / kubelet connect from outside the container
             "--port", str(PORT),
             "--name", cfg.service_name,
+            # The serve section (limits, batching, padding), every field: the image's default profile does not decide.
+            *serve_cfg.overrides(),
         ],
         "env": [
             {"name": "STORAGE_URI", "value": champion.storage_uri},
@@ -147,11 +151,15 @@ def annotations(champion: Champion, cfg: DeployConfig) -> dict[str, str]:
     }
 
 
-def render_inference_service(cfg: DeployConfig, champion: Champion, *, canary_traffic_percent: int | None = None) -> dict[str, Any]:
+def render_inference_service(
+    cfg: DeployConfig, serve_cfg: ServeConfig, champion: Champion, *, canary_traffic_percent: int | None = None
+) -> dict[str, Any]:
     """The InferenceService serving ``champion``.
 
     Args:
         cfg: the deploy section (image, resources, autoscaling, names).
+        serve_cfg: the serve section: request limits, micro-batching and padding, passed to
+            `flagops serve` in the container's arguments.
         champion: the version to serve and its storage URI.
         canary_traffic_percent: set only while the previous champion still serves the rest
             of the traffic (KServe keeps the last ready revision for it); None: all traffic.
@@ -170,7 +178,7 @@ def render_inference_service(cfg: DeployConfig, champion: Champion, *, canary_tr
         "maxReplicas": cfg.max_replicas,
         "scaleMetric": cfg.scale_metric,
         "scaleTarget": cfg.scale_target,
-        "containers": [_container(cfg, champion)],
+        "containers": [_container(cfg, serve_cfg, champion)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     }
     if canary_traffic_percent is not None:

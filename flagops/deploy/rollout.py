@@ -79,7 +79,7 @@ def roll_out(cfg: FlagopsConfig, client, name: str, state: Serving, manifest: Pa
     """Render ``state`` for the target, write it to ``manifest``, apply it and record it."""
     champ = store.champion(client, name, state.version, cfg.deploy)
     preflight(cfg, champ)
-    doc = render_inference_service(cfg.deploy, champ, canary_traffic_percent=state.canary_traffic_percent)
+    doc = render_inference_service(cfg.deploy, cfg.serve, champ, canary_traffic_percent=state.canary_traffic_percent)
     text = render_text(doc, regenerate)
     with atomic_path(manifest) as tmp:
         tmp.write_text(text, encoding="utf-8")

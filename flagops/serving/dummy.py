@@ -118,10 +118,8 @@ class DummyEmbedderModel(EmbedderModel):
         super().__init__(name, source=source, serve_cfg=serve_cfg)
         self.vector_dim = dim
 
-    def load(self) -> bool:
-        self.encoder = HashEncoder(self.vector_dim)
-        self.ready = True
-        return self.ready
+    def load_backend(self, source: str) -> HashEncoder:
+        return HashEncoder(self.vector_dim)
 
 
 class DummyRerankerModel(RerankerModel):
@@ -130,10 +128,8 @@ class DummyRerankerModel(RerankerModel):
     def __init__(self, name: str = "dummy", source: str = "dummy", serve_cfg: ServeConfig = ServeConfig()):
         super().__init__(name, source=source, serve_cfg=serve_cfg)
 
-    def load(self) -> bool:
-        self.scorer = OverlapScorer()
-        self.ready = True
-        return self.ready
+    def load_backend(self, source: str) -> OverlapScorer:
+        return OverlapScorer()
 
 
 class DummyM3Model(M3Model):
@@ -142,7 +138,5 @@ class DummyM3Model(M3Model):
     def __init__(self, name: str = "dummy", source: str = "dummy", serve_cfg: ServeConfig = ServeConfig()):
         super().__init__(name, source=source, serve_cfg=serve_cfg)
 
-    def load(self) -> bool:
-        self.encoder = HashM3Encoder()
-        self.ready = True
-        return self.ready
+    def load_backend(self, source: str) -> HashM3Encoder:
+        return HashM3Encoder()

@@ -20,15 +20,13 @@ import base64
 import copy
 from typing import Annotated, Any, Literal, Protocol
 
-import kserve
 import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from flagops.config import ServeConfig
 from flagops.serving.protocol import check_bool, check_keys, check_texts, v2_parameters, v2_response, v2_texts
-from flagops.serving.runtime import ModelRuntime
+from flagops.serving.base import TEXT_INPUTS, ServedModel
 
 OUTPUT_NAME = "embedding"
 V1_KEYS = ("instances", "is_query")
@@ -133,50 +131,33 @@ def parse_v2(
     return v2_texts(request.inputs[0]), check_bool(params.get("is_query", False), "is_query"), params
 
 
-def resolve_source(source: str) -> str:
-    """Registry URIs (``models:/NAME@alias``, ``models:/NAME/VERSION``) become a local directory."""
-    if source.startswith("models:/"):
-        from flagops.registry.models import fetch_model_dir  # MLflow loads only when asked for
-
-        return str(fetch_model_dir(source))
-    return source
-
-
 # ---------------------------------------------------------------- the model
 
 
-class EmbedderModel(kserve.Model):
+class EmbedderModel(ServedModel):
     """A BGE embedder served over KServe's V1 and V2 protocols."""
 
-    def __init__(self, name: str, source: str, serve_cfg: ServeConfig = ServeConfig()):
-        super().__init__(name)
-        self.source = source
-        self.serve_cfg = serve_cfg
-        self.encoder: TextEncoder | None = None
-        self.runtime = ModelRuntime(
-            name,
-            serve_cfg,
-            token_lengths=lambda is_query, texts: self.encoder.token_lengths(texts, is_query=is_query),
-            max_length=lambda is_query: self.encoder.max_length(is_query=is_query),
-            run_batch=lambda is_query, texts, limit: self.encoder.encode(texts, is_query=is_query, max_length=limit),
-        )
+    backend: TextEncoder
 
-    def load(self) -> bool:
+    def load_backend(self, source: str) -> TextEncoder:
         from flagops.models.embedder import Embedder  # torch loads only for a real model
 
-        embedder = Embedder.load(resolve_source(self.source))
+        embedder = Embedder.load(source)
         embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
-        self.encoder = BGEEncoder(embedder)
-        self.ready = True
-        return self.ready
+        return BGEEncoder(embedder)
 
-    def stop(self) -> None:
-        self.runtime.stop()
-        super().stop()
+    def token_lengths(self, is_query: bool, texts: list[str]) -> list[int]:
+        return self.backend.token_lengths(texts, is_query=is_query)
+
+    def max_length(self, is_query: bool) -> int:
+        return self.backend.max_length(is_query=is_query)
+
+    def run_batch(self, is_query: bool, texts: list[str], max_length: int) -> np.ndarray:
+        return self.backend.encode(texts, is_query=is_query, max_length=max_length)
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self.backend.dim
 
     async def embed(self, texts: Any, *, is_query: bool, field: str) -> tuple[np.ndarray, int]:
         """Validate ``texts`` and encode them in micro-batches: float32 (n, dim), and tokens read."""
@@ -196,7 +177,7 @@ class EmbedderModel(kserve.Model):
         return {"predictions": vectors.tolist()}
 
     def get_input_types(self) -> list[dict]:
-        return [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        return TEXT_INPUTS
 
     def get_output_types(self) -> list[dict]:
         return [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, self.dim]}]

@@ -27,16 +27,14 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-import kserve
 import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
-from flagops.config import ServeConfig
 from flagops.serving import embedder_model
-from flagops.serving.embedder_model import BGEEncoder, resolve_source
+from flagops.serving.base import TEXT_INPUTS, ServedModel, resolve_source
+from flagops.serving.embedder_model import BGEEncoder
 from flagops.serving.protocol import check_bool, check_texts, v2_response
-from flagops.serving.runtime import ModelRuntime
 
 MODES = ("dense", "sparse", "colbert")  # flagops.models.m3.MODES, without importing torch here
 DEFAULT_MODES = ("dense",)
@@ -212,38 +210,28 @@ def v2_outputs(rows: list[M3Row], modes: tuple[str, ...], colbert_dim: int | Non
 # ---------------------------------------------------------------- the model
 
 
-class M3Model(kserve.Model):
+class M3Model(ServedModel):
     """A BGE-M3 model served over KServe's V1 and V2 protocols, and OpenAI's for dense vectors."""
 
-    def __init__(self, name: str, source: str, serve_cfg: ServeConfig = ServeConfig()):
-        super().__init__(name)
-        self.source = source
-        self.serve_cfg = serve_cfg
-        self.encoder: M3TextEncoder | None = None
-        self.runtime = ModelRuntime(
-            name,
-            serve_cfg,
-            token_lengths=lambda key, texts: self.encoder.token_lengths(texts, is_query=key.is_query),
-            max_length=lambda key: self.encoder.max_length(is_query=key.is_query),
-            run_batch=lambda key, texts, limit: self.encoder.encode_rows(
-                texts, is_query=key.is_query, modes=key.modes, max_length=limit
-            ),
-        )
+    backend: M3TextEncoder
 
-    def load(self) -> bool:
-        m3 = load_m3(self.source)
+    def load_backend(self, source: str) -> M3TextEncoder:
+        m3 = load_m3(source)
         m3.embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of  # M3Embedder tokenizes through it
-        self.encoder = BGEM3Encoder(m3)
-        self.ready = True
-        return self.ready
+        return BGEM3Encoder(m3)
 
-    def stop(self) -> None:
-        self.runtime.stop()
-        super().stop()
+    def token_lengths(self, key: M3Key, texts: list[str]) -> list[int]:
+        return self.backend.token_lengths(texts, is_query=key.is_query)
+
+    def max_length(self, key: M3Key) -> int:
+        return self.backend.max_length(is_query=key.is_query)
+
+    def run_batch(self, key: M3Key, texts: list[str], max_length: int) -> list[M3Row]:
+        return self.backend.encode_rows(texts, is_query=key.is_query, modes=key.modes, max_length=max_length)
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self.backend.dim
 
     async def encode(
         self, texts: Any, *, is_query: bool, modes: tuple[str, ...], field: str
@@ -261,21 +249,21 @@ class M3Model(kserve.Model):
         strict = self.serve_cfg.strict
         if isinstance(payload, InferRequest):
             texts, is_query, params = embedder_model.parse_v2(payload, strict, V2_PARAMETERS)
-            modes = requested_modes(v2_mode_flags(payload, params), self.encoder.modes)
+            modes = requested_modes(v2_mode_flags(payload, params), self.backend.modes)
             rows, _ = await self.encode(texts, is_query=is_query, modes=modes, field=payload.inputs[0].name)
-            return v2_response(payload, self.name, v2_outputs(rows, modes, self.encoder.colbert_dim))
+            return v2_response(payload, self.name, v2_outputs(rows, modes, self.backend.colbert_dim))
         texts, is_query, body = embedder_model.parse_v1(payload, strict, V1_KEYS)
-        modes = requested_modes(body, self.encoder.modes)
+        modes = requested_modes(body, self.backend.modes)
         rows, _ = await self.encode(texts, is_query=is_query, modes=modes, field="instances")
         return {"predictions": [v1_prediction(row, modes) for row in rows]}
 
     def get_input_types(self) -> list[dict]:
-        return [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        return TEXT_INPUTS
 
     def get_output_types(self) -> list[dict]:
-        widths = {"dense": self.dim, "colbert": self.encoder.colbert_dim}  # the other outputs are flat
+        widths = {"dense": self.dim, "colbert": self.backend.colbert_dim}  # the other outputs are flat
         return [
             {"name": name, "datatype": datatype, "shape": [-1, widths[name]] if name in widths else [-1]}
-            for mode in self.encoder.modes
+            for mode in self.backend.modes
             for name, datatype in V2_OUTPUTS[mode]
         ]

@@ -22,17 +22,15 @@ import copy
 import uuid
 from typing import Annotated, Any, Protocol
 
-import kserve
 import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
 
 from flagops.config import ServeConfig
-from flagops.serving.embedder_model import resolve_source
+from flagops.serving.base import ServedModel
 from flagops.serving.protocol import check_bool, check_keys, check_text, check_texts, v2_parameters, v2_response
 from flagops.serving.protocol import v2_texts
-from flagops.serving.runtime import ModelRuntime
 
 OUTPUT_NAME = "score"
 V1_KEYS = ("instances", "normalize")
@@ -149,34 +147,26 @@ def parse_v2(request: InferRequest, cfg: ServeConfig) -> tuple[list[Pair], bool]
 # ---------------------------------------------------------------- the model
 
 
-class RerankerModel(kserve.Model):
+class RerankerModel(ServedModel):
     """A cross-encoder reranker served over KServe's V1 and V2 protocols."""
 
-    def __init__(self, name: str, source: str, serve_cfg: ServeConfig = ServeConfig()):
-        super().__init__(name)
-        self.source = source
-        self.serve_cfg = serve_cfg
-        self.scorer: PairScorer | None = None
-        self.runtime = ModelRuntime(
-            name,
-            serve_cfg,
-            token_lengths=lambda _, pairs: self.scorer.token_lengths(pairs),
-            max_length=lambda _: self.scorer.max_length(),
-            run_batch=lambda _, pairs, limit: self.scorer.score_pairs(pairs, max_length=limit),
-        )
+    backend: PairScorer
 
-    def load(self) -> bool:
+    def load_backend(self, source: str) -> PairScorer:
         from flagops.models.reranker import CrossEncoderReranker  # torch loads only for a real model
 
-        reranker = CrossEncoderReranker.load(resolve_source(self.source))
+        reranker = CrossEncoderReranker.load(source)
         reranker.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
-        self.scorer = CrossEncoderScorer(reranker)
-        self.ready = True
-        return self.ready
+        return CrossEncoderScorer(reranker)
 
-    def stop(self) -> None:
-        self.runtime.stop()
-        super().stop()
+    def token_lengths(self, key: str, pairs: list[Pair]) -> list[int]:
+        return self.backend.token_lengths(pairs)
+
+    def max_length(self, key: str) -> int:
+        return self.backend.max_length()
+
+    def run_batch(self, key: str, pairs: list[Pair], max_length: int) -> np.ndarray:
+        return self.backend.score_pairs(pairs, max_length=max_length)
 
     async def score(self, pairs: list[Pair], *, field: str) -> tuple[np.ndarray, int]:
         """Raw scores of checked ``pairs`` in micro-batches: float32 (n,), and tokens read."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flagops.config import ConfigError
+from flagops.config import ConfigError, load_config
 from flagops.deploy import cli as deploy_cli
 from flagops.deploy import inference_service as isvc
 
@@ -130,9 +130,12 @@ def test_inference_service_runs_the_flagops_server_restricted(overlay):
     doc = overlay_isvc(overlay)
     predictor = doc["spec"]["predictor"]
     (container,) = predictor["containers"]
-    assert container["name"] == "kserve-container" and container["command"] == ["python", "-m", "flagops.serving.server"]
+    assert container["name"] == "kserve-container" and container["command"] == ["flagops", "serve"]
     args = container["args"]
     assert args[args.index("--model") + 1].startswith("/mnt/models/") and args[args.index("--port") + 1] == "8080"
+    # Every serve setting the server reads is explicit: the image's default profile decides none.
+    serve = load_config(REPO / "manifests" / "overlays" / overlay / "flagops.yaml").serve
+    assert [a for a in args if a.startswith("serve.")] == serve.overrides()
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["STORAGE_URI"].startswith("s3://")  # what the storage initializer puts in /mnt/models
     # The serving process settings measured in benchmarks/README.md, explicit in the pod.

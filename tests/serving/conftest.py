@@ -1,6 +1,6 @@
 """Real servers for the serving tests, one subprocess each, started once per session.
 
-Each is ``python -m flagops.serving.server`` on a free loopback port:
+Each is ``flagops serve`` on a free loopback port:
 
 * ``real_server``: the tiny random BERT embedder (``tiny-bert``), checked against ``Embedder``;
   truncates at 64 tokens;
@@ -27,7 +27,7 @@ def real_server(tmp_path_factory):
 
     Embedder.load("tiny-bert")  # builds the tiny model into the cache here, so the server only reads it
     # No --host: the default must be loopback (see test_listens_on_loopback_by_default).
-    args = ["--model", "tiny-bert", *LIMITS, "--max-tokens", "64", "--max-wait-ms", "20"]
+    args = ["--model", "tiny-bert", *LIMITS, "serve.max_tokens=64", "serve.max_wait_ms=20"]
     server = start_server(tmp_path_factory.mktemp("real") / "server.log", "tiny", *args)
     yield server
     stop_server(server)
@@ -35,8 +35,8 @@ def real_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dummy_server(tmp_path_factory):
-    args = ["--dummy", *LIMITS, "--truncation", "reject", "--max-tokens", str(DUMMY_MAX_TOKENS)]
-    args += ["--max-body-bytes", str(MAX_BODY_BYTES), "--max-wait-ms", "20"]
+    args = ["--dummy", *LIMITS, "serve.truncation=reject", f"serve.max_tokens={DUMMY_MAX_TOKENS}"]
+    args += [f"serve.max_body_bytes={MAX_BODY_BYTES}", "serve.max_wait_ms=20"]
     server = start_server(tmp_path_factory.mktemp("dummy") / "server.log", "dummy", *args)
     yield server
     stop_server(server)
@@ -47,7 +47,7 @@ def reranker_server(tmp_path_factory):
     from flagops.models.reranker import ensure_tiny_reranker
 
     ensure_tiny_reranker()  # built here, so the server only reads it
-    args = ["--model", "tiny-reranker", *LIMITS, "--truncation", "reject", "--max-tokens", str(RERANKER_MAX_TOKENS)]
+    args = ["--model", "tiny-reranker", *LIMITS, "serve.truncation=reject", f"serve.max_tokens={RERANKER_MAX_TOKENS}"]
     server = start_server(tmp_path_factory.mktemp("reranker") / "server.log", "tiny-rr", *args)
     yield server
     stop_server(server)
@@ -55,7 +55,7 @@ def reranker_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dummy_reranker_server(tmp_path_factory):
-    args = ["--dummy", "--kind", "reranker", *LIMITS, "--no-strict", "--max-wait-ms", "20"]
+    args = ["--dummy", "--kind", "reranker", *LIMITS, "serve.strict=false", "serve.max_wait_ms=20"]
     server = start_server(tmp_path_factory.mktemp("dummy-rr") / "server.log", "dummy-rr", *args)
     yield server
     stop_server(server)
@@ -74,7 +74,7 @@ def tiny_m3_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def m3_server(tmp_path_factory, tiny_m3_dir):
-    args = ["--model", str(tiny_m3_dir), *LIMITS, "--max-wait-ms", "20"]
+    args = ["--model", str(tiny_m3_dir), *LIMITS, "serve.max_wait_ms=20"]
     server = start_server(tmp_path_factory.mktemp("m3-server") / "server.log", "tiny-m3", *args)
     yield server
     stop_server(server)
@@ -82,7 +82,7 @@ def m3_server(tmp_path_factory, tiny_m3_dir):
 
 @pytest.fixture(scope="session")
 def dummy_m3_server(tmp_path_factory):
-    args = ["--dummy", "--kind", "m3", *LIMITS, "--max-wait-ms", "20"]
+    args = ["--dummy", "--kind", "m3", *LIMITS, "serve.max_wait_ms=20"]
     server = start_server(tmp_path_factory.mktemp("dummy-m3") / "server.log", "dummy-m3", *args)
     yield server
     stop_server(server)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +11,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from flagops.serving.smoke import free_port, wait_ready
+
 MAX_TEXTS = 6
 MAX_CHARS = 400
-LIMITS = ["--max-texts", str(MAX_TEXTS), "--max-chars", str(MAX_CHARS)]
+LIMITS = [f"serve.max_texts={MAX_TEXTS}", f"serve.max_chars={MAX_CHARS}"]
 DUMMY_MAX_TOKENS = 50  # words, for the dummy models
 RERANKER_MAX_TOKENS = 64
 MAX_BODY_BYTES = 65536
@@ -30,30 +30,28 @@ class Server:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def serve_command(*args: str) -> list[str]:
+    """`flagops serve ARGS` with this interpreter."""
+    return [sys.executable, "-m", "flagops.cli", "serve", *args]
 
 
 def start_server(log: Path, name: str, *args: str) -> Server:
+    """`flagops serve --port FREE --name NAME ARGS`, once it answers ready."""
     port = free_port()
-    cmd = [sys.executable, "-m", "flagops.serving.server", "--port", str(port), "--name", name, *args]
+    return launch(log, name, port, serve_command("--port", str(port), "--name", name, *args))
+
+
+def launch(log: Path, name: str, port: int, argv: list[str]) -> Server:
+    """Run ``argv`` (a server of model ``name`` on loopback ``port``), logging to ``log``, until it is ready."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", name, proc, log)
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode} during startup:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    stop_server(server)
-    pytest.fail(f"server not ready after {STARTUP_S} s:\n{log.read_text()[-4000:]}")
+    try:
+        wait_ready(f"{server.url}/v2/health/ready", proc, timeout=STARTUP_S)
+    except RuntimeError as exc:
+        stop_server(server)
+        pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")
+    return server
 
 
 def stop_server(server: Server) -> int:

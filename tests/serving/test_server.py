@@ -1,6 +1,6 @@
 """The served embedder over real HTTP: V1, V2 (Open Inference Protocol) and OpenAI routes.
 
-The servers (``conftest.py``) are real ``python -m flagops.serving.server`` subprocesses:
+The servers (``conftest.py``) are real ``flagops serve`` subprocesses:
 the tiny random BERT (``tiny-bert``) to check the vectors against ``Embedder.encode``, and
 ``--dummy`` for the API surface alone.
 """
@@ -8,9 +8,9 @@ the tiny random BERT (``tiny-bert``) to check the vectors against ``Embedder.enc
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from serving_helpers import MAX_CHARS, MAX_TEXTS, Server, post, start_server, v1, v2
+from serving_helpers import MAX_CHARS, MAX_TEXTS, Server, post, serve_command, start_server, v1, v2
 from flagops.models.embedder import Embedder
 
 TEXTS = [
@@ -249,12 +249,11 @@ def test_sigterm_stops_the_server_cleanly(tmp_path):
     assert server.proc.wait(timeout=30) == 0, server.log.read_text()[-4000:]
 
 
-def test_entry_point_requires_a_model():
-    r = subprocess.run(
-        [sys.executable, "-m", "flagops.serving.server", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_without_a_model_or_a_workspace_it_names_the_fix(tmp_path):
+    # No --model: the demo profile's champion, from runs/demo/mlflow.db, which is not there.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    r = subprocess.run(serve_command("--port", "0"), capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert r.returncode == 2
-    assert "--model is required" in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "no MLflow store at" in line and "flagops demo --profile demo" in line and "--model" in line
+    assert list(tmp_path.iterdir()) == []  # no store or workspace created on the way

@@ -114,7 +114,7 @@ def test_a_dense_only_checkpoint_serves_dense_and_names_what_it_lacks(tmp_path):
     assert detect_kind(dense_only) is ModelKind.M3
     model = M3Model("dense", str(dense_only))
     model.load()  # no fresh random heads: dense only
-    assert model.encoder.modes == ("dense",)
+    assert model.backend.modes == ("dense",)
     assert [o["name"] for o in model.get_output_types()] == ["dense"]
     dense, sparse = predict(model, {"instances": ["a"]}, {"instances": ["a"], "return_sparse": True})
     assert list(dense["predictions"][0]) == ["dense"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from flagops.models.reranker import CrossEncoderReranker, ensure_tiny_reranker, sigmoid
 from flagops.models.sources import resolve_model_source
 from flagops.serving.kinds import KindError, ModelKind, detect_kind
-from serving_helpers import MAX_TEXTS, RERANKER_MAX_TOKENS, bytes_input, post, v1, v2
+from serving_helpers import MAX_TEXTS, RERANKER_MAX_TOKENS, bytes_input, post, serve_command, v1, v2
 
 QUERY = "how does bm25 rank documents"
 PASSAGES = [
@@ -97,7 +96,7 @@ def test_entry_point_names_a_kind_it_cannot_tell(tmp_path):
     odd.mkdir()
     (odd / "config.json").write_text(json.dumps({"architectures": ["BertForTokenClassification"]}))
     r = subprocess.run(
-        [sys.executable, "-m", "flagops.serving.server", "--model", str(odd), "--port", "0"],
+        serve_command("--model", str(odd), "--port", "0"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -188,7 +187,7 @@ def test_dummy_rerank_top_n_and_documents(dummy_reranker_server):
 
 
 def test_dummy_reranker_is_lenient_about_unknown_fields(dummy_reranker_server):
-    # This server runs with --no-strict: unknown keys are ignored, not a 400.
+    # This server runs with serve.strict=false: unknown keys are ignored, not a 400.
     r = rerank(dummy_reranker_server, query="a b", documents=["a"], truncate=True)
     assert r.status_code == 200, r.text
     r = v1(dummy_reranker_server, {"instances": [{"query": "a", "passages": ["a"], "id": 7}], "trace": 1})

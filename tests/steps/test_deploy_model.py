@@ -194,6 +194,18 @@ def test_local_mode_serves_the_champion_and_answers(scenario, monkeypatch, tmp_p
     assert record["smoke"] == {"queries": 2, "dimensions": 64}  # tiny-bert: hidden size 64
 
 
+def test_smoke_serve_reads_the_champion_from_the_configured_store(scenario, monkeypatch, tmp_path):
+    # The store is the configured one (registry.tracking_uri), not sqlite under the workspace
+    # (tmp_path, empty): only that store knows the champion.
+    from flagops.serving.smoke import SAMPLE_QUERIES, smoke_serve
+
+    monkeypatch.chdir(scenario["work"])  # the sqlite store's artifact root is ./mlartifacts
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    served = smoke_serve(f"models:/{NAME}@champion", scenario["cfg"], tmp_path)
+    assert len(served.vectors) == len(SAMPLE_QUERIES) and len(served.vectors[0]) == 64  # tiny-bert: hidden size 64
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 # --------------------------------------------------------------------------- config and URIs
 
 

@@ -65,3 +65,12 @@ def test_config_is_frozen_and_roundtrips(tmp_path):
 
 def test_committed_params_yaml_is_the_demo_profile(repo_root):
     assert load_config(repo_root / "params.yaml") == load_config("demo")
+
+
+def test_serve_overrides_round_trip_through_load_config():
+    from flagops.config import ServeConfig
+
+    odd = ServeConfig(kind="m3", max_tokens=7, truncation="reject", strict=False, max_wait_ms=2.5, pad_to_multiple_of=None)
+    for serve in (ServeConfig(), odd):
+        assert load_config("demo", serve.overrides()).serve == serve
+        assert not any(o.startswith(("serve.host=", "serve.port=", "serve.model_name=")) for o in serve.overrides())

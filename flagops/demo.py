@@ -1,0 +1,81 @@
+"""`flagops demo`: run a profile's pipeline in its workspace, serve the champion, print a summary.
+
+``run_demo`` runs the DAG (``workspace.run_pipeline``), starts `flagops serve` on the
+champion for a smoke request (``serving.smoke``) and prints the held-out metrics, the
+promotion and how to serve and inspect the result again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flagops.config import FlagopsConfig, load_config
+from flagops.data.formats import read_json
+from flagops.serving.smoke import SAMPLE_QUERIES, SmokeResult, smoke_serve
+from flagops.workspace import default_workdir, run_pipeline
+
+
+def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_uri: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flagops.evaluation.plots import result_rows
+    from flagops.registry.tracking import tracking_uri
+
+    metrics = read_json(workdir / "metrics/eval.json")
+    promotion = read_json(workdir / "registry/promotion.json")
+    table = Table(title=f"Held-out retrieval ({cfg.profile} profile)")
+    table.add_column("system")
+    for m in ("ndcg@10", "mrr@10", "recall@100"):
+        table.add_column(m, justify="right")
+    for label, prefix in result_rows(metrics):
+        table.add_row(label, *(f"{metrics[f'{prefix}/{m}']:.4f}" for m in ("ndcg@10", "mrr@10", "recall@100")))
+    console = Console(soft_wrap=True)
+    console.print(table)
+    delta = metrics.get("candidate/ndcg@10", 0.0) - metrics.get("base/ndcg@10", 0.0)
+    console.print(f"candidate vs base nDCG@10: {delta:+.4f}")
+    console.print(
+        f"registered: [bold]{promotion['name']}[/] version {promotion['version']} -> alias "
+        f"[bold]{promotion['alias']}[/] ({'; '.join(promotion.get('reasons', []))})"
+    )
+    vectors = served.vectors
+    dims = len(vectors[0]) if vectors else 0
+    example = [round(v, 4) for v in vectors[0][:3]]
+    console.print(f"served {model_uri} through KServe: {len(vectors)} queries -> {dims}-dim embeddings, e.g. {example}")
+    if served.lexical is not None:
+        weights = ", ".join(f"{token!r} {w:.3f}" for token, w in served.lexical)
+        console.print(f"  and lexical weights (return_sparse) of {SAMPLE_QUERIES[0]!r}: {weights}", markup=False)
+    if cfg.model.kind == "m3":
+        call = (
+            f"/v1/models/{cfg.serve.model_name}:predict -d '{{\"instances\": [\"how do I parse JSON?\"], "
+            '"is_query": true, "return_sparse": true, "return_colbert": true}\''
+        )
+    else:
+        call = f"/v1/embeddings -d '{{\"model\": \"{cfg.serve.model_name}\", \"input\": [\"how do I parse JSON?\"]}}'"
+    uri = tracking_uri(cfg.registry, workdir)
+    # A sqlite store needs a local UI process; a tracking server is its own UI.
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
+    print(
+        "\nServe it again:   make serve" + (f" PROFILE={cfg.profile}" if cfg.profile != "demo" else "")
+        + f"\n  (= MLFLOW_TRACKING_URI={uri} flagops serve --model {model_uri})"
+        + "\nThen, in another shell:\n"
+        + f"  curl -s -H 'Content-Type: application/json' http://127.0.0.1:{cfg.serve.port}{call}"
+        + f"\nMLflow UI:        {ui}"
+        + f"\nPlots:            (cd {workdir} && dvc plots show)    Metrics: (cd {workdir} && dvc metrics show)"
+    )
+
+
+def run_demo(profile: str, workdir: Path | None = None, overrides=()) -> int:
+    started = time.perf_counter()
+    workdir = workdir or default_workdir(profile)
+    code = run_pipeline(profile, workdir, overrides)
+    if code != 0:
+        return code
+    cfg = load_config(workdir / "params.yaml")
+    model_uri = f"models:/{cfg.registry.model_name}@champion"
+    print(f"flagops: serving {model_uri} on 127.0.0.1 for a smoke request")
+    served = smoke_serve(model_uri, cfg, workdir)
+    print_summary(cfg, workdir, served, model_uri)
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    return 0

@@ -1,0 +1,106 @@
+"""A smoke check of a served model: start `flagops serve` as a subprocess, send a request, stop.
+
+``run_demo`` uses it on the champion, ``deploy.mode=local`` on the downloaded version, the
+serving tests and benchmarks on their own servers (``free_port``, ``wait_ready``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from flagops.config import FlagopsConfig
+
+SAMPLE_QUERIES = ["How do I parse a JSON document into a Python object?", "Run a coroutine until it completes."]
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, on loopback (a race with other processes is unlikely)."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Poll ``url`` until it answers 200; RuntimeError if ``proc`` exits first or ``timeout`` s pass."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server was not ready at {url} after {timeout:.0f} s")
+
+
+def serve_command(model_uri: str, cfg: FlagopsConfig, port: int) -> list[str]:
+    """`flagops serve` for ``model_uri`` on loopback, with ``cfg.serve``'s limits and batching."""
+    return [
+        sys.executable, "-m", "flagops.cli", "serve",
+        "--model", model_uri, "--host", LOOPBACK, "--port", str(port), "--name", cfg.serve.model_name,
+        *cfg.serve.overrides(),
+    ]  # fmt: skip
+
+
+class SmokeResult(NamedTuple):
+    vectors: list[list[float]]  # one dense vector per sample query, from /v1/embeddings
+    lexical: list[tuple[str, float]] | None  # M3: the first query's heaviest tokens, from V1 return_sparse
+
+
+def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResult:
+    """Start `flagops serve` on a free loopback port, embed SAMPLE_QUERIES via /v1/embeddings
+    (and, for an M3 model, ask V1 for the first query's lexical weights), stop.
+
+    A ``models:/`` URI is read from ``cfg.registry``'s tracking server (sqlite under
+    ``workdir`` unless one is configured).
+    """
+    import httpx
+
+    from flagops.registry.tracking import tracking_uri
+
+    port = free_port()
+    name = cfg.serve.model_name
+    env = dict(os.environ) | {"MLFLOW_TRACKING_URI": tracking_uri(cfg.registry, workdir)}
+    url = f"http://{LOOPBACK}:{port}"
+    # The log goes to a file, not a pipe: nobody reads a pipe while the server runs, and a full one stalls it.
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(serve_command(model_uri, cfg, port), env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(f"{url}/v2/health/ready", proc)
+            r = httpx.post(f"{url}/v1/embeddings", json={"model": name, "input": SAMPLE_QUERIES}, timeout=60.0)
+            r.raise_for_status()
+            vectors = [row["embedding"] for row in r.json()["data"]]
+            lexical = None
+            if cfg.model.kind == "m3":
+                body = {"instances": SAMPLE_QUERIES[:1], "is_query": True, "return_dense": False, "return_sparse": True}
+                r = httpx.post(f"{url}/v1/models/{name}:predict", json=body, timeout=60.0)
+                r.raise_for_status()
+                sparse = r.json()["predictions"][0]["sparse"]
+                lexical = list(zip(sparse["tokens"], sparse["values"], strict=True))[:5]  # heaviest first
+            return SmokeResult(vectors, lexical)
+        except (RuntimeError, httpx.HTTPError):
+            stop(proc)
+            log.seek(0)
+            print(log.read()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM ``proc`` (the server shuts down gracefully) and wait for it."""
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=30)
