@@ -162,9 +162,10 @@ class EmbedderModel(kserve.Model):
         )
 
     def load(self) -> bool:
+        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
         from flagops.models.embedder import Embedder  # torch loads only for a real model
 
-        embedder = Embedder.load(resolve_source(self.source))
+        embedder = place(Embedder.load(resolve_source(self.source)), inference_placement(self.serve_cfg, name="serve"))
         embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
         self.encoder = BGEEncoder(embedder)
         self.ready = True

@@ -231,7 +231,9 @@ class M3Model(kserve.Model):
         )
 
     def load(self) -> bool:
-        m3 = load_m3(self.source)
+        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
+
+        m3 = place(load_m3(self.source), inference_placement(self.serve_cfg, name="serve"))
         m3.embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of  # M3Embedder tokenizes through it
         self.encoder = BGEM3Encoder(m3)
         self.ready = True

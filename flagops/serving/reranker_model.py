@@ -166,9 +166,10 @@ class RerankerModel(kserve.Model):
         )
 
     def load(self) -> bool:
+        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
         from flagops.models.reranker import CrossEncoderReranker  # torch loads only for a real model
 
-        reranker = CrossEncoderReranker.load(resolve_source(self.source))
+        reranker = place(CrossEncoderReranker.load(resolve_source(self.source)), inference_placement(self.serve_cfg, name="serve"))
         reranker.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
         self.scorer = CrossEncoderScorer(reranker)
         self.ready = True

@@ -9,7 +9,7 @@ Routes: KServe V1 (``/v1/models/NAME:predict``), V2 / Open Inference Protocol
         [--kind auto|embedder|reranker|m3] [--host 127.0.0.1] [--port 8080] [--name embedder] [--dummy] \
         [--max-texts N] [--max-chars N] [--max-tokens N] [--truncation truncate|reject] [--[no-]strict] \
         [--max-body-bytes N] [--batch-size N] [--max-batch-tokens N] [--max-wait-ms MS]
-        [--pad-to-multiple-of N]
+        [--pad-to-multiple-of N] [--device auto|cpu|cuda|cuda:N] [--dtype auto|float32|float16|bfloat16]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from pydantic import ValidationError
 
-from flagops.config import ServeConfig
+from flagops.config import ConfigError, ServeConfig
 from flagops.serving.app import FlagopsRESTServer
 from flagops.serving.kinds import KindError, ModelKind, build_model, detect_kind
 from flagops.serving.process import tune_process
@@ -43,6 +43,8 @@ CONFIG_FLAGS = {
     "max_batch_tokens": int,
     "max_wait_ms": float,
     "pad_to_multiple_of": int,
+    "device": str,
+    "dtype": str,
 }
 
 
@@ -157,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser, args, cfg = parse_args(argv)
     try:
         serve(args.model or "dummy", host=args.host, port=args.port, name=args.name, serve_cfg=cfg, dummy=args.dummy)
-    except (KindError, ModelSourceError) as exc:  # a source we cannot serve: say why, exit 2
+    except (KindError, ModelSourceError, ConfigError) as exc:  # a source or device we cannot serve: say why, exit 2
         parser.error(str(exc))
 
 

@@ -43,7 +43,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     sources = {"candidate": str(inputs["model"]), **({"base": None} if ev.base else {})}
     metrics: dict[str, float] = {}
     for system, source in sources.items():
-        embedder = Embedder.from_config(cfg.model, source=source)
+        embedder = Embedder.from_config(cfg.model, source=source, inference=True)
         metrics.update(evaluator(embedder, prefix=system))
         if sts_pairs is not None:
             metrics[f"{system}/sts_spearman"] = sts_spearman(embedder, sts_pairs, ev.batch_size, progress=system)
@@ -52,7 +52,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
             from flagops.evaluation.m3 import evaluate_m3
             from flagops.models.m3 import M3Embedder
 
-            m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning)
+            m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning, inference=True)
             metrics.update(evaluate_m3(m3, eval_set, cfg, prefix="candidate"))
             del m3
     if ev.bm25:
