@@ -23,9 +23,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable; never try it
 
 import numpy as np
-import sentence_transformers
 import torch
-from sentence_transformers import SentenceTransformer
 from transformers.utils import logging as hf_logging
 
 from flagops.data.corpus import stdlib_passages
@@ -89,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-cos", type=float, default=0.9999)
     args = ap.parse_args(argv)
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the results
+    # Here, not at the top: gpu_encode.py imports this module's helpers without needing ST.
+    import sentence_transformers
+    from sentence_transformers import SentenceTransformer
 
     texts = benchmark_texts(args.n)
     with tempfile.TemporaryDirectory(prefix="flagops-bench-") as tmp:

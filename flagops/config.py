@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 PROFILE_DIR = resources.files("flagops") / "configs"
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # model.device / serve.device; flagops/models/device.py reads them
+InferenceDType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
 class ConfigError(ValueError):
     """A config file, key or value is wrong. The message names where and how to fix it."""
 
@@ -35,6 +39,10 @@ class ModelConfig(Section):
     query_instruction: str = ""  # e.g. "Represent this sentence for searching relevant passages: "
     query_max_len: int = Field(32, ge=4, le=8192)
     passage_max_len: int = Field(128, ge=8, le=8192)
+    # Inference (mine_hard_negatives, evaluate); training ignores both, the HF Trainer places the model.
+    # auto: cuda:0 when torch sees CUDA, else cpu; or cpu, cuda, cuda:N (cuda without CUDA is an error).
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    dtype: InferenceDType = "auto"  # auto: float16 on CUDA (half the memory, faster), float32 on CPU; float16 on CPU is refused
 
 
 class CorpusConfig(Section):
@@ -184,6 +192,10 @@ class ServeConfig(Section):
     # Pad each batch to a multiple of this many tokens (None: to its longest text). Far fewer
     # tensor shapes reach torch, so its and malloc's caches stop growing sooner (benchmarks/README.md).
     pad_to_multiple_of: int | None = Field(8, ge=1)
+    # The served model's placement, as model.device / model.dtype (the server reads this section only,
+    # and a serving pod's hardware is not the pipeline's): auto takes the pod's GPU when it has one.
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    dtype: InferenceDType = "auto"
 
     def overrides(self) -> list[str]:
         """``serve.KEY=VALUE`` for every field but the address and name (``flagops serve`` takes

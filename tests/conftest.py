@@ -35,3 +35,36 @@ def tiny_embedder():
     from flagops.models.embedder import Embedder
 
     return Embedder.load("tiny-bert", pooling="cls", query_max_len=16, passage_max_len=48)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests need CUDA; without it they are skipped, never failed."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA; torch sees no GPU here")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend torch sees two CUDA devices, and record each placement instead of moving weights.
+
+    A mock on purpose, and only for what cannot exist here (no GPU on this machine): it lets
+    a test check which device and dtype a consumer *chooses*. The moves are recorded as
+    ``(type name, Placement)``; the model stays on the CPU in fp32, so it still runs.
+    """
+    import torch
+
+    from flagops.models import device
+
+    moves: list[tuple[str, device.Placement]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(device, "move", lambda module, placement: moves.append((type(module).__name__, placement)) or module)
+    return moves

@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from flagops.data.formats import atomic_path
 from flagops.models.layout import SETTINGS_FILE
+from flagops.models.device import inference_placement, place
 from flagops.models.sources import resolve_model_source
 
 ST_POOLING_MODES = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last_token": "pooling_mode_lasttoken"}
@@ -88,23 +89,27 @@ class Embedder(nn.Module):
         return cls(model, tokenizer, settings)
 
     @classmethod
-    def from_config(cls, model_cfg, source: str | Path | None = None) -> Embedder:
+    def from_config(cls, model_cfg, source: str | Path | None = None, *, inference: bool = False) -> Embedder:
         """Load ``source`` (default ``model_cfg.base``).
 
         A model flagops saved carries its own pooling, instruction and lengths, and those
-        win; any other model (a base checkpoint) takes them from the profile.
+        win; any other model (a base checkpoint) takes them from the profile. ``inference``
+        places it on ``model.device`` in ``model.dtype`` (float16 on CUDA); training leaves
+        that to the Trainer.
         """
         path = resolve_model_source(str(source or model_cfg.base))
         if (path / SETTINGS_FILE).is_file():
-            return cls.load(path)
-        return cls.load(
-            source or model_cfg.base,
-            pooling=model_cfg.pooling,
-            normalize=model_cfg.normalize,
-            query_instruction=model_cfg.query_instruction,
-            query_max_len=model_cfg.query_max_len,
-            passage_max_len=model_cfg.passage_max_len,
-        )
+            embedder = cls.load(path)
+        else:
+            embedder = cls.load(
+                source or model_cfg.base,
+                pooling=model_cfg.pooling,
+                normalize=model_cfg.normalize,
+                query_instruction=model_cfg.query_instruction,
+                query_max_len=model_cfg.query_max_len,
+                passage_max_len=model_cfg.passage_max_len,
+            )
+        return place(embedder, inference_placement(model_cfg)) if inference else embedder
 
     # ------------------------------------------------------------------ encoding
 

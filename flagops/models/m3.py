@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from flagops.data.formats import atomic_path
+from flagops.models.device import inference_placement, place
 from flagops.models.embedder import Embedder, pool
 from flagops.models.sources import resolve_model_source
 
@@ -273,19 +274,21 @@ class M3Embedder(nn.Module):
 
     @classmethod
     def from_config(cls, model_cfg, m3_cfg, source: str | Path | None = None, *, seed: int = 0,
-                    heads: bool | None = None, require_heads: bool = False) -> M3Embedder:  # fmt: skip
+                    heads: bool | None = None, require_heads: bool = False, inference: bool = False) -> M3Embedder:  # fmt: skip
         """``Embedder.from_config`` (saved settings win over the profile) plus the heads.
 
         A base without heads gets fresh ones when ``heads`` (default: ``m3.unified_finetuning``)
         is on; ``heads=False`` keeps it dense-only (a base model's evaluation). Evaluating a
         trained candidate passes ``require_heads=True``: a head-less directory is an error.
+        ``inference`` places encoder and heads as ``Embedder.from_config`` does.
         """
         path = resolve_model_source(str(source or model_cfg.base))
-        return cls.from_embedder(
+        m3 = cls.from_embedder(
             Embedder.from_config(model_cfg, source), path, colbert_dim=m3_cfg.colbert_dim,
             heads=m3_cfg.unified_finetuning if heads is None else heads, require_heads=require_heads, seed=seed,
             mcls=m3_cfg.mcls, mcls_interval=m3_cfg.mcls_interval,
         )  # fmt: skip
+        return place(m3, inference_placement(model_cfg)) if inference else m3
 
     @property
     def tokenizer(self):

@@ -47,13 +47,10 @@ class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
     """``predict(list[str], params={"is_query": bool}) -> float32 (n, dim)`` via ``Embedder.encode``."""
 
     def load_context(self, context) -> None:
-        import torch
-
+        from flagops.models.device import inference_placement, place
         from flagops.models.embedder import Embedder  # torch + transformers: only when loaded
 
-        self.embedder = Embedder.load(context.artifacts[ARTIFACT])
-        if torch.cuda.is_available():
-            self.embedder.to("cuda")
+        self.embedder = place(Embedder.load(context.artifacts[ARTIFACT]), inference_placement())  # auto: CUDA in fp16 when present
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
         is_query = bool((params or {}).get("is_query", False))

@@ -140,9 +140,10 @@ class EmbedderModel(ServedModel):
     backend: TextEncoder
 
     def load_backend(self, source: str) -> TextEncoder:
+        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
         from flagops.models.embedder import Embedder  # torch loads only for a real model
 
-        embedder = Embedder.load(source)
+        embedder = place(Embedder.load(source), inference_placement(self.serve_cfg, name="serve"))
         embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
         return BGEEncoder(embedder)
 

@@ -216,7 +216,9 @@ class M3Model(ServedModel):
     backend: M3TextEncoder
 
     def load_backend(self, source: str) -> M3TextEncoder:
-        m3 = load_m3(source)
+        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
+
+        m3 = place(load_m3(source), inference_placement(self.serve_cfg, name="serve"))
         m3.embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of  # M3Embedder tokenizes through it
         return BGEM3Encoder(m3)
 

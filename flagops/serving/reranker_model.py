@@ -153,9 +153,10 @@ class RerankerModel(ServedModel):
     backend: PairScorer
 
     def load_backend(self, source: str) -> PairScorer:
+        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
         from flagops.models.reranker import CrossEncoderReranker  # torch loads only for a real model
 
-        reranker = CrossEncoderReranker.load(source)
+        reranker = place(CrossEncoderReranker.load(source), inference_placement(self.serve_cfg, name="serve"))
         reranker.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
         return CrossEncoderScorer(reranker)
 

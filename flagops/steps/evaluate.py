@@ -46,7 +46,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
         if system == "candidate" and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
             embedder, found = evaluate_m3_candidate(cfg, source, eval_set, evaluator)
         else:
-            embedder = Embedder.from_config(cfg.model, source=source)
+            embedder = Embedder.from_config(cfg.model, source=source, inference=True)
             found = evaluator(embedder, prefix=system)
         metrics.update(found)
         if sts_pairs is not None:
@@ -78,7 +78,7 @@ def evaluate_m3_candidate(cfg, source: str, eval_set, evaluator: RetrievalEvalua
     from flagops.evaluation.m3 import evaluate_m3
     from flagops.models.m3 import M3Embedder
 
-    m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning)
+    m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning, inference=True)
     metrics = evaluate_m3(m3, eval_set, cfg, prefix="candidate")
     if cfg.m3.mcls:
         dense = evaluator(m3.embedder, prefix="candidate")

@@ -9,7 +9,7 @@ from flagops.registry import tracking
 def run(cfg, inputs, outputs):
     m = cfg.mining
     examples = list(read_train_jsonl(inputs["train_pairs"]))
-    teacher = Embedder.from_config(cfg.model, source=m.teacher)
+    teacher = Embedder.from_config(cfg.model, source=m.teacher, inference=True)
     mined = mine(
         examples,
         teacher,

@@ -210,3 +210,32 @@ def read_beir_set(workspace) -> EvalSet:
     from flagops.data.formats import read_beir
 
     return read_beir(workspace / "eval")
+
+
+def test_mocked_cuda_places_every_model_and_keeps_the_numbers(workspace, untracked, fake_cuda):
+    """CUDA is mocked (no GPU here): evaluate asks for cuda:0 in fp16 for the candidate and the base.
+    ``fake_cuda`` records the moves without doing them, so the numbers are the CPU run's."""
+    import torch
+
+    from flagops.models.device import Placement
+
+    cfg = tiny_config(f"evaluate.sts={workspace / 'sts.jsonl'}")
+    inputs, outputs = step_paths(workspace, "fake-cuda")
+    assert execute("evaluate", cfg, inputs, outputs, track=False) == untracked[0]
+    assert fake_cuda == [("Embedder", Placement(torch.device("cuda", 0), torch.float16))] * 2
+
+
+def test_mocked_cuda_places_the_m3_candidate_too(workspace, fake_cuda, tmp_path):
+    """model.kind=m3 also loads the candidate with its heads: all on the device the config asks for."""
+    import torch
+
+    from flagops.models.device import Placement
+    from flagops.models.m3 import M3Embedder
+
+    M3Embedder.load("tiny-bert", colbert_dim=32).save(tmp_path / "m3")  # tiny_m3's colbert_dim
+    cfg = load_config("tiny_m3", ["evaluate.base=false", "evaluate.bm25=false", "model.device=cuda:1", "model.dtype=float32"])
+    inputs, outputs = step_paths(workspace, "fake-cuda-m3")
+    metrics = execute("evaluate", cfg, {**inputs, "model": tmp_path / "m3"}, outputs, track=False)
+    assert "candidate/m3_hybrid/ndcg@10" in metrics
+    cuda1 = Placement(torch.device("cuda", 1), torch.float32)
+    assert fake_cuda == [("M3Embedder", cuda1)]  # loaded once: its dense run is the candidate's
