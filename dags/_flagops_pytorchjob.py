@@ -44,6 +44,7 @@ async def kubectl_job(name: str, namespace: str, timeout_s: float) -> dict:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s + 5)
     except TimeoutError:
         proc.kill()
+        await proc.wait()
         raise RuntimeError(f"`kubectl get pytorchjob {name}` took over {timeout_s:.0f} s") from None
     if proc.returncode:
         raise RuntimeError(f"`kubectl get pytorchjob {name}` failed: {' '.join(err.decode().split())[-300:]}")

@@ -60,8 +60,7 @@ def multinode_task(task: catalog.Task, **kw):
     reader = "kubectl" if MODE == "local" else "incluster"
     poll_s = float(os.environ.get("FLAGOPS_PTJ_POLL_S", "30"))
     with TaskGroup(task.name) as group:
-        wait = WaitForPyTorchJob(task_id="wait_for_pytorchjob", job_name=JOB, namespace=NAMESPACE, reader=reader, poll_s=poll_s, **kw)
-        submit() >> wait
+        submit() >> WaitForPyTorchJob(task_id="wait_for_pytorchjob", job_name=JOB, namespace=NAMESPACE, reader=reader, poll_s=poll_s, **kw)
     return group
 
 

@@ -6,8 +6,9 @@ makes, keeping the cluster's state as JSON files under $FAKE_KUBE_STATE:
 - `kubectl apply -f -`: stores the ConfigMaps and PyTorchJobs it is given and, for a PyTorchJob,
   does what the operator and its Master pod would: runs the Master container's command (torchrun
   ... flagops step ...) in the background, in $FAKE_KUBE_PVC (the workspace PVC), with the params
-  ConfigMap "mounted" and RANK / MASTER_ADDR / MASTER_PORT set. The caller's environment stands in
-  for the MLflow Secret. One Master, run once: no Worker pods and no restarts.
+  ConfigMap "mounted" and RANK / MASTER_ADDR / MASTER_PORT set. The pod's environment is the
+  container's env, the caller's MLFLOW_* variables (standing in for the MLflow Secret) and PATH /
+  PYTHONPATH / HOME (standing in for the image). One Master, run once: no Workers, no restarts.
 - `kubectl get pytorchjob NAME -n NS -o json`: the job with the operator's conditions: Running
   while the command runs, then Succeeded or Failed by its exit code. Each answer is appended to
   $FAKE_KUBE_STATE/get.log, so a test can see the waiter poll a running job.
@@ -75,7 +76,8 @@ def _master(job: dict, namespace: str) -> Path:
 def run_pod(pod: Path) -> None:
     spec = json.loads((pod / "pod.json").read_text())
     with open(pod / "log", "w") as log:
-        rc = subprocess.run(spec["argv"], cwd=spec["cwd"], env=os.environ | spec["env"], stdout=log, stderr=subprocess.STDOUT).returncode
+        image = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME") or k.startswith("MLFLOW_")}
+        rc = subprocess.run(spec["argv"], cwd=spec["cwd"], env=image | spec["env"], stdout=log, stderr=subprocess.STDOUT).returncode
     (pod / "exit_code").write_text(str(rc))
 
 
