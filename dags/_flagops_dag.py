@@ -25,14 +25,15 @@ CORPUS = Asset(name="flagops_corpus", uri=f"file://{WORKDIR}/{catalog.ARTIFACTS[
 DEFAULT_ARGS = {"owner": "flagops", "retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": 2}
 
 
-def bash_task(task: catalog.Task, argv: list[str], *, workdir: str, **kw):
+def bash_task(task_id: str, argv: list[str], *, workdir: str, **kw):
+    """argv (a `flagops ...` command) in a BashOperator, with the main venv's flagops and MLflow settings."""
     from airflow.providers.standard.operators.bash import BashOperator
 
     flagops = os.environ.get("FLAGOPS_BIN", str(REPO / ".venv" / "bin" / "flagops"))
     uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")  # 4 slashes
     env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", **PIPELINE_KEY}
     command = shlex.join([flagops, *argv[1:]])
-    return BashOperator(task_id=task.name, bash_command=command, cwd=workdir, env=env, append_env=True, **kw)
+    return BashOperator(task_id=task_id, bash_command=command, cwd=workdir, env=env, append_env=True, **kw)
 
 
 def dag_kwargs(**overrides) -> dict:
@@ -45,7 +46,7 @@ def dag_kwargs(**overrides) -> dict:
 def step_task(task: catalog.Task, **kw):
     """The Airflow task running one pipeline task: the DVC stage's command, here or in a pod."""
     if MODE == "local":
-        return bash_task(task, shlex.split(stage_cmd(task)), workdir=WORKDIR, **kw)
+        return bash_task(task.name, shlex.split(stage_cmd(task)), workdir=WORKDIR, **kw)
     from _flagops_pod import pod_task
 
     return pod_task(task, shlex.split(stage_cmd(task)), workdir=WORKDIR, **kw)

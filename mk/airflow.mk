@@ -22,7 +22,7 @@ $(AIRFLOW_STAMP): requirements/airflow.txt pyproject.toml
 airflow-venv: $(AIRFLOW_STAMP)
 
 airflow-test: install airflow-venv
-	$(BIN)/python -m pytest -q tests/orchestration/test_airflow.py
+	$(BIN)/python -m pytest -q tests/orchestration/test_airflow.py tests/orchestration/test_airflow_multinode.py
 
 # A local run with its own AIRFLOW_HOME, workspace and sqlite MLflow store under runs/.
 airflow-run: install airflow-venv

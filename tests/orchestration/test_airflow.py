@@ -45,6 +45,7 @@ import json, sys
 from pathlib import Path
 from airflow.dag_processing.dagbag import BundleDagBag
 from airflow.serialization.serialized_objects import DagSerialization
+from airflow.sdk.exceptions import TaskDeferred
 from kubernetes.client import ApiClient
 
 dags = Path(sys.argv[1])
@@ -62,6 +63,11 @@ for dag_id, dag in bag.dags.items():
         if info["type"] == "KubernetesPodOperator":
             pod = ApiClient().sanitize_for_serialization(t.build_pod_request_obj(dry_run=True))
             info |= {"pod": pod, "get_logs": t.get_logs, "on_finish_action": t.on_finish_action.value}
+        if info["type"] == "WaitForPyTorchJob":  # deferrable: execute() must hand over to a trigger
+            try:
+                t.execute({})
+            except TaskDeferred as deferred:
+                info["defers_to"] = list(deferred.trigger.serialize())
         tasks[t.task_id] = info
     schedule = [a.uri for a in dag.schedule] if isinstance(dag.schedule, list) else dag.schedule
     out["dags"][dag_id] = {"tags": sorted(dag.tags), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
@@ -228,15 +234,56 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     assert sorted(r["state"] for r in runs) == ["queued", "success"]
 
 
-def test_multinode_dag_submits_the_pytorchjob(parsed):
+TRAINING = ("train_embedder", "train_m3")  # the steps the multinode DAG runs as a PyTorchJob
+
+
+def _multinode_ids(pipe: catalog.Pipeline) -> tuple[str, dict[str, tuple[str, str]]]:
+    """The training task's name, and each pipeline task's (first, last) Airflow task id there."""
+    (train,) = set(TRAINING) & set(pipe.names)
+    group = (f"{train}.submit_pytorchjob", f"{train}.wait_for_pytorchjob")
+    return train, {name: group if name == train else (name, name) for name in pipe.names}
+
+
+def test_multinode_dag_is_the_retrain_dag_with_training_submitted_then_awaited(parsed):
+    _, extra, bag = parsed
+    pipe = _pipeline(extra)
+    train, ids = _multinode_ids(pipe)
+    tasks = bag["dags"]["train_embedder_multinode"]["tasks"]
+    assert list(tasks) == [i for name in pipe.names for i in dict.fromkeys(ids[name])]
+    submit, wait = ids[train]
+    edges = {(ids[up][1], ids[down][0]) for up, down in pipe.edges()} | {(submit, wait)}
+    assert {(up, name) for name, t in tasks.items() for up in t["upstream"]} == edges
+    assert ("evaluate" in pipe.names) and (wait, "evaluate") in edges  # evaluate reads what the job trained
+    # Every other task is retrain_embedder's, command and all.
+    retrain = bag["dags"]["retrain_embedder"]["tasks"]
+    for name in set(pipe.names) - {train}:
+        same = ("bash_command", "cwd", "env", "outlets", "type")
+        assert {k: tasks[name].get(k) for k in same} == {k: retrain[name].get(k) for k in same}
+        if "pod" in retrain[name]:
+            assert tasks[name]["pod"]["spec"]["containers"] == retrain[name]["pod"]["spec"]["containers"]
+
+
+def test_multinode_wait_defers_to_a_trigger_for_the_submitted_job(parsed):
     mode, extra, bag = parsed
-    (task,) = bag["dags"]["train_embedder_multinode"]["tasks"].values()
+    _, ids = _multinode_ids(_pipeline(extra))
+    tasks = bag["dags"]["train_embedder_multinode"]["tasks"]
+    submit, wait = (tasks[i] for i in next(v for v in ids.values() if v[0] != v[1]))
+    classpath, kwargs = wait["defers_to"]  # execute() raised TaskDeferred: no worker slot held while it trains
+    assert classpath == "_flagops_pytorchjob.PyTorchJobTrigger"
+    assert kwargs["reader"] == ("kubectl" if mode == "local" else "incluster")
+    assert kwargs["namespace"] == extra.get("FLAGOPS_K8S_NAMESPACE", "flagops") and kwargs["poll_s"] > 0
+    assert kwargs["deadline"] > time.time()
     if mode == "local":
-        assert task["type"] == "BashOperator" and task["cwd"] == extra["FLAGOPS_WORKDIR"]
-        assert "train submit-pytorchjob --params params.yaml" in task["bash_command"]
+        assert submit["type"] == "BashOperator" and submit["cwd"] == extra["FLAGOPS_WORKDIR"]
+        argv = shlex.split(submit["bash_command"])
+        assert argv[0] == str(FLAGOPS_BIN)
     else:
-        (container,) = task["pod"]["spec"]["containers"]
+        (container,) = submit["pod"]["spec"]["containers"]
         assert container["image"] == extra["FLAGOPS_IMAGE"]
-        assert container["command"] + container["args"][:2] == ["flagops", "train", "submit-pytorchjob"]
-        assert "--in-cluster" in container["args"]
-        assert task["pod"]["spec"]["serviceAccountName"] == "flagops-pipeline"
+        argv = container["command"] + container["args"]
+        assert argv[0] == "flagops" and "--in-cluster" in argv
+        assert submit["pod"]["spec"]["serviceAccountName"] == "flagops-pipeline"
+    assert argv[1:5] == ["train", "submit-pytorchjob", "--params", "params.yaml"]
+    # The waiter looks for the job the submit names (templated per DAG run), in the same namespace.
+    assert argv[argv.index("--name") + 1] == kwargs["name"] and "{{" in kwargs["name"]
+    assert argv[argv.index("--namespace") + 1] == kwargs["namespace"]
