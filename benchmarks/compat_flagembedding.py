@@ -172,5 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     return run_phase(ap, args, {"flagops": phase_flagops, "flagembedding": phase_flagembedding, "all": phase_all})
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compat_flagembedding import (  # noqa: E402
-    PASSAGE_SOURCES, QUERIES, REPO, row_cosines, run_both_phases, run_phase, stdlib_docstrings,
+    PASSAGE_SOURCES,
+    QUERIES,
+    REPO,
+    row_cosines,
+    run_both_phases,
+    run_phase,
+    stdlib_docstrings,
 )  # fmt: skip
 
 SIDES = ("query", "passage")
@@ -68,7 +74,9 @@ def phase_flagops(args: argparse.Namespace) -> int:
 
 def _ours(ref, side: str, n: int) -> tuple[list[dict[str, float]], list[np.ndarray]]:
     indptr, indices, data = ref[f"{side}_sparse_indptr"], ref[f"{side}_sparse_indices"], ref[f"{side}_sparse_data"]
-    weights = [{str(int(i)): float(w) for i, w in zip(indices[a:b], data[a:b], strict=True)} for a, b in zip(indptr[:-1], indptr[1:], strict=True)]
+    weights = [
+        {str(int(i)): float(w) for i, w in zip(indices[a:b], data[a:b], strict=True)} for a, b in zip(indptr[:-1], indptr[1:], strict=True)
+    ]
     bounds = np.cumsum(np.concatenate([[0], ref[f"{side}_colbert_lengths"]]))
     colbert = [ref[f"{side}_colbert"][a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     assert len(weights) == len(colbert) == n
@@ -104,7 +112,9 @@ def phase_flagembedding(args: argparse.Namespace) -> int:
                    for a, b in zip(weights, out["lexical_weights"], strict=True))  # fmt: skip
         same_ids = sum(set(a) == set(b) for a, b in zip(weights, out["lexical_weights"], strict=True))
         counts = all(len(a) == len(b) for a, b in zip(colbert, out["colbert_vecs"], strict=True))
-        col = min(float(row_cosines(a, np.asarray(b, np.float32)).min()) for a, b in zip(colbert, out["colbert_vecs"], strict=True) if counts)
+        col = min(
+            float(row_cosines(a, np.asarray(b, np.float32)).min()) for a, b in zip(colbert, out["colbert_vecs"], strict=True) if counts
+        )
         print(
             f"{side:>8}: n={len(dense)} dense min cos {dense.min():.7f} | lexical weights max |diff| {diff:.2e}, "
             f"same id sets {same_ids}/{len(dense)} | ColBERT token counts {'equal' if counts else 'DIFFER'}, min token cos {col:.7f}"
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-python", default=str(REPO / ".venv-flagembedding" / "bin" / "python"), help="all: FlagEmbedding's python")
     args = ap.parse_args(argv)
     return run_phase(ap, args, {"flagops": phase_flagops, "flagembedding": phase_flagembedding, "all": phase_all})
+
 
 if __name__ == "__main__":
     sys.exit(main())

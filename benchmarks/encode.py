@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     encoders = {
         "flagops": lambda xs: ours.encode(xs, batch_size=args.batch_size, max_length=args.max_length),
-        "sentence-transformers": lambda xs: st.encode(
-            xs, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False
-        ),
+        "sentence-transformers": lambda xs: st.encode(xs, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False),
     }
     for encode in encoders.values():  # warm-up: first-call allocations and kernel selection
         encode(texts[: 2 * args.batch_size])

@@ -63,9 +63,7 @@ def flagmodel_encoder(directory: str, pooling: str, device: torch.device, batch_
         from FlagEmbedding import FlagModel
     except Exception as exc:  # noqa: BLE001 - 1.4.2 also breaks at import under transformers 5
         return f"not importable here ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
-    model = FlagModel(
-        directory, pooling_method=pooling, normalize_embeddings=True, use_fp16=device.type == "cuda", devices=str(device)
-    )
+    model = FlagModel(directory, pooling_method=pooling, normalize_embeddings=True, use_fp16=device.type == "cuda", devices=str(device))
     return lambda xs: model.encode_corpus(xs, batch_size=batch_size, max_length=max_length)
 
 

@@ -109,9 +109,7 @@ class Server:
 
     def start(self) -> None:
         with open(self.log, "wb") as log:  # a file, not a pipe: a full pipe would stall the server
-            self.proc = subprocess.Popen(
-                self.argv, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-            )
+            self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -269,9 +267,7 @@ class Cell:
         }  # fmt: skip
 
 
-async def drive(
-    server: Server, bodies: Sequence[tuple[bytes, int]], concurrency: int, budget: float
-) -> tuple[list[Outcome], float]:
+async def drive(server: Server, bodies: Sequence[tuple[bytes, int]], concurrency: int, budget: float) -> tuple[list[Outcome], float]:
     """Send ``bodies`` with ``concurrency`` workers; stop early after ``budget`` seconds.
 
     Returns the outcomes and the wall seconds from the first send to the last answer.

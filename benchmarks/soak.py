@@ -29,9 +29,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-
-from serve_load import Outcome, Server, docstring_texts, flagops_server, infinity_server, save_model, send
-from serve_load import add_server_args, env_pairs, start_all, stop_all
+from serve_load import (
+    Outcome,
+    Server,
+    add_server_args,
+    docstring_texts,
+    env_pairs,
+    flagops_server,
+    infinity_server,
+    save_model,
+    send,
+    start_all,
+    stop_all,
+)
 
 MIB = 2**20
 
@@ -169,7 +179,7 @@ def write_json(path: Path, result: Soak, args: argparse.Namespace) -> None:
 def alternate_lengths(texts: list[str]) -> list[str]:
     """Texts interleaved short and long, so consecutive requests differ in shape."""
     by_len = sorted(texts, key=len)
-    return [t for pair in zip(by_len[: len(by_len) // 2], reversed(by_len[len(by_len) // 2 :])) for t in pair]
+    return [t for pair in zip(by_len[: len(by_len) // 2], reversed(by_len[len(by_len) // 2 :]), strict=False) for t in pair]
 
 
 def verdict(result: Soak, args: argparse.Namespace, alive: bool, log_tail: str) -> int:
@@ -192,6 +202,7 @@ def verdict(result: Soak, args: argparse.Namespace, alive: bool, log_tail: str) 
     ok = not errors and growth < args.max_growth
     print(f"soak: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,9 +70,7 @@ def run_step(name: str, params: str, tracking_uri: str, pipeline_key: str, **art
 
 
 # The decorator every component uses: the flagops image ($FLAGOPS_IMAGE), no pip at run time.
-component = functools.partial(
-    dsl.component, base_image=catalog.image(), install_kfp_package=False, additional_funcs=[run_step]
-)
+component = functools.partial(dsl.component, base_image=catalog.image(), install_kfp_package=False, additional_funcs=[run_step])
 
 
 def module_names() -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from _flagops_settings import MODE, PIPELINE_KEY, PROFILE, REPO, WORKDIR
 from airflow.sdk import DAG, Asset
@@ -38,7 +38,7 @@ def bash_task(task_id: str, argv: list[str], *, workdir: str, **kw):
 
 def dag_kwargs(**overrides) -> dict:
     """Settings the flagops DAGs share."""
-    shared = {"start_date": datetime(2025, 1, 1, tzinfo=timezone.utc), "catchup": False, "default_args": DEFAULT_ARGS}
+    shared = {"start_date": datetime(2025, 1, 1, tzinfo=UTC), "catchup": False, "default_args": DEFAULT_ARGS}
     tags = ["flagops", "retraining", MODE, load_config(PROFILE).profile]
     return shared | {"max_active_runs": 1, "tags": tags} | overrides
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 
+from _flagops_settings import PIPELINE_KEY
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
-
-from _flagops_settings import PIPELINE_KEY
 
 from flagops import catalog
 

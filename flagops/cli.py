@@ -1,15 +1,15 @@
 """The `flagops` command. Every face calls the same form: `flagops step NAME --in/--out ...`.
 
-  flagops steps [--profile P]            list the catalog, or the DAG profile P runs
-  flagops step NAME [--params F | --profile P] [--in k=PATH] [--out k=PATH] [sec.key=value ...]
-  flagops params PROFILE [-o params.yaml]   render a profile as a DVC params file
-  flagops dvc-yaml [--profile P]         render P's dvc.yaml (default: demo) from the catalog
-  flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
-  flagops demo [--profile P]             pipeline + serve the champion + summary table
-  flagops serve [--model SOURCE | --dummy] [--host H] [--port N] [--name N] [--kind K] [serve.key=value ...]
-  flagops kfp submit|schedule ...         upload pipelines/retrain.yaml and start a run / a recurring run
-  flagops deploy render|promote|rollback    KServe InferenceService for the champion; canary promote; alias rollback
-  flagops train submit-pytorchjob [--profile P | --params F] [--workers N] [--gpus-per-worker G] [--dry-run]
+flagops steps [--profile P]            list the catalog, or the DAG profile P runs
+flagops step NAME [--params F | --profile P] [--in k=PATH] [--out k=PATH] [sec.key=value ...]
+flagops params PROFILE [-o params.yaml]   render a profile as a DVC params file
+flagops dvc-yaml [--profile P]         render P's dvc.yaml (default: demo) from the catalog
+flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
+flagops demo [--profile P]             pipeline + serve the champion + summary table
+flagops serve [--model SOURCE | --dummy] [--host H] [--port N] [--name N] [--kind K] [serve.key=value ...]
+flagops kfp submit|schedule ...         upload pipelines/retrain.yaml and start a run / a recurring run
+flagops deploy render|promote|rollback    KServe InferenceService for the champion; canary promote; alias rollback
+flagops train submit-pytorchjob [--profile P | --params F] [--workers N] [--gpus-per-worker G] [--dry-run]
 """
 
 from __future__ import annotations
@@ -22,14 +22,19 @@ from typing import get_args
 from flagops import catalog
 from flagops.config import ConfigError, ServeConfig, load_config, to_yaml
 from flagops.data.formats import DataError
+from flagops.deploy.cli import add_deploy_commands
+from flagops.kfp_client import add_kfp_commands
 from flagops.models.sources import ModelSourceError
 from flagops.registry import tracking
-from flagops.kfp_client import add_kfp_commands
-from flagops.deploy.cli import add_deploy_commands
 from flagops.training.pytorchjob import add_training_commands
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, DataError, ModelSourceError, catalog.CatalogError, KeyError, FileNotFoundError,
+    ConfigError,
+    DataError,
+    ModelSourceError,
+    catalog.CatalogError,
+    KeyError,
+    FileNotFoundError,
 )
 
 

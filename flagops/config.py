@@ -110,7 +110,9 @@ class M3Config(Section):
     modes: tuple[M3Mode, ...] = ("dense", "sparse", "colbert")  # trained when unified_finetuning is on
     colbert_dim: int = Field(-1, ge=-1)  # -1: hidden size (FlagEmbedding's default) or a checkpoint's own
     fix_encoder: bool = False  # train only the sparse and ColBERT heads; the encoder (and dense) stay fixed
-    head_learning_rate: float | None = Field(None, gt=0.0, le=1.0)  # fresh heads may learn faster at a higher rate; None: train.learning_rate
+    head_learning_rate: float | None = Field(
+        None, gt=0.0, le=1.0
+    )  # fresh heads may learn faster at a higher rate; None: train.learning_rate
     self_distill: bool = True  # pull each mode's softmax towards the ensemble's (detached) softmax
     self_distill_start_step: int = Field(0, ge=0)  # optimizer step from which self-distillation is on
     # Form of teacher distillation when train.distill is on: m3_kd_loss replaces each mode's
@@ -140,7 +142,9 @@ class M3Config(Section):
         if list(self.length_buckets) != sorted(set(self.length_buckets)) or any(b < 1 for b in self.length_buckets):
             raise ValueError(f"length_buckets must be increasing positive token counts, got {list(self.length_buckets)}")
         if self.bucket_batch_sizes and len(self.bucket_batch_sizes) != len(self.length_buckets):
-            raise ValueError(f"bucket_batch_sizes needs one size per length bucket ({len(self.length_buckets)}), got {len(self.bucket_batch_sizes)}")
+            raise ValueError(
+                f"bucket_batch_sizes needs one size per length bucket ({len(self.length_buckets)}), got {len(self.bucket_batch_sizes)}"
+            )
         if any(b < 1 for b in self.bucket_batch_sizes):
             raise ValueError("bucket_batch_sizes must be positive")
         return self

@@ -48,16 +48,17 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_
         console.print(f"  and lexical weights (return_sparse) of {SAMPLE_QUERIES[0]!r}: {weights}", markup=False)
     if cfg.model.kind == "m3":
         call = (
-            f"/v1/models/{cfg.serve.model_name}:predict -d '{{\"instances\": [\"how do I parse JSON?\"], "
+            f'/v1/models/{cfg.serve.model_name}:predict -d \'{{"instances": ["how do I parse JSON?"], '
             '"is_query": true, "return_sparse": true, "return_colbert": true}\''
         )
     else:
-        call = f"/v1/embeddings -d '{{\"model\": \"{cfg.serve.model_name}\", \"input\": [\"how do I parse JSON?\"]}}'"
+        call = f'/v1/embeddings -d \'{{"model": "{cfg.serve.model_name}", "input": ["how do I parse JSON?"]}}\''
     uri = tracking_uri(cfg.registry, workdir)
     # A sqlite store needs a local UI process; a tracking server is its own UI.
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
     print(
-        "\nServe it again:   make serve" + (f" PROFILE={cfg.profile}" if cfg.profile != "demo" else "")
+        "\nServe it again:   make serve"
+        + (f" PROFILE={cfg.profile}" if cfg.profile != "demo" else "")
         + f"\n  (= MLFLOW_TRACKING_URI={uri} flagops serve --model {model_uri})"
         + "\nThen, in another shell:\n"
         + f"  curl -s -H 'Content-Type: application/json' http://127.0.0.1:{cfg.serve.port}{call}"

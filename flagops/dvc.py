@@ -84,11 +84,7 @@ def stage(task: catalog.Task, code_root: str = ".") -> dict[str, Any]:
     # Records describe MLflow state, not data: keep them out of the DVC cache.
     outs = [{a.path: {"cache": False}} if a.kind == "record" else a.path for a in step.outputs if a.kind not in ("metrics", "plot")]
     metrics = [{a.path: {"cache": False}} for a in step.outputs if a.kind == "metrics"]
-    plots = [
-        {a.path: ({"cache": False} | (CHART_PLOT if a.path.endswith(".json") else {}))}
-        for a in step.outputs
-        if a.kind == "plot"
-    ]
+    plots = [{a.path: ({"cache": False} | (CHART_PLOT if a.path.endswith(".json") else {}))} for a in step.outputs if a.kind == "plot"]
     if outs:
         out["outs"] = outs
     if metrics:

@@ -7,8 +7,8 @@ Both upload the config's compiled pipeline, ``pipelines/<profile>.yaml`` (``make
 to the pipeline it names (``flagops-<profile>``): the first upload creates it, later ones add a
 version named by the IR's content hash (the same IR reuses its version). The IR is the one
 whose DAG is the config's: a config whose branches match no shipped profile needs its own
-(``python -m pipelines.retrain --params F -o FILE``, then ``--package FILE``). Then they create a run or a recurring run in an experiment. The config travels as the
-``params`` pipeline argument: the full FlagopsConfig as YAML, so a run records every value.
+(``python -m pipelines.retrain --params F -o FILE``, then ``--package FILE``). Then they create
+a run or a recurring run in an experiment. The config travels as the ``params`` pipeline argument: the full FlagopsConfig as YAML, so a run records every value.
 
 A face module: kfp is imported only inside the functions that talk to the server, and no
 flagops module imports components/ or pipelines/ (this reads the compiled IR file).

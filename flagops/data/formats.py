@@ -90,9 +90,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{lineno}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8"
-                ) from None
+                raise DataError(f"{path}:{lineno}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

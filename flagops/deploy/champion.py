@@ -67,8 +67,7 @@ def model_path(client: MlflowClient, name: str, version: int) -> str:
     path = artifact_subdir(Model.load(f"models:/{name}/{version}").flavors)  # fetches the MLmodel file only
     if not path:
         raise ConfigError(
-            f"models:/{name}/{version} is no flagops embedder (no {ARTIFACT!r} pyfunc artifact); "
-            "register it with register_model"
+            f"models:/{name}/{version} is no flagops embedder (no {ARTIFACT!r} pyfunc artifact); register it with register_model"
         )
     return path
 
@@ -97,8 +96,7 @@ def rollback(client: MlflowClient, name: str) -> tuple[int, int]:
     previous = promotion.get("previous_champion")
     if previous is None:
         raise ConfigError(
-            f"{name} v{current.version} replaced no earlier champion (its {PROMOTION_TAG} tag names none); "
-            "nothing to roll back to"
+            f"{name} v{current.version} replaced no earlier champion (its {PROMOTION_TAG} tag names none); nothing to roll back to"
         )
     client.set_registered_model_alias(name, CHAMPION, str(previous))
     client.set_model_version_tag(name, current.version, ROLLBACK_TAG, json.dumps({"champion_now": int(previous)}))

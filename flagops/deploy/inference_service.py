@@ -101,10 +101,14 @@ def _container(cfg: DeployConfig, serve_cfg: ServeConfig, champion: Champion) ->
         # The command is explicit so the CUDA flagops image (another entrypoint) runs the same server.
         "command": COMMAND,
         "args": [
-            "--model", f"{MODEL_MOUNT}/{champion.model_path}",
-            "--host", "0.0.0.0",  # in the pod: the queue-proxy / kubelet connect from outside the container
-            "--port", str(PORT),
-            "--name", cfg.service_name,
+            "--model",
+            f"{MODEL_MOUNT}/{champion.model_path}",
+            "--host",
+            "0.0.0.0",  # in the pod: the queue-proxy / kubelet connect from outside the container
+            "--port",
+            str(PORT),
+            "--name",
+            cfg.service_name,
             # The serve section (limits, batching, padding), every field: the image's default profile does not decide.
             *serve_cfg.overrides(),
         ],
@@ -249,5 +253,5 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [p for k, v in a.items() for p in (_differences(v, b[k], f"{path}.{k}") if k in b else [f"{path}.{k}"])]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _differences(x, y, f"{path}[{i}]")]
+        return [p for i, (x, y) in enumerate(zip(a, b, strict=True)) for p in _differences(x, y, f"{path}[{i}]")]
     return [] if a == b else [path or "."]

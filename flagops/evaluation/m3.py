@@ -150,7 +150,9 @@ class M3RetrievalEvaluator:
         queries = model.encode_m3(self.query_texts, is_query=True, batch_size=self.batch_size, progress=f"{tag}queries")
         c = self.cfg
         exhaustive = len(self.doc_ids) <= c.colbert_exhaustive_max_docs
-        return m3_runs(queries, docs, self.query_ids, self.doc_ids, weights=c.hybrid_weights, exhaustive=exhaustive, rerank_top_k=c.rerank_top_k)
+        return m3_runs(
+            queries, docs, self.query_ids, self.doc_ids, weights=c.hybrid_weights, exhaustive=exhaustive, rerank_top_k=c.rerank_top_k
+        )
 
     def __call__(self, model: M3Embedder, prefix: str = "") -> dict[str, float]:
         metrics: dict[str, float] = {}

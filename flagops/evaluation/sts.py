@@ -19,9 +19,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
-def sts_spearman(
-    embedder: TextEncoder, pairs: Sequence[StsPair], batch_size: int = 64, progress: str | None = None
-) -> float:
+def sts_spearman(embedder: TextEncoder, pairs: Sequence[StsPair], batch_size: int = 64, progress: str | None = None) -> float:
     """Spearman correlation between the pairs' cosine similarity and their gold scores.
 
     Raises ``ValueError`` when the gold scores cannot be ranked (fewer than two pairs, or

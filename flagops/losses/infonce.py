@@ -38,9 +38,7 @@ def local_scores(scores: torch.Tensor, group: int, in_batch: bool) -> torch.Tens
     return scores.gather(1, cols)  # (batch, group)
 
 
-def compute_loss_from_embeddings(
-    q: torch.Tensor, p: torch.Tensor, temperature: float = 0.02, in_batch: bool = True
-) -> torch.Tensor:
+def compute_loss_from_embeddings(q: torch.Tensor, p: torch.Tensor, temperature: float = 0.02, in_batch: bool = True) -> torch.Tensor:
     scores = group_scores(q, p, temperature, in_batch)
     return F.cross_entropy(scores, positive_targets(q, p, in_batch))
 

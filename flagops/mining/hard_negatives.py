@@ -34,9 +34,11 @@ def clamp_window(start: int, end: int, pool_size: int, negatives: int) -> Window
         return Window(start, end)
     new_start = min(start, max(0, pool_size - negatives - 1))
     log.warning(
-        "mine_hard_negatives: the pool has %d passages, fewer than range_end=%d; "
-        "clamping the rank window to [%d, %d)",
-        pool_size, end, new_start, pool_size,
+        "mine_hard_negatives: the pool has %d passages, fewer than range_end=%d; clamping the rank window to [%d, %d)",
+        pool_size,
+        end,
+        new_start,
+        pool_size,
     )
     return Window(new_start, pool_size)
 
@@ -53,9 +55,7 @@ def search(query_emb: np.ndarray, pool_emb: np.ndarray, k: int) -> np.ndarray:
     return ranked
 
 
-def sample_negatives(
-    ranked: Sequence[int], pool: Sequence[str], ex: TrainExample, window: Window, n: int, rng: random.Random
-) -> list[str]:
+def sample_negatives(ranked: Sequence[int], pool: Sequence[str], ex: TrainExample, window: Window, n: int, rng: random.Random) -> list[str]:
     positives = set(ex.pos)
     allowed = [i for i in ranked[window.start : window.end] if i >= 0 and pool[i] not in positives and pool[i] != ex.query]
     chosen = rng.sample(allowed, n) if len(allowed) > n else allowed

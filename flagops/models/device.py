@@ -50,9 +50,7 @@ def select_device(preference: str = "auto", *, key: str = "model.device") -> tor
     if preference == "auto":
         return torch.device("cuda", 0)
     if not torch.cuda.is_available():
-        raise ConfigError(
-            f"{key}={preference}: torch sees no CUDA device here (torch {torch.__version__}); set {key}=auto or cpu"
-        )
+        raise ConfigError(f"{key}={preference}: torch sees no CUDA device here (torch {torch.__version__}); set {key}=auto or cpu")
     index = int(preference.partition(":")[2] or 0)
     count = torch.cuda.device_count()
     if index >= count:

@@ -19,8 +19,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from flagops.data.formats import atomic_path
-from flagops.models.layout import SETTINGS_FILE
 from flagops.models.device import inference_placement, place
+from flagops.models.layout import SETTINGS_FILE
 from flagops.models.sources import resolve_model_source
 
 ST_POOLING_MODES = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last_token": "pooling_mode_lasttoken"}

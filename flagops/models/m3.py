@@ -160,9 +160,13 @@ def read_head(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickle code
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise M3CheckpointError(f"{path}: not a readable state dict ({type(exc).__name__}); re-save it with torch.save(linear.state_dict(), path)") from None
+        raise M3CheckpointError(
+            f"{path}: not a readable state dict ({type(exc).__name__}); re-save it with torch.save(linear.state_dict(), path)"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise M3CheckpointError(f"{path}: expected a state dict of tensors (weight, bias), got {type(state).__name__}; save linear.state_dict()")
+        raise M3CheckpointError(
+            f"{path}: expected a state dict of tensors (weight, bias), got {type(state).__name__}; save linear.state_dict()"
+        )
     return state
 
 
@@ -263,8 +267,18 @@ class M3Embedder(nn.Module):
         return cls(embedder, found, M3Settings(mcls=mcls, mcls_interval=mcls_interval))
 
     @classmethod
-    def load(cls, source: str | Path, *, colbert_dim: int = -1, heads: bool = True, require_heads: bool = False,
-             seed: int = 0, mcls: bool = False, mcls_interval: int = 256, **overrides) -> M3Embedder:
+    def load(
+        cls,
+        source: str | Path,
+        *,
+        colbert_dim: int = -1,
+        heads: bool = True,
+        require_heads: bool = False,
+        seed: int = 0,
+        mcls: bool = False,
+        mcls_interval: int = 256,
+        **overrides,
+    ) -> M3Embedder:
         """Load a model source; ``overrides`` go to ``Embedder.load`` (pooling, lengths, ...)."""
         path = resolve_model_source(str(source))
         return cls.from_embedder(
@@ -355,7 +369,9 @@ class M3Embedder(nn.Module):
     def mcls_dense(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cls_positions: torch.Tensor) -> torch.Tensor:
         """The mean of the final states of every CLS token, L2-normalised as dense is: (batch, h)."""
         if self.settings.pooling != "cls":
-            raise ValueError(f"MCLS averages CLS states, but model.pooling is {self.settings.pooling!r}; set model.pooling=cls or m3.mcls=false")
+            raise ValueError(
+                f"MCLS averages CLS states, but model.pooling is {self.settings.pooling!r}; set model.pooling=cls or m3.mcls=false"
+            )
         hidden = self.embedder.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, seq, h)
         w = cls_positions.to(hidden.dtype).unsqueeze(-1)  # (batch, seq, 1)
         dense = (hidden * w).sum(1) / w.sum(1).clamp(min=1)
@@ -419,10 +435,19 @@ class M3Embedder(nn.Module):
             result.colbert = [colbert[i] for i in inverse]
         return result
 
-    def encode(self, texts: Sequence[str], *, is_query: bool = False, batch_size: int = 32, max_length: int | None = None,
-               progress: str | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        is_query: bool = False,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        progress: str | None = None,
+    ) -> np.ndarray:
         """Dense vectors only (n, dim): the ``TextEncoder`` the dense evaluators take."""
-        return self.encode_m3(texts, is_query=is_query, batch_size=batch_size, modes=("dense",), max_length=max_length, progress=progress).dense
+        return self.encode_m3(
+            texts, is_query=is_query, batch_size=batch_size, modes=("dense",), max_length=max_length, progress=progress
+        ).dense
 
     # ------------------------------------------------------------------ saving
 

@@ -20,8 +20,8 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from flagops.data.formats import atomic_path
-from flagops.models.embedder import padding_multiple
 from flagops.models.cache import cache_dir
+from flagops.models.embedder import padding_multiple
 from flagops.models.sources import ModelSourceError, resolve_model_source
 
 TINY_RERANKER = "tiny-reranker"
@@ -68,9 +68,7 @@ class CrossEncoderReranker(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 512):
         super().__init__()
         if model.config.num_labels != 1:
-            raise ValueError(
-                f"a cross-encoder reranker needs one output label, this model has {model.config.num_labels}"
-            )
+            raise ValueError(f"a cross-encoder reranker needs one output label, this model has {model.config.num_labels}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -99,9 +97,7 @@ class CrossEncoderReranker(nn.Module):
         return out.logits[:, 0]  # (batch,)
 
     @torch.inference_mode()
-    def score_pairs(
-        self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, max_length: int | None = None
-    ) -> np.ndarray:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """Raw relevance logits, float32 (n,). Sorts by length so batches pad little."""
         self.eval()
         order = np.argsort([-(len(q) + len(p)) for q, p in pairs], kind="stable")

@@ -35,7 +35,6 @@ from flagops.serving.kinds import ROUTES, V1_SCHEMAS, JsonRoute, model_kind
 from flagops.serving.metrics import LatencyMiddleware
 from flagops.serving.protocol import openai_error, validate_body
 
-
 V1_PREDICT = "/v1/models/{model_name}:predict"
 
 
@@ -159,9 +158,7 @@ def json_endpoint(route: JsonRoute, models: Mapping[str, kserve.Model], cfg: Ser
             model = models.get(req.model)
             if model is None:
                 served = ", ".join(sorted(models)) or "none"
-                status, content = 404, openai_error(
-                    f"model {req.model!r} not found; {route.path} serves: {served}", "model_not_found"
-                )
+                status, content = 404, openai_error(f"model {req.model!r} not found; {route.path} serves: {served}", "model_not_found")
             elif not model.ready:
                 status, content = 503, openai_error(f"model {req.model!r} is not ready yet")
             else:

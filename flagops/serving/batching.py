@@ -99,7 +99,7 @@ class MicroBatcher:
         now = loop.time()
         self.stats.requests += 1
         queue = self._queues.setdefault(key, deque())
-        pending = [_Item(v, n, self.stats.requests, loop.create_future(), now) for v, n in zip(items, lengths)]
+        pending = [_Item(v, n, self.stats.requests, loop.create_future(), now) for v, n in zip(items, lengths, strict=True)]
         queue.extend(pending)
         self._report_depth()
         self._wakeup.set()
@@ -187,7 +187,7 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        for item, result in zip(batch, results):
+        for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
         self._record(batch, time.perf_counter() - started)

@@ -112,9 +112,7 @@ class OverlapScorer:
 class DummyEmbedderModel(EmbedderModel):
     """``EmbedderModel`` with ``HashEncoder`` vectors; ``load`` reads nothing."""
 
-    def __init__(
-        self, name: str = "dummy", source: str = "dummy", serve_cfg: ServeConfig = ServeConfig(), dim: int = 8
-    ):
+    def __init__(self, name: str = "dummy", source: str = "dummy", serve_cfg: ServeConfig = ServeConfig(), dim: int = 8):
         super().__init__(name, source=source, serve_cfg=serve_cfg)
         self.vector_dim = dim
 

@@ -25,8 +25,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from flagops.serving.protocol import check_bool, check_keys, check_texts, v2_parameters, v2_response, v2_texts
 from flagops.serving.base import TEXT_INPUTS, ServedModel
+from flagops.serving.protocol import check_bool, check_keys, check_texts, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "embedding"
 V1_KEYS = ("instances", "is_query")
@@ -105,9 +105,7 @@ def parse_v1(body: Any, strict: bool, keys: tuple[str, ...] = V1_KEYS) -> tuple[
     ``keys`` are the body's valid keys (a kind may add its own); ``body`` keeps those it holds.
     """
     if not isinstance(body, dict):
-        raise InvalidInput(
-            'expected a JSON object {"instances": ["text", ...]} sent with Content-Type: application/json'
-        )
+        raise InvalidInput('expected a JSON object {"instances": ["text", ...]} sent with Content-Type: application/json')
     body = check_keys(body, keys, strict=strict)
     if "instances" not in body:
         raise InvalidInput('missing "instances": send {"instances": ["text", ...]}')
@@ -118,9 +116,7 @@ def parse_v1(body: Any, strict: bool, keys: tuple[str, ...] = V1_KEYS) -> tuple[
     return instances, check_bool(body.get("is_query", False), "is_query"), body
 
 
-def parse_v2(
-    request: InferRequest, strict: bool, parameters: tuple[str, ...] = V2_PARAMETERS
-) -> tuple[list[Any], bool, dict]:
+def parse_v2(request: InferRequest, strict: bool, parameters: tuple[str, ...] = V2_PARAMETERS) -> tuple[list[Any], bool, dict]:
     """``(texts, is_query, params)`` from an Open Inference Protocol request with one BYTES input.
 
     ``parameters`` are the request parameters the model reads; ``params`` holds those sent.
@@ -225,9 +221,6 @@ async def openai_embeddings(model: EmbedderModel, req: OpenAIEmbeddingRequest) -
     vectors, tokens = await model.embed(texts, is_query=req.input_type == "query", field="input")
     if req.dimensions is not None:
         vectors = truncate_dimensions(vectors, req.dimensions)
-    data = [
-        {"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}
-        for i, v in enumerate(vectors)
-    ]
+    data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)} for i, v in enumerate(vectors)]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return {"object": "list", "data": data, "model": req.model, "usage": usage}

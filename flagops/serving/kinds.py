@@ -19,8 +19,8 @@ import kserve
 from pydantic import BaseModel
 
 from flagops.config import ServeConfig
-from flagops.serving.dummy import DummyEmbedderModel, DummyM3Model, DummyRerankerModel
 from flagops.serving import embedder_model, m3_model, reranker_model
+from flagops.serving.dummy import DummyEmbedderModel, DummyM3Model, DummyRerankerModel
 from flagops.serving.embedder_model import EmbedderModel, OpenAIEmbeddingRequest, openai_embeddings
 from flagops.serving.m3_model import M3Model
 from flagops.serving.reranker_model import RerankerModel, RerankRequest, rerank_route
@@ -30,6 +30,7 @@ class ModelKind(StrEnum):
     EMBEDDER = "embedder"
     RERANKER = "reranker"
     M3 = "m3"
+
 
 # config.py spells the kinds out as a Literal (loading a profile imports no kserve);
 # tests/serving/test_serving_m3.py checks that it lists every ModelKind.

@@ -152,8 +152,7 @@ def requested_modes(flags: dict, available: tuple[str, ...]) -> tuple[str, ...]:
     missing = [m for m in modes if m not in available]
     if missing:
         raise InvalidInput(
-            f"this model has no {missing[0]} output (it serves {', '.join(available)}); "
-            f"leave out return_{missing[0]} or set it to false"
+            f"this model has no {missing[0]} output (it serves {', '.join(available)}); leave out return_{missing[0]} or set it to false"
         )
     return modes
 
@@ -201,9 +200,7 @@ def v2_outputs(rows: list[M3Row], modes: tuple[str, ...], colbert_dim: int | Non
         vectors = np.concatenate([r.colbert for r in rows]).reshape(-1, colbert_dim)  # (vectors, colbert_dim)
         arrays["colbert"] = vectors.astype(np.float32, copy=False)
     return [
-        InferOutput(name, list(arrays[name].shape), datatype, data=arrays[name])
-        for mode in modes
-        for name, datatype in V2_OUTPUTS[mode]
+        InferOutput(name, list(arrays[name].shape), datatype, data=arrays[name]) for mode in modes for name, datatype in V2_OUTPUTS[mode]
     ]
 
 
@@ -235,9 +232,7 @@ class M3Model(ServedModel):
     def dim(self) -> int:
         return self.backend.dim
 
-    async def encode(
-        self, texts: Any, *, is_query: bool, modes: tuple[str, ...], field: str
-    ) -> tuple[list[M3Row], int]:
+    async def encode(self, texts: Any, *, is_query: bool, modes: tuple[str, ...], field: str) -> tuple[list[M3Row], int]:
         """Validate ``texts`` and encode them in micro-batches: one row per text, and tokens read."""
         texts = check_texts(texts, self.serve_cfg, field)
         return await self.runtime.infer(M3Key(is_query, modes), texts, field)

@@ -76,6 +76,4 @@ class LatencyMiddleware:
             await self.app(scope, receive, send_and_note)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            REQUEST_SECONDS.labels(route=route, method=scope["method"], code=str(status)).observe(
-                time.perf_counter() - started
-            )
+            REQUEST_SECONDS.labels(route=route, method=scope["method"], code=str(status)).observe(time.perf_counter() - started)

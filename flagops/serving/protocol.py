@@ -19,9 +19,7 @@ from flagops.config import ServeConfig
 
 # Request-level V2 parameters that Triton clients may send (tritonclient sets
 # binary_data_output when no outputs are named); accepted and ignored, strict or not.
-V2_PROTOCOL_PARAMETERS = frozenset(
-    {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
-)
+V2_PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
 
 
 def check_keys(body: dict, allowed: Iterable[str], *, strict: bool, where: str = "") -> dict:
@@ -29,9 +27,7 @@ def check_keys(body: dict, allowed: Iterable[str], *, strict: bool, where: str =
     allowed = tuple(allowed)
     unknown = sorted(set(body) - set(allowed), key=str)
     if unknown and strict:
-        raise InvalidInput(
-            f"unknown key(s) {', '.join(map(repr, unknown))}{where}; valid keys: {', '.join(allowed)}"
-        )
+        raise InvalidInput(f"unknown key(s) {', '.join(map(repr, unknown))}{where}; valid keys: {', '.join(allowed)}")
     return {k: v for k, v in body.items() if k in allowed}
 
 
@@ -45,9 +41,7 @@ def check_text(text: Any, cfg: ServeConfig, field: str) -> str:
     if not isinstance(text, str):
         raise InvalidInput(f"{field} is {type(text).__name__}, expected a string")
     if len(text) > cfg.max_chars:
-        raise InvalidInput(
-            f"text too long: {field} has {len(text)} characters; the limit (max_chars) is {cfg.max_chars}"
-        )
+        raise InvalidInput(f"text too long: {field} has {len(text)} characters; the limit (max_chars) is {cfg.max_chars}")
     try:
         text.encode("utf-8")  # JSON may carry lone surrogates ("\\ud800"), which tokenizers cannot take
     except UnicodeEncodeError as exc:
@@ -65,9 +59,7 @@ def check_texts(texts: Any, cfg: ServeConfig, field: str, count_from: int = 0) -
     if not texts:
         raise InvalidInput(f"empty input: {field} must hold at least one text")
     if count_from + len(texts) > cfg.max_texts:
-        raise InvalidInput(
-            f"too many texts: {count_from + len(texts)} in one request; the limit (max_texts) is {cfg.max_texts}"
-        )
+        raise InvalidInput(f"too many texts: {count_from + len(texts)} in one request; the limit (max_texts) is {cfg.max_texts}")
     return [check_text(text, cfg, f"{field}[{i}]") for i, text in enumerate(texts)]
 
 
@@ -78,8 +70,7 @@ def check_token_lengths(lengths: Sequence[int], limit: int, cfg: ServeConfig, fi
             if n > limit:
                 source = "max_tokens" if cfg.max_tokens is not None and limit == cfg.max_tokens else "the model's"
                 raise InvalidInput(
-                    f"text too long: {field}[{i}] has {n} tokens; the limit ({source}) is {limit} tokens "
-                    "and serve.truncation is reject"
+                    f"text too long: {field}[{i}] has {n} tokens; the limit ({source}) is {limit} tokens and serve.truncation is reject"
                 )
     return [min(n, limit) for n in lengths]
 

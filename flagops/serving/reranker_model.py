@@ -29,8 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJs
 
 from flagops.config import ServeConfig
 from flagops.serving.base import ServedModel
-from flagops.serving.protocol import check_bool, check_keys, check_text, check_texts, v2_parameters, v2_response
-from flagops.serving.protocol import v2_texts
+from flagops.serving.protocol import check_bool, check_keys, check_text, check_texts, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "score"
 V1_KEYS = ("instances", "normalize")
@@ -107,8 +106,7 @@ def parse_v1(body: Any, cfg: ServeConfig) -> tuple[list[tuple[str, list[str]]], 
     """``([(query, passages), ...], normalize)`` from a V1 body, every text checked."""
     if not isinstance(body, dict):
         raise InvalidInput(
-            'expected a JSON object {"instances": [{"query": "...", "passages": ["...", ...]}]} '
-            "sent with Content-Type: application/json"
+            'expected a JSON object {"instances": [{"query": "...", "passages": ["...", ...]}]} sent with Content-Type: application/json'
         )
     body = check_keys(body, V1_KEYS, strict=cfg.strict)
     instances = body.get("instances")
@@ -141,7 +139,7 @@ def parse_v2(request: InferRequest, cfg: ServeConfig) -> tuple[list[Pair], bool]
     if len(queries) not in (1, len(passages)):
         raise InvalidInput(f"query holds {len(queries)} texts; send one, or one per passage ({len(passages)})")
     queries = queries * len(passages) if len(queries) == 1 else queries
-    return list(zip(queries, passages)), check_bool(params.get("normalize", False), "normalize")
+    return list(zip(queries, passages, strict=True)), check_bool(params.get("normalize", False), "normalize")
 
 
 # ---------------------------------------------------------------- the model
@@ -185,7 +183,7 @@ class RerankerModel(ServedModel):
         scores, _ = await self.score(pairs, field="passages")  # one submit: all pairs may share a batch
         scores = sigmoid(scores) if normalize else scores
         bounds = np.cumsum([0] + [len(passages) for _, passages in groups])
-        return {"predictions": [scores[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]}
+        return {"predictions": [scores[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]}
 
     def get_input_types(self) -> list[dict]:
         return [

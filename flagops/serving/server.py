@@ -24,7 +24,7 @@ import kserve
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 
-from flagops.config import ConfigError, ServeConfig
+from flagops.config import ServeConfig
 from flagops.serving.app import FlagopsRESTServer
 from flagops.serving.kinds import ModelKind, build_model, detect_kind
 from flagops.serving.process import tune_process

@@ -46,6 +46,4 @@ def _check_names(step, what: str, expected: set[str], given: set[str], allowed: 
         missing = ", ".join(sorted(expected - given)) or "none"
         extra = ", ".join(sorted(given - allowed)) or "none"
         optional = f" (optional: {sorted(allowed - expected)})" if allowed != expected else ""
-        raise DataError(
-            f"step {step.name}: {what}s must be {sorted(expected)}{optional} (missing: {missing}; unknown: {extra})"
-        )
+        raise DataError(f"step {step.name}: {what}s must be {sorted(expected)}{optional} (missing: {missing}; unknown: {extra})")

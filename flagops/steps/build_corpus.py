@@ -13,4 +13,3 @@ def run(cfg, inputs, outputs):
     print(f"build_corpus: {n} passages from {c.source!r} in {groups} groups -> {outputs['corpus']}")
     tracking.log_metrics({"passages": n, "groups": groups})
     return outputs
-

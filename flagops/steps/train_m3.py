@@ -9,7 +9,9 @@ from flagops.training.m3 import train
 
 def run(cfg, inputs, outputs):
     if cfg.model.kind != "m3":
-        raise ConfigError(f"train_m3 trains M3 models but model.kind is {cfg.model.kind!r}; use profile tiny_m3/demo_m3 or set model.kind=m3")
+        raise ConfigError(
+            f"train_m3 trains M3 models but model.kind is {cfg.model.kind!r}; use profile tiny_m3/demo_m3 or set model.kind=m3"
+        )
     examples = list(read_train_jsonl(inputs["train_data"]))
     summary = train(cfg.model, cfg.m3, cfg.train, examples, outputs["model"])
     tracking.log_metrics(summary)

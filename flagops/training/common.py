@@ -47,7 +47,8 @@ class GroupDataset(Dataset):
         for i, ex in enumerate(self.examples):
             if group_size > 1 and not ex.neg:
                 raise DataError(
-                    f"training example {i + 1} ({ex.query[:40]!r}) has no negatives; run mine_hard_negatives or set train.train_group_size=1"
+                    f"training example {i + 1} ({ex.query[:40]!r}) has no negatives; "
+                    "run mine_hard_negatives or set train.train_group_size=1"
                 )
             if distill and (ex.pos_scores is None or ex.neg_scores is None):
                 raise DataError(

@@ -34,9 +34,7 @@ def resolve_deepspeed_config(value: str) -> Path:
     else:
         path = Path(value).expanduser()
         if not path.is_file():
-            raise ConfigError(
-                f"train.deepspeed={value!r}: neither a bundled config ({', '.join(sorted(known))}) nor an existing JSON file"
-            )
+            raise ConfigError(f"train.deepspeed={value!r}: neither a bundled config ({', '.join(sorted(known))}) nor an existing JSON file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -23,7 +23,6 @@ from flagops.losses.kl_distill import KLDistillLoss
 from flagops.models.embedder import Embedder
 from flagops.training import common
 
-
 # --------------------------------------------------------------------------- model
 
 

@@ -126,7 +126,9 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
     dataset, per_device, queries_per_step = groups, train_cfg.batch_size, float(train_cfg.batch_size)
     if m3_cfg.length_buckets:
         lengths = example_lengths(examples, m3.tokenizer, m3.settings.passage_max_len)
-        dataset = LengthGroupedBatches(groups, lengths, m3_cfg.length_buckets, m3_cfg.bucket_batch_sizes, train_cfg.batch_size, train_cfg.seed)
+        dataset = LengthGroupedBatches(
+            groups, lengths, m3_cfg.length_buckets, m3_cfg.bucket_batch_sizes, train_cfg.batch_size, train_cfg.seed
+        )
         collate, per_device, queries_per_step = unwrap_batch(collate), 1, dataset.mean_batch_size
     loss = M3UnifiedLoss(train_cfg.temperature, train_cfg.in_batch_negatives, m3_cfg.kd_loss, train_cfg.distill_weight, cross_device)
     model = M3ForTraining(m3, loss, modes, sub_batch_size=m3_cfg.sub_batch_size,

@@ -27,8 +27,16 @@ TEMPERATURE = 0.05
 BATCH = [
     (f"query {i} about {topic}", [f"{topic} passage {i}", f"negative {i} on {other}", f"another {other} text {i}"], [0.9, 0.2, 0.1])
     for i, (topic, other) in enumerate(
-        [("river", "stone"), ("cloud", "light"), ("alpha", "omega"), ("gamma", "delta"),
-         ("kappa", "sigma"), ("theta", "zeta"), ("stone", "river"), ("light", "cloud")]
+        [
+            ("river", "stone"),
+            ("cloud", "light"),
+            ("alpha", "omega"),
+            ("gamma", "delta"),
+            ("kappa", "sigma"),
+            ("theta", "zeta"),
+            ("stone", "river"),
+            ("light", "cloud"),
+        ]
     )
 ]
 

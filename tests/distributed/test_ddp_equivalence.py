@@ -123,7 +123,8 @@ def test_ddp_with_cross_device_negatives_matches_one_process(tmp_path):
         grad_diff = max(_max_grad_diff(res[case][1], ref_grads) for res in ranks)
         scale = max(g.abs().max().item() for g in ref_grads.values())
         report.append(
-            f"{case}: loss {ref_loss:.6f} |d loss| {loss_diff:.1e}, max |d grad| {grad_diff:.1e} (max |grad| {scale:.2f}, {len(ref_grads)} tensors)"
+            f"{case}: loss {ref_loss:.6f} |d loss| {loss_diff:.1e}, "
+            f"max |d grad| {grad_diff:.1e} (max |grad| {scale:.2f}, {len(ref_grads)} tensors)"
         )
         assert loss_diff < TOL and grad_diff < TOL * max(1.0, scale), report[-1]
     assert abs(ranks[0]["cross"][0] - ranks[1]["cross"][0]) < TOL  # same full loss on each rank

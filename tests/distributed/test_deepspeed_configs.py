@@ -44,7 +44,9 @@ def test_a_path_works_too(tmp_path):
 
 
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"train.deepspeed='zero9': neither a bundled config \(zero0, zero1, zero2, zero3, zero3_offload\)"):
+    with pytest.raises(
+        ConfigError, match=r"train.deepspeed='zero9': neither a bundled config \(zero0, zero1, zero2, zero3, zero3_offload\)"
+    ):
         resolve_deepspeed_config("zero9")
 
 

@@ -27,7 +27,13 @@ def examples(n: int = 24) -> list[TrainExample]:
 
 
 if __name__ == "__main__":
-    overrides = ["train.max_steps=2", "train.batch_size=4", "train.cross_device_negatives=true", "train.save_steps=1", "train.logging_steps=1"]
+    overrides = [
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.cross_device_negatives=true",
+        "train.save_steps=1",
+        "train.logging_steps=1",
+    ]
     cfg = load_config("tiny", overrides)
     summary = train(cfg.model, cfg.train, examples(), Path(sys.argv[1]))
     print(f"train_worker: {summary}")

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -81,7 +80,12 @@ def test_mlflow_holds_champion_with_lineage_and_nested_runs(workspace):
     parents = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]
     steps = [r for r in runs if "flagops.step" in r.data.tags]
     assert len(parents) == 1
-    assert {r.data.tags["flagops.step"] for r in steps} == {"build_corpus", "synthesize_queries", "mine_hard_negatives", *DOWNSTREAM_OF_TRAIN}
+    assert {r.data.tags["flagops.step"] for r in steps} == {
+        "build_corpus",
+        "synthesize_queries",
+        "mine_hard_negatives",
+        *DOWNSTREAM_OF_TRAIN,
+    }
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in steps)
     train = next(r for r in steps if r.data.tags["flagops.step"] == "train_embedder")
     assert {"loss", "learning_rate", "samples_per_second"} <= set(train.data.metrics)

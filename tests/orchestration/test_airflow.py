@@ -208,8 +208,13 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     workdir.mkdir()
     _run([FLAGOPS_BIN, "params", "tiny", "-o", workdir / "params.yaml"], dict(os.environ))
     uri = f"sqlite:///{store}"  # four slashes: tmp_path is absolute
-    env = _env(tmp_path / "airflow-home", FLAGOPS_AIRFLOW_MODE="local", FLAGOPS_WORKDIR=str(workdir), MLFLOW_TRACKING_URI=uri,
-               FLAGOPS_PROFILE="tiny")
+    env = _env(
+        tmp_path / "airflow-home",
+        FLAGOPS_AIRFLOW_MODE="local",
+        FLAGOPS_WORKDIR=str(workdir),
+        MLFLOW_TRACKING_URI=uri,
+        FLAGOPS_PROFILE="tiny",
+    )
     _run([AIRFLOW_BIN / "airflow", "db", "migrate"], env)
     started = time.perf_counter()
     _run([AIRFLOW_BIN / "airflow", "dags", "test", "retrain_embedder"], env, timeout=900)

@@ -51,7 +51,12 @@ def _components(tmp_path: Path, steps) -> dict:
         args += [f"{n}: Input[{types[n]}]" for n in s.required]
         args += [f"{a.name}: Output[{components.ARTIFACT_TYPES[a.kind].__name__}]" for a in s.outputs]
         args += [f"{n}: Optional[Input[{types[n]}]] = None" for n in s.optional]
-        lines += ["", "@dsl.component(base_image='flagops:test', install_kfp_package=False)", f"def {s.name}({', '.join(args)}):", "    pass"]
+        lines += [
+            "",
+            "@dsl.component(base_image='flagops:test', install_kfp_package=False)",
+            f"def {s.name}({', '.join(args)}):",
+            "    pass",
+        ]
     path = tmp_path / "diamond_components.py"
     path.write_text("\n".join(lines) + "\n")
     spec = importlib.util.spec_from_file_location("diamond_components", path)

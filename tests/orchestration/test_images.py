@@ -108,7 +108,9 @@ def test_dockerignore_lets_in_what_the_images_copy():
 
 def test_make_images_builds_each_dockerfile():
     mk = (REPO / "mk" / "images.mk").read_text()
-    proc = subprocess.run(["make", "-s", "-n", "images", "lint-images", "BIN=.venv/bin"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["make", "-s", "-n", "images", "lint-images", "BIN=.venv/bin"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     for path in DOCKERFILES:
         assert f"-f {path.relative_to(REPO)}" in proc.stdout, f"{path} is not built by `make images`"

@@ -28,7 +28,6 @@ from flagops.config import FlagopsConfig, load_config, shipped_profiles, to_yaml
 from flagops.registry import tracking  # noqa: E402
 from pipelines import retrain  # noqa: E402
 
-
 pytestmark = [
     # kfp.local runs tasks here, not in the image, and ignores cluster resources: both expected.
     pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning"),
@@ -235,7 +234,7 @@ def test_local_run_metrics_reach_kfp_and_every_output_exists(local_run):
     for step in TINY.steps:
         for a in step.outputs:
             path = run_dir / task_name(step.name) / a.name
-            assert (path.is_dir() if a.is_dir else path.is_file()), path
+            assert path.is_dir() if a.is_dir else path.is_file(), path
 
 
 # --------------------------------------------------------------------------- submit / schedule
@@ -363,11 +362,14 @@ def test_submit_group_runs_sends_a_fresh_run_group(server):
     assert groups[2] == ""
 
 
-@pytest.mark.parametrize(("argv", "package"), [
-    (["--profile", "demo_m3"], "demo_m3.yaml"),
-    (["--profile", "demo", "model.kind=m3"], "demo_m3.yaml"),  # an override that changes the DAG picks its IR
-    (["--profile", "tiny_m3"], "tiny_m3.yaml"),
-])
+@pytest.mark.parametrize(
+    ("argv", "package"),
+    [
+        (["--profile", "demo_m3"], "demo_m3.yaml"),
+        (["--profile", "demo", "model.kind=m3"], "demo_m3.yaml"),  # an override that changes the DAG picks its IR
+        (["--profile", "tiny_m3"], "tiny_m3.yaml"),
+    ],
+)
 def test_submit_uploads_the_profiles_own_pipeline(server, argv, package):
     """`flagops kfp submit --profile X` against the mock KFP API server (none can run here)."""
     parser = argparse.ArgumentParser()

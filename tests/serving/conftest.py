@@ -17,7 +17,6 @@ Each is ``flagops serve`` on a free loopback port:
 from __future__ import annotations
 
 import pytest
-
 from serving_helpers import DUMMY_MAX_TOKENS, LIMITS, MAX_BODY_BYTES, RERANKER_MAX_TOKENS, start_server, stop_server
 
 

@@ -83,8 +83,4 @@ def metrics(server: Server) -> dict[tuple[str, tuple], float]:
     """Every sample at ``/metrics``: ``{(name, sorted labels): value}``."""
     r = httpx.get(server.url + "/metrics", timeout=30)
     assert r.status_code == 200, r.text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(r.text) for s in family.samples}

@@ -14,8 +14,8 @@ import subprocess
 
 import httpx
 import pytest
-
 from serving_helpers import launch, serve_command, stop_server
+
 from flagops.config import ServeConfig
 from flagops.deploy import inference_service as isvc
 from flagops.serving.smoke import free_port

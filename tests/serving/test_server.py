@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-
 from serving_helpers import MAX_CHARS, MAX_TEXTS, Server, post, serve_command, start_server, v1, v2
+
 from flagops.models.embedder import Embedder
 
 TEXTS = [
@@ -209,9 +209,7 @@ def test_openai_unknown_model_is_404(any_server):
 
 
 def test_openai_non_json_body_is_400(dummy_server):
-    r = httpx.post(
-        dummy_server.url + "/v1/embeddings", content=b"not json", headers={"Content-Type": "application/json"}
-    )
+    r = httpx.post(dummy_server.url + "/v1/embeddings", content=b"not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert "JSON" in r.json()["error"]["message"]
 

@@ -55,7 +55,7 @@ def test_concurrent_submits_merge_and_route_back():
         return requests, results
 
     requests, results = asyncio.run(main())
-    for texts, rows in zip(requests, results):
+    for texts, rows in zip(requests, results, strict=True):
         assert rows == [("k", t) for t in texts]  # each request gets exactly its own rows, in order
     assert b.stats.batches == len(run.batches) == 1  # all 20 texts went through one forward pass
     assert b.stats.items == sum(len(t) for t in requests)

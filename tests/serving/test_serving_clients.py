@@ -40,9 +40,7 @@ def test_tritonclient_v2_embeddings(real_server, embedder, binary):
     assert meta["inputs"][0]["datatype"] == "BYTES" and meta["outputs"][0]["datatype"] == "FP32"
 
     outputs = None if binary else [httpclient.InferRequestedOutput("embedding", binary_data=False)]
-    result = client.infer(
-        real_server.name, [bytes_tensor("text", TEXTS, binary)], outputs=outputs, parameters={"is_query": True}
-    )
+    result = client.infer(real_server.name, [bytes_tensor("text", TEXTS, binary)], outputs=outputs, parameters={"is_query": True})
     got = result.as_numpy("embedding")
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), embedder.model.config.hidden_size)
     np.testing.assert_allclose(got, embedder.encode(TEXTS, is_query=True), atol=ATOL)

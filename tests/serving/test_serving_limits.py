@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+from serving_helpers import DUMMY_MAX_TOKENS, MAX_BODY_BYTES, bytes_input, post, v1, v2
 
 from flagops.models.embedder import Embedder
-from serving_helpers import DUMMY_MAX_TOKENS, MAX_BODY_BYTES, bytes_input, post, v1, v2
 
 LONG = "a b " * 45  # 92 tokens with [CLS] and [SEP], 180 characters: over the real server's 64 tokens
 

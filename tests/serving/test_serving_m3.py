@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pytest
 from kserve.errors import InvalidInput
+from serving_helpers import bytes_input, post, v1, v2
 
 from flagops.config import ServeConfig
 from flagops.models.m3 import MODES, M3Embedder, lexical_weights
 from flagops.serving import m3_model
 from flagops.serving.kinds import ModelKind, detect_kind
 from flagops.serving.m3_model import M3Model
-from serving_helpers import bytes_input, post, v1, v2
 
 httpclient = pytest.importorskip("tritonclient.http")
 
@@ -46,7 +46,7 @@ def v2_outputs(response: httpx.Response) -> dict[str, np.ndarray]:
 
 def split(offsets: np.ndarray, values) -> list:
     """CSR-style outputs back to one slice per text."""
-    return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def assert_sparse_matches(indices, values, tokens, row, tokenizer):

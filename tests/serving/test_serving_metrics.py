@@ -6,9 +6,9 @@ import asyncio
 
 import httpx
 import numpy as np
+from serving_helpers import metrics, post
 
 from flagops.models.embedder import Embedder
-from serving_helpers import metrics, post
 
 TEXTS = [f"passage {i} about sparse and dense retrieval" for i in range(16)]
 

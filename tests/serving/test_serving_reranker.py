@@ -9,11 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from serving_helpers import MAX_TEXTS, RERANKER_MAX_TOKENS, bytes_input, post, serve_command, v1, v2
 
 from flagops.models.reranker import CrossEncoderReranker, ensure_tiny_reranker, sigmoid
 from flagops.models.sources import resolve_model_source
 from flagops.serving.kinds import KindError, ModelKind, detect_kind
-from serving_helpers import MAX_TEXTS, RERANKER_MAX_TOKENS, bytes_input, post, serve_command, v1, v2
 
 QUERY = "how does bm25 rank documents"
 PASSAGES = [
@@ -135,7 +135,7 @@ def test_v2_scores_match_the_library(reranker_server, reranker):
     body = {"inputs": inputs, "parameters": {"normalize": True}}
     r = v2(reranker_server, body)
     assert r.status_code == 200, r.text
-    expected = [reranker.score(q, [p], normalize=True)[0] for q, p in zip(queries, PASSAGES)]
+    expected = [reranker.score(q, [p], normalize=True)[0] for q, p in zip(queries, PASSAGES, strict=True)]
     np.testing.assert_allclose(r.json()["outputs"][0]["data"], expected, atol=ATOL)
 
 

@@ -193,7 +193,9 @@ def test_m3_candidate_is_loaded_once_and_its_dense_keys_are_unchanged(workspace,
     inputs = {"model": m3_candidate, "eval_set": workspace / "eval"}
     out = workspace / f"m3-mcls-{mcls}"
     calls = count_calls(monkeypatch)
-    metrics = execute("evaluate", cfg, inputs, {"metrics": out / "eval.json", "chart": out / "c.png", "chart_data": out / "c.json"}, track=False)
+    metrics = execute(
+        "evaluate", cfg, inputs, {"metrics": out / "eval.json", "chart": out / "c.png", "chart_data": out / "c.json"}, track=False
+    )
     # One load; passages and queries encoded once each in every mode. Only MCLS, which the
     # server does not do, needs a plain dense pass (passages, queries) for the candidate keys.
     assert calls == {"load": 1, "encode": 2 if mcls else 0, "encode_m3": 2}

@@ -27,7 +27,9 @@ def _examples(n: int = 24, seed: int = 0) -> list[TrainExample]:
     out = []
     for _ in range(n):
         topic = rng.sample(WORDS, 3)
-        out.append(TrainExample(" ".join(topic), [" ".join(topic + rng.sample(WORDS, 4))], [" ".join(rng.sample(WORDS, 7)) for _ in range(3)]))
+        out.append(
+            TrainExample(" ".join(topic), [" ".join(topic + rng.sample(WORDS, 4))], [" ".join(rng.sample(WORDS, 7)) for _ in range(3)])
+        )
     return out
 
 
@@ -220,7 +222,9 @@ def test_evaluate_m3_reports_every_mode_and_metric_in_unit_range(m3_model):
     metrics = evaluate_m3(m3_model, _eval_set(), cfg)
     assert set(metrics) == _keys("candidate", ("dense", "sparse", "colbert", "hybrid"))
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    rerank = evaluate_m3(m3_model, _eval_set(), load_config("tiny_m3", ["m3.colbert_exhaustive_max_docs=0", "m3.rerank_top_k=12"]), prefix="")
+    rerank = evaluate_m3(
+        m3_model, _eval_set(), load_config("tiny_m3", ["m3.colbert_exhaustive_max_docs=0", "m3.rerank_top_k=12"]), prefix=""
+    )
     assert set(rerank) == {k.split("/", 1)[1] for k in metrics}  # prefix "": bare m3_<mode>/<metric>
     assert rerank["m3_colbert/ndcg@10"] == pytest.approx(metrics["candidate/m3_colbert/ndcg@10"])  # k = corpus: same ranking
     dense_only = M3Embedder.load("tiny-bert", heads=False)

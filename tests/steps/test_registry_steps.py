@@ -59,9 +59,7 @@ def embedders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, embedders):
     work = tmp_path_factory.mktemp("registry")
-    cfg = validate(
-        {"profile": "tiny", "registry": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "model_name": NAME}}
-    )
+    cfg = validate({"profile": "tiny", "registry": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "model_name": NAME}})
     train = work / "train.jsonl"
     write_jsonl(train, [{"query": "q1", "pos": ["p1"], "neg": ["n1"]}, {"query": "q2", "pos": ["p2"], "neg": []}])
     out: dict = {"cfg": cfg, "work": work, "train": train}

@@ -22,7 +22,7 @@ WORDS = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega rive
 def _examples(n: int = 24, seed: int = 0) -> list[TrainExample]:
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for _i in range(n):
         topic = rng.sample(WORDS, 3)
         out.append(
             TrainExample(
@@ -54,7 +54,7 @@ def _hand_loss(q: torch.Tensor, p: torch.Tensor, teacher: torch.Tensor, temperat
     """InfoNCE with in-batch negatives + weight * KL(softmax(teacher) || softmax(student)), term by term."""
     batch, group = teacher.shape
     q, p = q.double().tolist(), p.double().tolist()
-    dot = [[sum(a * b for a, b in zip(qi, pj)) / temperature for pj in p] for qi in q]  # (batch, batch * group)
+    dot = [[sum(a * b for a, b in zip(qi, pj, strict=True)) / temperature for pj in p] for qi in q]  # (batch, batch * group)
     contrastive = kl = 0.0
     for i in range(batch):
         row = dot[i]
@@ -63,7 +63,7 @@ def _hand_loss(q: torch.Tensor, p: torch.Tensor, teacher: torch.Tensor, temperat
         log_z = math.log(sum(math.exp(x) for x in own))
         t = [math.exp(x) for x in teacher[i].tolist()]
         t = [x / sum(t) for x in t]
-        kl += sum(ti * (math.log(ti) - (si - log_z)) for ti, si in zip(t, own))
+        kl += sum(ti * (math.log(ti) - (si - log_z)) for ti, si in zip(t, own, strict=True))
     return contrastive / batch + weight * kl / batch
 
 

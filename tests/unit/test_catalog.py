@@ -129,4 +129,3 @@ def test_execute_accepts_optional_inputs_and_passes_step_params(monkeypatch, tmp
     assert set(seen["ins"]) == {"a"} and seen["kw"] == {"family": "x"}
     with pytest.raises(flagops.steps.DataError, match=r"inputs must be \['a'\] \(optional: \['b'\]\) \(missing: none; unknown: c\)"):
         flagops.steps.execute("probe", load_config("tiny"), {"a": tmp_path / "a", "c": tmp_path / "a"}, {"o": tmp_path}, track=False)
-

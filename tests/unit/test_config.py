@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from flagops.config import ConfigError, load_config, to_yaml, validate
 
@@ -56,7 +57,7 @@ def test_missing_file_and_profile(tmp_path):
 
 def test_config_is_frozen_and_roundtrips(tmp_path):
     cfg = load_config("demo")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.train.temperature = 1.0  # type: ignore[misc]
     path = tmp_path / "params.yaml"
     path.write_text(to_yaml(cfg))

@@ -100,7 +100,9 @@ def test_placement_reads_a_section(monkeypatch):
     cuda(monkeypatch, True)
     assert inference_placement(load_config("tiny").model) == CUDA0_FP16
     assert inference_placement(load_config("tiny", ["model.device=cpu"]).model) == CPU_FP32
-    assert inference_placement(ServeConfig(device="cuda:1", dtype="float32"), name="serve") == Placement(torch.device("cuda", 1), torch.float32)
+    assert inference_placement(ServeConfig(device="cuda:1", dtype="float32"), name="serve") == Placement(
+        torch.device("cuda", 1), torch.float32
+    )
 
 
 # ---------------------------------------------------------------- the consumers
@@ -198,7 +200,9 @@ def test_server_with_cuda_on_a_cpu_machine_exits_2_in_one_line():
     )  # fmt: skip
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.endswith(f"error: serve.device=cuda: torch sees no CUDA device here (torch {torch.__version__}); set serve.device=auto or cpu")
+    assert last.endswith(
+        f"error: serve.device=cuda: torch sees no CUDA device here (torch {torch.__version__}); set serve.device=auto or cpu"
+    )
 
 
 @pytest.mark.gpu

@@ -73,7 +73,13 @@ def test_train_roundtrip_keeps_optional_fields(tmp_path):
 
 
 def test_flagembedding_example_files_load(shared_examples):
-    for rel in ("embedder/nq.jsonl", "embedder/msmarco.jsonl", "reranker/examples.jsonl", "reranker/prompt_based_examples.jsonl", "llm_reranker/toy_finetune_data.jsonl"):
+    for rel in (
+        "embedder/nq.jsonl",
+        "embedder/msmarco.jsonl",
+        "reranker/examples.jsonl",
+        "reranker/prompt_based_examples.jsonl",
+        "llm_reranker/toy_finetune_data.jsonl",
+    ):
         examples = list(read_train_jsonl(shared_examples / rel))
         assert examples and all(ex.pos for ex in examples), rel
 

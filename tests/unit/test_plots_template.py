@@ -24,9 +24,7 @@ ROWS = [
 INLINE_SCRIPT = re.compile(r"<script[^>]*>.*?</script>", re.S | re.I)
 REMOTE_SRC = re.compile(r"<script[^>]*\ssrc\s*=\s*[\"']?(https?:)?//", re.I)
 
-pytestmark = pytest.mark.skipif(
-    not TEMPLATE.is_file(), reason=f"{TEMPLATE} not built; run scripts/build_plots_template.sh (needs npm)"
-)
+pytestmark = pytest.mark.skipif(not TEMPLATE.is_file(), reason=f"{TEMPLATE} not built; run scripts/build_plots_template.sh (needs npm)")
 
 
 @pytest.fixture(scope="module")
