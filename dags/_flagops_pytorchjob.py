@@ -37,9 +37,18 @@ async def kubectl_job(name: str, namespace: str, timeout_s: float) -> dict:
     if kubectl is None:
         raise RuntimeError("kubectl not found on the triggerer's PATH")
     proc = await asyncio.create_subprocess_exec(
-        kubectl, "get", "pytorchjob", name, "-n", namespace, "-o", "json", f"--request-timeout={int(timeout_s)}s",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        kubectl,
+        "get",
+        "pytorchjob",
+        name,
+        "-n",
+        namespace,
+        "-o",
+        "json",
+        f"--request-timeout={int(timeout_s)}s",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s + 5)
     except TimeoutError:
@@ -70,8 +79,16 @@ class PyTorchJobTrigger(BaseTrigger):
     Up to ``max_errors`` failed reads in a row are retried (an API server restart is not the job's end).
     """
 
-    def __init__(self, name: str, namespace: str, reader: str, deadline: float, poll_s: float = 30.0,
-                 call_timeout_s: float = 30.0, max_errors: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        reader: str,
+        deadline: float,
+        poll_s: float = 30.0,
+        call_timeout_s: float = 30.0,
+        max_errors: int = 3,
+    ):
         super().__init__()
         self.name, self.namespace, self.reader, self.deadline = name, namespace, reader, deadline
         self.poll_s, self.call_timeout_s, self.max_errors = poll_s, call_timeout_s, max_errors
@@ -86,7 +103,7 @@ class PyTorchJobTrigger(BaseTrigger):
             try:
                 state, detail = job_state(await READERS[self.reader](self.name, self.namespace, self.call_timeout_s))
                 errors = 0
-            except Exception as exc:  # kubectl, the API or its JSON: retried, then reported
+            except Exception as exc:  # noqa: BLE001 - any failed read (kubectl, the API client, its JSON) is retried, then reported
                 errors, state, detail = errors + 1, "error", " ".join(str(exc).split()) or type(exc).__name__
                 if errors >= self.max_errors:
                     break
@@ -106,8 +123,7 @@ class WaitForPyTorchJob(BaseOperator):
 
     template_fields = ("job_name", "namespace")
 
-    def __init__(self, *, job_name: str, namespace: str, reader: str = "kubectl", timeout_s: float = 48 * 3600,
-                 poll_s: float = 30.0, **kw):  # fmt: skip
+    def __init__(self, *, job_name: str, namespace: str, reader: str = "kubectl", timeout_s: float = 48 * 3600, poll_s: float = 30.0, **kw):
         super().__init__(**kw)
         if reader not in READERS:
             raise ValueError(f"reader={reader!r}: expected one of {', '.join(READERS)}")

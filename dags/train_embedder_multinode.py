@@ -33,7 +33,7 @@ ARGV = [
     "flagops", "train", "submit-pytorchjob", "--params", "params.yaml", "--name", JOB, "--namespace", NAMESPACE,
     "--workers", os.environ.get("FLAGOPS_PTJ_WORKERS", "1"),
     "--gpus-per-worker", os.environ.get("FLAGOPS_PTJ_GPUS", "8"),
-]  # fmt: skip
+]  # fmt: skip (a flag and its value on one line)
 
 
 def pytorchjob_name(run_id: str, clear_number: int | None) -> str:

@@ -77,7 +77,9 @@ def run_pod(pod: Path) -> None:
     spec = json.loads((pod / "pod.json").read_text())
     with open(pod / "log", "w") as log:
         image = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME") or k.startswith("MLFLOW_")}
-        rc = subprocess.run(spec["argv"], cwd=spec["cwd"], env=image | spec["env"], stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            spec["argv"], check=False, cwd=spec["cwd"], env=image | spec["env"], stdout=log, stderr=subprocess.STDOUT
+        ).returncode
     (pod / "exit_code").write_text(str(rc))
 
 
@@ -93,8 +95,12 @@ def apply(text: str) -> None:
         path.write_text(json.dumps(obj))
         if kind == "pytorchjobs":
             pod = _master(obj, namespace)
-            subprocess.Popen([sys.executable, __file__, "_run-pod", str(pod)], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            subprocess.Popen(
+                [sys.executable, __file__, "_run-pod", str(pod)],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         print(f"{obj['kind'].lower()}/{meta['name']} created")
 
 
@@ -105,16 +111,30 @@ def get_pytorchjob(name: str, namespace: str) -> int:
         return 1
     job = json.loads(path.read_text())
     rc_file = STATE / "pods" / namespace / name / "exit_code"
-    conditions = [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated"},
-                  {"type": "Running", "status": "True", "reason": "PyTorchJobRunning"}]  # fmt: skip
+    conditions = [
+        {"type": "Created", "status": "True", "reason": "PyTorchJobCreated"},
+        {"type": "Running", "status": "True", "reason": "PyTorchJobRunning"},
+    ]
     if rc_file.exists():
         conditions[-1]["status"] = "False"
         if rc_file.read_text() == "0":
-            conditions.append({"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded",
-                               "message": f"PyTorchJob {namespace}/{name} successfully completed."})  # fmt: skip
+            conditions.append(
+                {
+                    "type": "Succeeded",
+                    "status": "True",
+                    "reason": "PyTorchJobSucceeded",
+                    "message": f"PyTorchJob {namespace}/{name} successfully completed.",
+                }
+            )
         else:
-            conditions.append({"type": "Failed", "status": "True", "reason": "PyTorchJobFailed",
-                               "message": f"PyTorchJob {namespace}/{name} is failed because 1 Master replica(s) failed."})  # fmt: skip
+            conditions.append(
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "PyTorchJobFailed",
+                    "message": f"PyTorchJob {namespace}/{name} is failed because 1 Master replica(s) failed.",
+                }
+            )
     job["status"] = {"conditions": conditions}
     with open(STATE / "get.log", "a") as log:
         log.write(f"{namespace}/{name} {next(c['type'] for c in reversed(conditions) if c['status'] == 'True')}\n")

@@ -31,14 +31,14 @@ FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
 WAIT = r"""
 import asyncio, sys, time
 from _flagops_pytorchjob import PyTorchJobTrigger, WaitForPyTorchJob
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException
 
 name, namespace = sys.argv[1:3]
 event = asyncio.run(anext(PyTorchJobTrigger(name, namespace, "kubectl", time.time() + 300, poll_s=1).run()))
 try:
     WaitForPyTorchJob(task_id="wait", job_name=name, namespace=namespace).execute_complete({}, event.payload)
-except AirflowFailException as exc:
-    print("TASK-FAILED " + str(exc))
+except AirflowException as exc:  # AirflowFailException: failed for good, no retries
+    print(f"TASK-FAILED {type(exc).__name__} {exc}")
 """
 
 
@@ -57,21 +57,35 @@ def cluster(tmp_path) -> dict[str, str]:
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_KUBE_STATE": str(state), "FAKE_KUBE_PVC": str(workdir)}
 
 
+def _wait_env(cluster: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    # The triggerer needs the dags folder on its PYTHONPATH to import the trigger (dags/README.md).
+    pythonpath = os.pathsep.join(filter(None, (str(DAGS), os.environ.get("PYTHONPATH"))))
+    return _env(tmp_path / "airflow-home", PYTHONPATH=pythonpath, **cluster)
+
+
 def test_a_failed_pytorchjob_fails_the_wait_naming_the_job_and_its_reason(cluster, tmp_path):
     workdir, state = Path(cluster["FAKE_KUBE_PVC"]), Path(cluster["FAKE_KUBE_STATE"])
     # The workspace has no train_data, so the Master's training command exits non-zero: the job fails.
     submit = ["train", "submit-pytorchjob", "--params", "params.yaml", "--name", "flagops-train-embedder-x1", "--namespace", "ml"]
     _run([FLAGOPS_BIN, *submit, "--workers", "0", "--gpus-per-worker", "0"], dict(os.environ) | cluster, cwd=workdir)
-    # The triggerer needs the dags folder on its PYTHONPATH to import the trigger (dags/README.md).
-    pythonpath = os.pathsep.join(filter(None, (str(DAGS), os.environ.get("PYTHONPATH"))))
-    out = _run([AIRFLOW_BIN / "python", "-c", WAIT, "flagops-train-embedder-x1", "ml"],
-               _env(tmp_path / "airflow-home", PYTHONPATH=pythonpath, **cluster))  # fmt: skip
+    out = _run([AIRFLOW_BIN / "python", "-c", WAIT, "flagops-train-embedder-x1", "ml"], _wait_env(cluster, tmp_path))
     (failed,) = [line for line in out.splitlines() if line.startswith("TASK-FAILED ")]
     assert failed == (
-        "TASK-FAILED PyTorchJob ml/flagops-train-embedder-x1 Failed: PyTorchJobFailed: "
+        "TASK-FAILED AirflowFailException PyTorchJob ml/flagops-train-embedder-x1 Failed: PyTorchJobFailed: "
         "PyTorchJob ml/flagops-train-embedder-x1 is failed because 1 Master replica(s) failed."
     )
     assert "input 'train_data' of step train_embedder does not exist" in (state / "pods/ml/flagops-train-embedder-x1/log").read_text()
+
+
+def test_an_unreadable_job_status_is_retried_then_fails_the_wait_for_a_retry(cluster, tmp_path):
+    """No such job (e.g. deleted by hand): three failed reads in a row, then a retryable failure with kubectl's error."""
+    out = _run([AIRFLOW_BIN / "python", "-c", WAIT, "flagops-train-embedder-gone", "ml"], _wait_env(cluster, tmp_path))
+    (failed,) = [line for line in out.splitlines() if line.startswith("TASK-FAILED ")]
+    assert failed == (
+        "TASK-FAILED AirflowException PyTorchJob ml/flagops-train-embedder-gone error: "
+        "`kubectl get pytorchjob flagops-train-embedder-gone` failed: "
+        'Error from server (NotFound): pytorchjobs.kubeflow.org "flagops-train-embedder-gone" not found'
+    )
 
 
 @pytest.mark.slow
@@ -81,9 +95,18 @@ def test_airflow_dags_test_multinode_waits_for_the_job_then_deploys(cluster, tmp
 
     workdir, state, store = Path(cluster["FAKE_KUBE_PVC"]), Path(cluster["FAKE_KUBE_STATE"]), tmp_path / "mlflow.db"
     uri = f"sqlite:///{store}"  # four slashes: tmp_path is absolute
-    env = _env(tmp_path / "airflow-home", FLAGOPS_AIRFLOW_MODE="local", FLAGOPS_WORKDIR=str(workdir), MLFLOW_TRACKING_URI=uri,
-               FLAGOPS_PROFILE="tiny", FLAGOPS_K8S_NAMESPACE="ml", FLAGOPS_PTJ_WORKERS="0", FLAGOPS_PTJ_GPUS="0",
-               FLAGOPS_PTJ_POLL_S="2", **cluster)  # fmt: skip
+    env = _env(
+        tmp_path / "airflow-home",
+        FLAGOPS_AIRFLOW_MODE="local",
+        FLAGOPS_WORKDIR=str(workdir),
+        MLFLOW_TRACKING_URI=uri,
+        FLAGOPS_PROFILE="tiny",
+        FLAGOPS_K8S_NAMESPACE="ml",
+        FLAGOPS_PTJ_WORKERS="0",
+        FLAGOPS_PTJ_GPUS="0",
+        FLAGOPS_PTJ_POLL_S="2",
+        **cluster,
+    )
     _run([AIRFLOW_BIN / "airflow", "db", "migrate"], env)
     started = time.perf_counter()
     out = _run([AIRFLOW_BIN / "airflow", "dags", "test", "train_embedder_multinode"], env, timeout=1200)
@@ -94,8 +117,8 @@ def test_airflow_dags_test_multinode_waits_for_the_job_then_deploys(cluster, tmp
     polls = [line.split() for line in (state / "get.log").read_text().splitlines()]
     (job,) = {job for job, _ in polls}
     assert re.fullmatch(r"ml/flagops-train-embedder-[0-9a-f]{10}", job)  # one name per DAG run
-    assert [s for _, s in polls][0] == "Running" and [s for _, s in polls][-1] == "Succeeded"
-    assert [s for _, s in polls].count("Succeeded") == 1  # no poll after the end
+    states = [s for _, s in polls]
+    assert states[0] == "Running" and states[-1] == "Succeeded" and states.count("Succeeded") == 1  # no poll after the end
     pod = state / "pods" / job
     argv = json.loads((pod / "pod.json").read_text())["argv"]
     assert Path(argv[0]).name == "torchrun" and argv[argv.index("step") + 1] == "train_embedder"
