@@ -45,9 +45,17 @@ QUERIES = [
 ]
 # Real passages: the docstrings of these stdlib objects (some exceed 128 tokens).
 PASSAGE_SOURCES = [
-    "json.dumps", "os.path.join", "re.sub", "itertools.groupby", "functools.lru_cache",
-    "collections.OrderedDict", "textwrap.wrap", "subprocess.run", "shutil.copytree", "heapq.merge",
-]  # fmt: skip
+    "json.dumps",
+    "os.path.join",
+    "re.sub",
+    "itertools.groupby",
+    "functools.lru_cache",
+    "collections.OrderedDict",
+    "textwrap.wrap",
+    "subprocess.run",
+    "shutil.copytree",
+    "heapq.merge",
+]
 FLAGMODEL_POOLINGS = ("cls", "mean")  # what FlagModel 1.4.2's encoder-only embedder implements
 
 

@@ -35,7 +35,7 @@ from compat_flagembedding import (  # noqa: E402
     run_both_phases,
     run_phase,
     stdlib_docstrings,
-)  # fmt: skip
+)
 
 SIDES = ("query", "passage")
 
@@ -50,19 +50,27 @@ def phase_flagops(args: argparse.Namespace) -> int:
         model = M3Embedder.load(args.save_model, require_heads=True)
     s, texts = model.settings, {"query": QUERIES, "passage": stdlib_docstrings(PASSAGE_SOURCES)}
     arrays = {
-        "queries": np.array(QUERIES), "passages": np.array(texts["passage"]),
-        "pooling": np.array(s.pooling), "normalize": np.array(s.normalize), "query_instruction": np.array(s.query_instruction),
-        "query_max_len": np.array(s.query_max_len), "passage_max_len": np.array(s.passage_max_len),
-        "colbert_dim": np.array(model.m3_settings.colbert_dim), "special_ids": np.array(special_token_ids(model.tokenizer)),
-    }  # fmt: skip
+        "queries": np.array(QUERIES),
+        "passages": np.array(texts["passage"]),
+        "pooling": np.array(s.pooling),
+        "normalize": np.array(s.normalize),
+        "query_instruction": np.array(s.query_instruction),
+        "query_max_len": np.array(s.query_max_len),
+        "passage_max_len": np.array(s.passage_max_len),
+        "colbert_dim": np.array(model.m3_settings.colbert_dim),
+        "special_ids": np.array(special_token_ids(model.tokenizer)),
+    }
     for side in SIDES:
         enc = model.encode_m3(texts[side], is_query=side == "query")
         sparse = enc.sparse.tocsr()
         arrays |= {
             f"{side}_dense": enc.dense,
-            f"{side}_sparse_data": sparse.data, f"{side}_sparse_indices": sparse.indices, f"{side}_sparse_indptr": sparse.indptr,
-            f"{side}_colbert": np.concatenate(enc.colbert), f"{side}_colbert_lengths": np.array([len(c) for c in enc.colbert]),
-        }  # fmt: skip
+            f"{side}_sparse_data": sparse.data,
+            f"{side}_sparse_indices": sparse.indices,
+            f"{side}_sparse_indptr": sparse.indptr,
+            f"{side}_colbert": np.concatenate(enc.colbert),
+            f"{side}_colbert_lengths": np.array([len(c) for c in enc.colbert]),
+        }
     with open(args.out, "wb") as f:  # a file object keeps the name as given (no added .npz)
         np.savez(f, **arrays)
     print(
@@ -108,8 +116,10 @@ def phase_flagembedding(args: argparse.Namespace) -> int:
     for side, out in outputs.items():
         dense = row_cosines(np.asarray(out["dense_vecs"], np.float32), ref[f"{side}_dense"])
         weights, colbert = _ours(ref, side, len(dense))
-        diff = max(max((abs(a.get(k, 0.0) - float(b.get(k, 0.0))) for k in a.keys() | b.keys()), default=0.0)
-                   for a, b in zip(weights, out["lexical_weights"], strict=True))  # fmt: skip
+        diff = max(
+            max((abs(a.get(k, 0.0) - float(b.get(k, 0.0))) for k in a.keys() | b.keys()), default=0.0)
+            for a, b in zip(weights, out["lexical_weights"], strict=True)
+        )
         same_ids = sum(set(a) == set(b) for a, b in zip(weights, out["lexical_weights"], strict=True))
         counts = all(len(a) == len(b) for a, b in zip(colbert, out["colbert_vecs"], strict=True))
         col = min(

@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     best, worst, cpu, vectors = race(encoders, texts, args.chunk, args.repeats)
     rates = {name: len(texts) / seconds for name, seconds in best.items()}
     for name, rate in rates.items():
-        print(f"{name:>22}: {rate:7.1f} sentences/s (wall best {best[name]:.1f} s, worst {worst[name]:.1f} s; "
-              f"cpu {cpu[name]:.1f} s)")  # fmt: skip
+        print(f"{name:>22}: {rate:7.1f} sentences/s (wall best {best[name]:.1f} s, worst {worst[name]:.1f} s; cpu {cpu[name]:.1f} s)")
     ratio_cpu = cpu["sentence-transformers"] / cpu["flagops"]
     print(f"{'ratio flagops/ST':>22}: {rates['flagops'] / rates['sentence-transformers']:.3f} (by cpu time: {ratio_cpu:.3f})")
 

@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             encoders[f"FlagModel {'fp16' if device.type == 'cuda' else 'fp32'}"] = peer
 
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-        print(f"device {device} ({name}), torch {torch.__version__}; {len(texts)} passages, "
-              f"batch {args.batch_size}, max length {args.max_length}, pooling {args.pooling}, best of {args.repeats}")  # fmt: skip
+        print(
+            f"device {device} ({name}), torch {torch.__version__}; {len(texts)} passages, "
+            f"batch {args.batch_size}, max length {args.max_length}, pooling {args.pooling}, best of {args.repeats}"
+        )
         rates, vectors = {}, {}
         for label, encode in encoders.items():
             seconds, vectors[label] = best_time(encode, texts, args.repeats, device)

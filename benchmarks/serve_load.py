@@ -161,10 +161,21 @@ class Server:
 
 def flagops_server(model_dir: Path, logs: Path) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "flagops.cli", "serve", "--model", str(model_dir),
-            "--host", LOOPBACK, "--port", str(port), "--name", SERVED_NAME]  # fmt: skip
-    return Server("flagops", argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings",
-                  f"/v2/models/{SERVED_NAME}/ready", logs / "flagops.log")  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "flagops.cli",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--name",
+        SERVED_NAME,
+    ]
+    return Server("flagops", argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings", f"/v2/models/{SERVED_NAME}/ready", logs / "flagops.log")
 
 
 def infinity_server(model_dir: Path, logs: Path, venv: Path) -> Server:
@@ -172,8 +183,22 @@ def infinity_server(model_dir: Path, logs: Path, venv: Path) -> Server:
     exe = venv / "bin" / "infinity_emb"
     if not exe.is_file():
         sys.exit(f"{exe} not found: run benchmarks/setup_infinity_venv.sh (make bench-infinity-venv)")
-    argv = [str(exe), "v2", "--model-id", str(model_dir), "--served-model-name", SERVED_NAME,
-            "--engine", "torch", "--device", "cpu", "--host", LOOPBACK, "--port", str(port)]  # fmt: skip
+    argv = [
+        str(exe),
+        "v2",
+        "--model-id",
+        str(model_dir),
+        "--served-model-name",
+        SERVED_NAME,
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+    ]
     return Server("infinity", argv, INFINITY_ENV, port, "/embeddings", "/health", logs / "infinity.log")
 
 
@@ -210,8 +235,7 @@ async def send(client: httpx.AsyncClient, server: Server, body: bytes, n_texts: 
     """POST one embeddings request; anything but 200 with ``n_texts`` vectors is an error."""
     t0 = time.perf_counter()
     try:
-        r = await client.post(server.url + server.embed_path, content=body,
-                              headers={"Content-Type": "application/json"})  # fmt: skip
+        r = await client.post(server.url + server.embed_path, content=body, headers={"Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         return Outcome(time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - t0
@@ -227,8 +251,7 @@ async def send(client: httpx.AsyncClient, server: Server, body: bytes, n_texts: 
 async def embed(server: Server, texts: list[str], timeout: float = 120) -> np.ndarray:
     """The server's vectors for ``texts``, float32 (n, dim)."""
     async with httpx.AsyncClient(timeout=timeout) as client:
-        r = await client.post(server.url + server.embed_path, content=server.body(texts),
-                              headers={"Content-Type": "application/json"})  # fmt: skip
+        r = await client.post(server.url + server.embed_path, content=server.body(texts), headers={"Content-Type": "application/json"})
     r.raise_for_status()
     rows = sorted(r.json()["data"], key=lambda d: d["index"])
     return np.asarray([d["embedding"] for d in rows], dtype=np.float32)
@@ -258,13 +281,20 @@ class Cell:
         errors = [o.error for o in self.outcomes if o.error]
         p50, p95, p99 = np.percentile(ms, [50, 95, 99]) if len(ms) else (float("nan"),) * 3
         return {
-            "server": self.server, "payload": self.payload, "concurrency": self.concurrency,
-            "requests": len(self.outcomes), "errors": len(errors), "first_error": errors[0] if errors else None,
-            "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+            "server": self.server,
+            "payload": self.payload,
+            "concurrency": self.concurrency,
+            "requests": len(self.outcomes),
+            "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "p99_ms": p99,
             "texts_per_s": self.texts / self.wall if self.wall else 0.0,
             "cpu_ms_per_text": 1e3 * self.cpu / self.texts if self.texts else float("nan"),
-            "wall_s": self.wall, "load_avg": self.load,
-        }  # fmt: skip
+            "wall_s": self.wall,
+            "load_avg": self.load,
+        }
 
 
 async def drive(server: Server, bodies: Sequence[tuple[bytes, int]], concurrency: int, budget: float) -> tuple[list[Outcome], float]:
@@ -333,24 +363,30 @@ async def run_cells(servers: Sequence[Server], texts: list[str], args: argparse.
 
 # ---------------------------------------------------------------- report
 
-HEADER = (f"{'payload':<8} {'conc':>4} {'server':<9} {'reqs':>5} {'err':>4} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'p99 ms':>8} {'texts/s':>8} {'cpu ms/text':>11} {'load':>5}")  # fmt: skip
+HEADER = (
+    f"{'payload':<8} {'conc':>4} {'server':<9} {'reqs':>5} {'err':>4} {'p50 ms':>8} {'p95 ms':>8} "
+    f"{'p99 ms':>8} {'texts/s':>8} {'cpu ms/text':>11} {'load':>5}"
+)
 
 
 def print_cell_group(rows: list[dict]) -> None:
     for s in rows:
-        print(f"{s['payload']:<8} {s['concurrency']:>4} {s['server']:<9} {s['requests']:>5} {s['errors']:>4} "
-              f"{s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} {s['p99_ms']:>8.1f} {s['texts_per_s']:>8.1f} "
-              f"{s['cpu_ms_per_text']:>11.2f} {np.mean(s['load_avg']):>5.1f}")  # fmt: skip
+        print(
+            f"{s['payload']:<8} {s['concurrency']:>4} {s['server']:<9} {s['requests']:>5} {s['errors']:>4} "
+            f"{s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} {s['p99_ms']:>8.1f} {s['texts_per_s']:>8.1f} "
+            f"{s['cpu_ms_per_text']:>11.2f} {np.mean(s['load_avg']):>5.1f}"
+        )
         if s["first_error"]:
             print(f"{'':<14}first error: {s['first_error']}")
     by = {s["server"]: s for s in rows}
     if {"flagops", "infinity"} <= set(by):
         f, inf = by["flagops"], by["infinity"]
-        r = {k: f[k] / inf[k] if inf[k] else float("nan")
-             for k in ("p50_ms", "p95_ms", "p99_ms", "texts_per_s", "cpu_ms_per_text")}  # fmt: skip
-        print(f"{'':<14}{'f/i':<9} {'':>5} {'':>4} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['texts_per_s']:>8.2f} {r['cpu_ms_per_text']:>11.2f}", flush=True)  # fmt: skip
+        r = {k: f[k] / inf[k] if inf[k] else float("nan") for k in ("p50_ms", "p95_ms", "p99_ms", "texts_per_s", "cpu_ms_per_text")}
+        print(
+            f"{'':<14}{'f/i':<9} {'':>5} {'':>4} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['texts_per_s']:>8.2f} {r['cpu_ms_per_text']:>11.2f}",
+            flush=True,
+        )
 
 
 def check_vectors(servers: Sequence[Server], texts: list[str], min_cos: float) -> tuple[bool, float]:
@@ -358,8 +394,11 @@ def check_vectors(servers: Sequence[Server], texts: list[str], min_cos: float) -
     a, b = (asyncio.run(embed(s, texts)) for s in servers)
     cos = row_cosines(a, b)
     ok = bool(cos.min() >= min_cos)
-    print(f"vectors: {len(texts)} texts, dim {a.shape[1]} vs {b.shape[1]}, min cosine {cos.min():.6f} "
-          f"(>= {min_cos}: {'PASS' if ok else 'FAIL'})", flush=True)  # fmt: skip
+    print(
+        f"vectors: {len(texts)} texts, dim {a.shape[1]} vs {b.shape[1]}, min cosine {cos.min():.6f} "
+        f"(>= {min_cos}: {'PASS' if ok else 'FAIL'})",
+        flush=True,
+    )
     return ok, float(cos.min())
 
 
@@ -388,8 +427,13 @@ def add_server_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--pooling", default="mean", choices=["cls", "mean", "last_token"])
     ap.add_argument("--infinity-venv", type=Path, default=REPO / ".venv-infinity")
     ap.add_argument("--startup-timeout", type=float, default=300, help="seconds for each server to get ready")
-    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                    help="set in the servers' environment, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")  # fmt: skip
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in the servers' environment, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,16 +457,21 @@ def main(argv: list[str] | None = None) -> int:
         servers = [flagops_server(model_dir, tmp), infinity_server(model_dir, tmp, args.infinity_venv)]
         for s in servers:
             s.env.update(env_pairs(args.env))
-        print(f"texts: {len(texts)} stdlib docstrings cut to {args.tokens} tokens; model {args.model}, "
-              f"pooling {args.pooling}; {versions(args.infinity_venv)}; "
-              f"server env {env_pairs(args.env) or 'as inherited'}", flush=True)  # fmt: skip
+        print(
+            f"texts: {len(texts)} stdlib docstrings cut to {args.tokens} tokens; model {args.model}, "
+            f"pooling {args.pooling}; {versions(args.infinity_venv)}; "
+            f"server env {env_pairs(args.env) or 'as inherited'}",
+            flush=True,
+        )
         start_all(servers, args.startup_timeout)
         try:
             ok, min_cos = check_vectors(servers, texts[:64], args.min_cos)
             cells: list[Cell] = []
             if not args.check_only:
-                print(f"load: {args.requests} requests per cell and server in {args.rounds} interleaved slices; "
-                      f"ratios are flagops/infinity (latency and cpu: < 1 is flagops ahead; texts/s: > 1)")  # fmt: skip
+                print(
+                    f"load: {args.requests} requests per cell and server in {args.rounds} interleaved slices; "
+                    f"ratios are flagops/infinity (latency and cpu: < 1 is flagops ahead; texts/s: > 1)"
+                )
                 print(HEADER, flush=True)
                 cells = asyncio.run(run_cells(servers, texts, args))
         finally:
@@ -431,8 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = [c.summary() for c in cells]
     flagops_errors = sum(s["errors"] for s in summaries if s["server"] == "flagops")
     if args.out:
-        report = {"min_cosine": min_cos, "args": {k: str(v) for k, v in vars(args).items()},
-                  "cells": summaries, "server_log_tails": logs}  # fmt: skip
+        report = {"min_cosine": min_cos, "args": {k: str(v) for k, v in vars(args).items()}, "cells": summaries, "server_log_tails": logs}
         args.out.write_text(json.dumps(report, indent=1, default=str))
     passed = ok and not flagops_errors
     print(f"flagops errors: {flagops_errors}; vectors {'match' if ok else 'DIFFER'}: {'PASS' if passed else 'FAIL'}")

@@ -104,9 +104,12 @@ def report_minute(out: Soak, now: float) -> None:
     recent = [o for t, o in out.outcomes if t >= now - 60]
     ms = [o.seconds * 1e3 for o in recent]
     errors = sum(o.error is not None for _, o in out.outcomes)
-    print(f"  {now:6.0f} s: {len(out.outcomes):6d} requests ({len(recent)} in the last minute, "
-          f"p50 {np.median(ms) if ms else float('nan'):.0f} ms), {errors} errors, "
-          f"RSS {out.rss[-1][1] / MIB:.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    print(
+        f"  {now:6.0f} s: {len(out.outcomes):6d} requests ({len(recent)} in the last minute, "
+        f"p50 {np.median(ms) if ms else float('nan'):.0f} ms), {errors} errors, "
+        f"RSS {out.rss[-1][1] / MIB:.0f} MiB, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
 
 def rss_growth(rss: list[tuple[float, int]], warmup: float, window: float, end: float) -> tuple[float, float, float]:
@@ -148,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             server = infinity_server(model_dir, tmp, args.infinity_venv)
         server.env.update(env_pairs(args.env))
-        print(f"soak {server.name}: {args.duration:.0f} s at concurrency {args.concurrency}; {len(texts)} docstrings "
-              f"of 8-{args.tokens} tokens, every {args.batch_every}th request a batch of {args.batch}; "
-              f"load avg {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        print(
+            f"soak {server.name}: {args.duration:.0f} s at concurrency {args.concurrency}; {len(texts)} docstrings "
+            f"of 8-{args.tokens} tokens, every {args.batch_every}th request a batch of {args.batch}; "
+            f"load avg {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         start_all([server], args.startup_timeout)
         try:
             result = asyncio.run(soak(server, texts, args))
@@ -171,8 +177,13 @@ def write_json(path: Path, result: Soak, args: argparse.Namespace) -> None:
         errors = sum(o.error is not None for t, o in result.outcomes if m * 60 <= t < (m + 1) * 60)
         p50, p99 = np.percentile(ms, [50, 99]) if ms else (None, None)
         minutes.append({"minute": m, "requests": len(ms), "errors": errors, "p50_ms": p50, "p99_ms": p99})
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": result.seconds, "texts": result.texts,
-              "rss": [{"t": t, "bytes": b} for t, b in result.rss], "minutes": minutes}  # fmt: skip
+    report = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "seconds": result.seconds,
+        "texts": result.texts,
+        "rss": [{"t": t, "bytes": b} for t, b in result.rss],
+        "minutes": minutes,
+    }
     path.write_text(json.dumps(report, indent=1))
 
 
@@ -188,17 +199,21 @@ def verdict(result: Soak, args: argparse.Namespace, alive: bool, log_tail: str) 
     ms = np.array([o.seconds for _, o in result.outcomes]) * 1e3
     errors = [o.error for _, o in result.outcomes if o.error]
     p50, p95, p99 = np.percentile(ms, [50, 95, 99]) if len(ms) else (float("nan"),) * 3
-    print(f"requests: {len(ms)} in {end:.0f} s ({len(ms) / end:.1f}/s, {result.texts / end:.1f} texts/s); "
-          f"latency p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
+    print(
+        f"requests: {len(ms)} in {end:.0f} s ({len(ms) / end:.1f}/s, {result.texts / end:.1f} texts/s); "
+        f"latency p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms"
+    )
     print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
     if not alive:
         print(f"the server died during the soak; its log ends:\n{log_tail}\nsoak: FAIL")
         return 1
     start, finish, growth = rss_growth(result.rss, args.warmup, args.window, result.rss[-1][0])
     peak = max(b for _, b in result.rss)
-    print(f"RSS: {start / MIB:.1f} MiB (mean of {args.warmup:.0f}-{args.warmup + args.window:.0f} s) -> "
-          f"{finish / MIB:.1f} MiB (mean of the last {args.window:.0f} s), growth {100 * growth:+.2f}% "
-          f"(bound {100 * args.max_growth:.0f}%); peak {peak / MIB:.1f} MiB; {len(result.rss)} samples")  # fmt: skip
+    print(
+        f"RSS: {start / MIB:.1f} MiB (mean of {args.warmup:.0f}-{args.warmup + args.window:.0f} s) -> "
+        f"{finish / MIB:.1f} MiB (mean of the last {args.window:.0f} s), growth {100 * growth:+.2f}% "
+        f"(bound {100 * args.max_growth:.0f}%); peak {peak / MIB:.1f} MiB; {len(result.rss)} samples"
+    )
     ok = not errors and growth < args.max_growth
     print(f"soak: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1

@@ -26,13 +26,23 @@ from flagops import catalog
 from flagops.config import load_config
 
 PIPE = catalog.pipeline(load_config(PROFILE))
-TRAIN = PIPE.producer()["model"]  # the profile's training task: train_embedder or train_m3
+TRAIN = PIPE.producer()["model"]  # the profile's training task, as flagops.training.pytorchjob.training_step_name
 NAMESPACE = os.environ.get("FLAGOPS_K8S_NAMESPACE", "flagops")
 JOB = "{{ pytorchjob_name(run_id, dag_run.clear_number) }}"  # rendered per run, the same in both tasks
 ARGV = [
-    "flagops", "train", "submit-pytorchjob", "--params", "params.yaml", "--name", JOB, "--namespace", NAMESPACE,
-    "--workers", os.environ.get("FLAGOPS_PTJ_WORKERS", "1"),
-    "--gpus-per-worker", os.environ.get("FLAGOPS_PTJ_GPUS", "8"),
+    "flagops",
+    "train",
+    "submit-pytorchjob",
+    "--params",
+    "params.yaml",
+    "--name",
+    JOB,
+    "--namespace",
+    NAMESPACE,
+    "--workers",
+    os.environ.get("FLAGOPS_PTJ_WORKERS", "1"),
+    "--gpus-per-worker",
+    os.environ.get("FLAGOPS_PTJ_GPUS", "8"),
 ]  # fmt: skip (a flag and its value on one line)
 
 

@@ -8,7 +8,8 @@ to the pipeline it names (``flagops-<profile>``): the first upload creates it, l
 version named by the IR's content hash (the same IR reuses its version). The IR is the one
 whose DAG is the config's: a config whose branches match no shipped profile needs its own
 (``python -m pipelines.retrain --params F -o FILE``, then ``--package FILE``). Then they create
-a run or a recurring run in an experiment. The config travels as the ``params`` pipeline argument: the full FlagopsConfig as YAML, so a run records every value.
+a run or a recurring run in an experiment. The config travels as the ``params`` pipeline
+argument: the full FlagopsConfig as YAML, so a run records every value.
 
 A face module: kfp is imported only inside the functions that talk to the server, and no
 flagops module imports components/ or pipelines/ (this reads the compiled IR file).
@@ -202,8 +203,9 @@ def add_kfp_commands(subparsers: Any) -> None:
         p.add_argument("--name", help="run or recurring-run name")
         p.add_argument("--pipeline-root", help="artifact root, e.g. s3://bucket/flagops (default: the server's)")
         if name == "submit":
-            p.add_argument("--group-runs", action="store_true",
-                           help="nest the run's step runs under one MLflow parent run (KFP's cache then misses)")  # fmt: skip
+            p.add_argument(
+                "--group-runs", action="store_true", help="nest the run's step runs under one MLflow parent run (KFP's cache then misses)"
+            )
         if name == "schedule":
             p.add_argument("--cron", required=True, help='e.g. "0 3 * * *" (daily 03:00; 6 fields = seconds first)')
             p.add_argument("--max-concurrency", type=int, default=1)

@@ -32,8 +32,14 @@ TOP_K = 100  # documents per query in each run (Recall@100 needs 100)
 DOC_BLOCK = 256  # documents padded together for exhaustive ColBERT
 
 
-def top_k_rows(scores: np.ndarray, k: int, query_ids: Sequence[str], doc_ids: Sequence[str], columns: np.ndarray | None = None,
-               positive_only: bool = False) -> Run:  # fmt: skip
+def top_k_rows(
+    scores: np.ndarray,
+    k: int,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    columns: np.ndarray | None = None,
+    positive_only: bool = False,
+) -> Run:
     """Each row's ``k`` best columns as a run. scores: (block, n); ``columns`` (block, n) maps a
     row's columns to document indices (default: column j is document j)."""
     k = min(k, scores.shape[1])
@@ -95,9 +101,17 @@ def colbert_rerank(query: np.ndarray, docs: Sequence[np.ndarray], candidates: np
     return colbert_scores(q, q_mask, d, d_mask)[0].numpy()
 
 
-def m3_runs(queries: M3Encoded, docs: M3Encoded, query_ids: Sequence[str], doc_ids: Sequence[str], *,
-            weights: Sequence[float] = (0.4, 0.2, 0.4), exhaustive: bool = True, rerank_top_k: int = 100,
-            top_k: int = TOP_K) -> dict[str, Run]:  # fmt: skip
+def m3_runs(
+    queries: M3Encoded,
+    docs: M3Encoded,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    *,
+    weights: Sequence[float] = (0.4, 0.2, 0.4),
+    exhaustive: bool = True,
+    rerank_top_k: int = 100,
+    top_k: int = TOP_K,
+) -> dict[str, Run]:
     """One run per mode the encodings hold, and ``hybrid`` when they hold all three."""
     runs = {"dense": dense_search(queries.dense, docs.dense, query_ids, doc_ids, top_k)}
     if queries.sparse is not None:

@@ -153,8 +153,14 @@ class M3UnifiedLoss(nn.Module):
     averages. The other terms are per-rank losses, which DDP's mean already averages right.
     """
 
-    def __init__(self, temperature: float = 0.02, in_batch: bool = True, kd_loss: str = "m3_kd_loss", distill_weight: float = 1.0,
-                 cross_device: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        temperature: float = 0.02,
+        in_batch: bool = True,
+        kd_loss: str = "m3_kd_loss",
+        distill_weight: float = 1.0,
+        cross_device: bool = False,
+    ):
         super().__init__()
         if kd_loss not in ("m3_kd_loss", "kl_div"):
             raise ValueError(f"kd_loss {kd_loss!r}: use m3_kd_loss or kl_div")
@@ -172,9 +178,15 @@ class M3UnifiedLoss(nn.Module):
         if not self.in_batch:
             scores = {m: local_scores(s, group, True) for m, s in scores.items()}  # (batch, group)
         return compute_loss_from_scores(
-            scores, group, in_batch=self.in_batch, teacher=teacher, kd_loss=self.kd_loss,
-            distill_weight=self.distill_weight, self_distill=self_distill, dense_global=self.gather_dense(dense, teacher),
-        )  # fmt: skip
+            scores,
+            group,
+            in_batch=self.in_batch,
+            teacher=teacher,
+            kd_loss=self.kd_loss,
+            distill_weight=self.distill_weight,
+            self_distill=self_distill,
+            dense_global=self.gather_dense(dense, teacher),
+        )
 
     def gather_dense(self, dense, teacher) -> CrossDeviceDense | None:
         """Every rank's dense scores and teacher, L_dense's gradient scaled by W; None in one process."""

@@ -119,9 +119,13 @@ class Embedder(nn.Module):
             texts = [s.query_instruction + t for t in texts]
         limit = max_length or (s.query_max_len if is_query else s.passage_max_len)
         return self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt",
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=limit,
+            return_tensors="pt",
             pad_to_multiple_of=padding_multiple(limit, self.pad_to_multiple_of),
-        )  # fmt: skip
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)

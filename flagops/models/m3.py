@@ -282,13 +282,28 @@ class M3Embedder(nn.Module):
         """Load a model source; ``overrides`` go to ``Embedder.load`` (pooling, lengths, ...)."""
         path = resolve_model_source(str(source))
         return cls.from_embedder(
-            Embedder.load(path, **overrides), path, colbert_dim=colbert_dim, heads=heads,
-            require_heads=require_heads, seed=seed, mcls=mcls, mcls_interval=mcls_interval,
-        )  # fmt: skip
+            Embedder.load(path, **overrides),
+            path,
+            colbert_dim=colbert_dim,
+            heads=heads,
+            require_heads=require_heads,
+            seed=seed,
+            mcls=mcls,
+            mcls_interval=mcls_interval,
+        )
 
     @classmethod
-    def from_config(cls, model_cfg, m3_cfg, source: str | Path | None = None, *, seed: int = 0,
-                    heads: bool | None = None, require_heads: bool = False, inference: bool = False) -> M3Embedder:  # fmt: skip
+    def from_config(
+        cls,
+        model_cfg,
+        m3_cfg,
+        source: str | Path | None = None,
+        *,
+        seed: int = 0,
+        heads: bool | None = None,
+        require_heads: bool = False,
+        inference: bool = False,
+    ) -> M3Embedder:
         """``Embedder.from_config`` (saved settings win over the profile) plus the heads.
 
         A base without heads gets fresh ones when ``heads`` (default: ``m3.unified_finetuning``)
@@ -298,10 +313,15 @@ class M3Embedder(nn.Module):
         """
         path = resolve_model_source(str(source or model_cfg.base))
         m3 = cls.from_embedder(
-            Embedder.from_config(model_cfg, source), path, colbert_dim=m3_cfg.colbert_dim,
-            heads=m3_cfg.unified_finetuning if heads is None else heads, require_heads=require_heads, seed=seed,
-            mcls=m3_cfg.mcls, mcls_interval=m3_cfg.mcls_interval,
-        )  # fmt: skip
+            Embedder.from_config(model_cfg, source),
+            path,
+            colbert_dim=m3_cfg.colbert_dim,
+            heads=m3_cfg.unified_finetuning if heads is None else heads,
+            require_heads=require_heads,
+            seed=seed,
+            mcls=m3_cfg.mcls,
+            mcls_interval=m3_cfg.mcls_interval,
+        )
         return place(m3, inference_placement(model_cfg)) if inference else m3
 
     @property
@@ -470,6 +490,18 @@ def lexical_weights(row: sp.csr_matrix) -> dict[str, float]:
 
 
 __all__ = [
-    "HEADS", "M3_SETTINGS_FILE", "MODES", "M3CheckpointError", "M3Embedder", "M3Encoded", "M3Output", "M3Settings",
-    "colbert_scores", "inner_scores", "lexical_weights", "mcls_ids", "sparse_embedding", "special_token_ids",
-]  # fmt: skip
+    "HEADS",
+    "M3_SETTINGS_FILE",
+    "MODES",
+    "M3CheckpointError",
+    "M3Embedder",
+    "M3Encoded",
+    "M3Output",
+    "M3Settings",
+    "colbert_scores",
+    "inner_scores",
+    "lexical_weights",
+    "mcls_ids",
+    "sparse_embedding",
+    "special_token_ids",
+]

@@ -88,9 +88,14 @@ class CrossEncoderReranker(nn.Module):
         passages = [p for _, p in pairs]
         limit = max_length or self.max_length
         return self.tokenizer(
-            queries, passages, padding=True, truncation=True, max_length=limit, return_tensors="pt",
+            queries,
+            passages,
+            padding=True,
+            truncation=True,
+            max_length=limit,
+            return_tensors="pt",
             pad_to_multiple_of=padding_multiple(limit, self.pad_to_multiple_of),
-        )  # fmt: skip
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)

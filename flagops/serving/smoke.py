@@ -48,10 +48,20 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
 def serve_command(model_uri: str, cfg: FlagopsConfig, port: int) -> list[str]:
     """`flagops serve` for ``model_uri`` on loopback, with ``cfg.serve``'s limits and batching."""
     return [
-        sys.executable, "-m", "flagops.cli", "serve",
-        "--model", model_uri, "--host", LOOPBACK, "--port", str(port), "--name", cfg.serve.model_name,
+        sys.executable,
+        "-m",
+        "flagops.cli",
+        "serve",
+        "--model",
+        model_uri,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--name",
+        cfg.serve.model_name,
         *cfg.serve.overrides(),
-    ]  # fmt: skip
+    ]
 
 
 class SmokeResult(NamedTuple):

@@ -80,8 +80,15 @@ class LengthGroupedBatches(Dataset):
     Setting ``epoch`` re-cuts the batches with a per-epoch seed (and passes the epoch on).
     """
 
-    def __init__(self, items: Dataset, lengths: Sequence[int], buckets: Sequence[int], batch_sizes: Sequence[int] | None,
-                 default_batch_size: int, seed: int):  # fmt: skip
+    def __init__(
+        self,
+        items: Dataset,
+        lengths: Sequence[int],
+        buckets: Sequence[int],
+        batch_sizes: Sequence[int] | None,
+        default_batch_size: int,
+        seed: int,
+    ):
         if len(lengths) != len(items):
             raise ValueError(f"{len(lengths)} lengths for {len(items)} items")
         self.items = items

@@ -34,8 +34,16 @@ class M3ForTraining(nn.Module):
     resume) switches self-distillation on at ``self_distill_start_step``.
     """
 
-    def __init__(self, m3: M3Embedder, loss: M3UnifiedLoss, modes: Sequence[str], *, sub_batch_size: int | None = None,
-                 self_distill: bool = True, self_distill_start_step: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        m3: M3Embedder,
+        loss: M3UnifiedLoss,
+        modes: Sequence[str],
+        *,
+        sub_batch_size: int | None = None,
+        self_distill: bool = True,
+        self_distill_start_step: int = 0,
+    ):
         super().__init__()
         self.m3 = m3
         self.loss = loss
@@ -131,8 +139,14 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
         )
         collate, per_device, queries_per_step = unwrap_batch(collate), 1, dataset.mean_batch_size
     loss = M3UnifiedLoss(train_cfg.temperature, train_cfg.in_batch_negatives, m3_cfg.kd_loss, train_cfg.distill_weight, cross_device)
-    model = M3ForTraining(m3, loss, modes, sub_batch_size=m3_cfg.sub_batch_size,
-                          self_distill=m3_cfg.self_distill, self_distill_start_step=m3_cfg.self_distill_start_step)  # fmt: skip
+    model = M3ForTraining(
+        m3,
+        loss,
+        modes,
+        sub_batch_size=m3_cfg.sub_batch_size,
+        self_distill=m3_cfg.self_distill,
+        self_distill_start_step=m3_cfg.self_distill_start_step,
+    )
 
     args = common.training_arguments(train_cfg, output, per_device)  # joins the process group under torchrun
     stamp = common.fingerprint(model_cfg, m3_cfg, train_cfg, examples=examples)

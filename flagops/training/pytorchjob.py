@@ -43,8 +43,9 @@ DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def training_step_name(cfg: FlagopsConfig) -> str:
-    """The catalog step this config trains with: ``train_m3`` for model.kind m3, else ``train_embedder``."""
-    return "train_m3" if cfg.model.kind == "m3" else "train_embedder"
+    """The catalog step this config trains with: the task of its DAG that writes the ``model``
+    artifact (``train_embedder``, or ``train_m3`` for model.kind m3)."""
+    return catalog.pipeline(cfg).producer()["model"]
 
 
 def default_job_name(cfg: FlagopsConfig) -> str:

@@ -54,8 +54,15 @@ def test_the_rendered_container_passes_the_serve_section():
     assert c["command"] == ["flagops", "serve"]
     args = c["args"]
     assert args[: args.index("--name") + 2] == [
-        "--model", "/mnt/models/artifacts/candidate", "--host", "0.0.0.0", "--port", "8080", "--name", "bge",
-    ]  # fmt: skip
+        "--model",
+        "/mnt/models/artifacts/candidate",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
+        "--name",
+        "bge",
+    ]
     assert args[args.index("--name") + 2 :] == [
         "serve.kind=embedder",
         "serve.max_texts=3",

@@ -23,15 +23,25 @@ TIMEOUT_S = 120
 def schemathesis(server, tmp_path: Path, max_examples: int = 20) -> subprocess.CompletedProcess:
     cli = Path(sys.executable).with_name("schemathesis")
     cmd = [
-        str(cli), "--config-file", str(CONFIG), "run", f"{server.url}/openapi.json",
-        "--checks", "not_a_server_error",
-        "--max-examples", str(max_examples),
-        "--seed", "20240601",
-        "--workers", "1",
-        "--exclude-path-regex", "/repository/",
-        "--generation-database", "none",
+        str(cli),
+        "--config-file",
+        str(CONFIG),
+        "run",
+        f"{server.url}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(max_examples),
+        "--seed",
+        "20240601",
+        "--workers",
+        "1",
+        "--exclude-path-regex",
+        "/repository/",
+        "--generation-database",
+        "none",
         "--no-color",
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "FLAGOPS_MODEL_NAME": server.name}
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 

@@ -34,8 +34,14 @@ def _examples(n: int = 24, seed: int = 0) -> list[TrainExample]:
 
 
 def _cfg(*overrides):
-    base = ["train.logging_steps=1", "train.learning_rate=5e-4", "train.warmup_ratio=0", "train.batch_size=4",
-            "train.train_group_size=3", "train.temperature=0.05"]  # fmt: skip
+    base = [
+        "train.logging_steps=1",
+        "train.learning_rate=5e-4",
+        "train.warmup_ratio=0",
+        "train.batch_size=4",
+        "train.train_group_size=3",
+        "train.temperature=0.05",
+    ]
     return load_config("tiny_m3", [*base, *overrides])
 
 

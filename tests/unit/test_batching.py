@@ -104,8 +104,12 @@ def test_sub_batches_give_the_loss_and_gradients_of_the_whole_batch(m3_model):
     passages = [f"passage {i} about {w} and more words {'x ' * (i % 5)}" for i, w in enumerate("abcdefghijkl")]  # 4 x group 3
     q = m3_model.tokenize(queries, is_query=True)
     p = m3_model.tokenize(passages, is_query=False)
-    batch = {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
-             "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"]}  # fmt: skip
+    batch = {
+        "q_input_ids": q["input_ids"],
+        "q_attention_mask": q["attention_mask"],
+        "p_input_ids": p["input_ids"],
+        "p_attention_mask": p["attention_mask"],
+    }
     results = []
     for sub in (None, 5):  # 5 does not divide 12: uneven chunks too
         model = M3ForTraining(m3_model, M3UnifiedLoss(0.05), ("dense", "sparse", "colbert"), sub_batch_size=sub)

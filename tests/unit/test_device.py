@@ -196,8 +196,10 @@ def test_cuda_on_a_cpu_machine_is_a_config_error(monkeypatch):
 def test_server_with_cuda_on_a_cpu_machine_exits_2_in_one_line():
     proc = subprocess.run(
         [sys.executable, "-m", "flagops.cli", "serve", "--model", "tiny-bert", "serve.device=cuda"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.endswith(

@@ -51,9 +51,20 @@ def test_dvc_plots_show_renders_with_inlined_libs(template, tmp_path):
     dvc("init", "--no-scm", "-q")
     (tmp_path / "metrics.json").write_text(json.dumps(ROWS))
     dvc(
-        "plots", "show", "metrics.json", "-x", "value", "-y", "system", "-t", "bar_horizontal",
-        "--html-template", str(TEMPLATE), "-o", "out",
-    )  # fmt: skip
+        "plots",
+        "show",
+        "metrics.json",
+        "-x",
+        "value",
+        "-y",
+        "system",
+        "-t",
+        "bar_horizontal",
+        "--html-template",
+        str(TEMPLATE),
+        "-o",
+        "out",
+    )
     html = (tmp_path / "out" / "index.html").read_text(encoding="utf8")
 
     for script in INLINE_SCRIPT.findall(template):

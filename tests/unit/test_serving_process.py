@@ -26,8 +26,11 @@ def probe(env_extra: dict[str, str], before: str = "") -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "MALLOC_ARENA_MAX")}
     proc = subprocess.run(
         [sys.executable, "-c", PROBE.format(before=before)],
-        env={**env, **env_extra}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env={**env, **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
 
