@@ -35,6 +35,8 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_
     console.print(table)
     delta = metrics.get("candidate/ndcg@10", 0.0) - metrics.get("base/ndcg@10", 0.0)
     console.print(f"candidate vs base nDCG@10: {delta:+.4f}")
+    gate = cfg.registry.primary_metric
+    console.print(f"champion gate: candidate/{gate} = {metrics[f'candidate/{gate}']:.4f} (registry.primary_metric)")
     console.print(
         f"registered: [bold]{promotion['name']}[/] version {promotion['version']} -> alias "
         f"[bold]{promotion['alias']}[/] ({'; '.join(promotion.get('reasons', []))})"

@@ -62,6 +62,7 @@ def test_demo_runs_every_stage_and_serves(workspace):
     for metric in QUALITY_MARGIN:
         assert metrics[f"candidate/{metric}"] > metrics[f"base/{metric}"] + QUALITY_MARGIN[metric], (metric, metrics)
     assert "served models:/bge-tiny@champion through KServe: 2 queries -> 64-dim embeddings" in out
+    assert f"champion gate: candidate/ndcg@10 = {metrics['candidate/ndcg@10']:.4f}" in out
     assert (wd / "plots/eval_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
