@@ -1,0 +1,1 @@
+"""Data: formats and validation, corpus builders, query synthesis."""

@@ -1,0 +1,1 @@
+"""Hard-negative mining from a teacher's faiss search."""
