@@ -9,7 +9,9 @@ makes, keeping the cluster's state as JSON files under $FAKE_KUBE_STATE:
   ConfigMap "mounted" and RANK / MASTER_ADDR / MASTER_PORT set. The pod's environment is the
   container's env, the caller's MLFLOW_* variables (standing in for the MLflow Secret) and PATH /
   PYTHONPATH / HOME (standing in for the image). One Master, run once: no Workers, no restarts.
-- `kubectl get pytorchjob NAME -n NS -o json`: the job with the operator's conditions: Running
+- `kubectl get pytorchjob NAME -n NS -o json [--ignore-not-found]`: the job with the operator's
+  conditions (nothing, with --ignore-not-found, for a job that does not exist; what
+  `flagops train submit-pytorchjob` asks before it applies): Running
   while the command runs, then Succeeded or Failed by its exit code. Each answer is appended to
   $FAKE_KUBE_STATE/get.log, so a test can see the waiter poll a running job.
 """
@@ -104,9 +106,11 @@ def apply(text: str) -> None:
         print(f"{obj['kind'].lower()}/{meta['name']} created")
 
 
-def get_pytorchjob(name: str, namespace: str) -> int:
+def get_pytorchjob(name: str, namespace: str, ignore_not_found: bool = False) -> int:
     path = _path("pytorchjobs", namespace, name)
     if not path.exists():
+        if ignore_not_found:  # kubectl prints nothing and exits 0
+            return 0
         print(f'Error from server (NotFound): pytorchjobs.kubeflow.org "{name}" not found', file=sys.stderr)
         return 1
     job = json.loads(path.read_text())
@@ -149,9 +153,9 @@ def main(argv: list[str]) -> int:
     if argv[:2] == ["apply", "-f"] and argv[2:3] == ["-"]:
         apply(sys.stdin.read())
         return 0
-    flags = [a for a in argv if not a.startswith("--request-timeout")]
+    flags = [a for a in argv if not a.startswith("--request-timeout") and a != "--ignore-not-found"]
     if len(flags) == 7 and flags[:2] == ["get", "pytorchjob"] and flags[3] == "-n" and flags[5:] == ["-o", "json"]:
-        return get_pytorchjob(flags[2], flags[4])
+        return get_pytorchjob(flags[2], flags[4], ignore_not_found="--ignore-not-found" in argv)
     print(f"fake kubectl: unsupported call: kubectl {' '.join(argv)}", file=sys.stderr)
     return 2
 
