@@ -33,6 +33,8 @@ SERVE = ServeConfig(
     max_batch_tokens=64,
     max_wait_ms=7.5,
     pad_to_multiple_of=None,
+    device="cpu",
+    dtype="float32",
 )
 CHAMPION = isvc.Champion(name="bge", version=3, storage_uri="s3://bucket/3/artifacts", model_path="artifacts/candidate")
 
@@ -75,6 +77,8 @@ def test_the_rendered_container_passes_the_serve_section():
         "serve.max_batch_tokens=64",
         "serve.max_wait_ms=7.5",
         "serve.pad_to_multiple_of=null",
+        "serve.device=cpu",
+        "serve.dtype=float32",
     ]
     assert container(ServeConfig())["args"] != args  # the section, not constants
 

@@ -167,8 +167,9 @@ def test_serving_models_choose_from_the_serve_section(fake_cuda, tiny_embedder, 
 
 
 def test_mlflow_pyfunc_chooses_auto(fake_cuda):
+    from flagops.models.layout import ARTIFACT
     from flagops.models.sources import resolve_model_source
-    from flagops.registry.models import ARTIFACT, EmbedderPyfunc
+    from flagops.registry.pyfunc import EmbedderPyfunc
 
     EmbedderPyfunc().load_context(SimpleNamespace(artifacts={ARTIFACT: str(resolve_model_source("tiny-bert"))}))
     assert fake_cuda == [("Embedder", CUDA0_FP16)]
