@@ -66,6 +66,13 @@ class MiningConfig(Section):
     negative_number: int = Field(15, ge=1)
     batch_size: int = Field(256, ge=1)  # encoding batch; FlagEmbedding's 3000 needs ~11 GB
     seed: int = 42
+    # False negatives: a sampled negative the teacher scores too close to the positive is
+    # likely relevant too, and dropped. keep: FlagEmbedding's behaviour (no filter);
+    # absolute: drop negatives scoring above fn_threshold; relative: drop negatives scoring
+    # above fn_margin x the positive's score (NV-Retriever's positive-aware TopK-PercPos).
+    false_negatives: Literal["keep", "absolute", "relative"] = "keep"
+    fn_threshold: float = Field(0.9, ge=-1.0, le=1.0)  # a cosine: the teacher embedder's score scale
+    fn_margin: float = Field(0.95, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _window(self) -> MiningConfig:
@@ -152,6 +159,93 @@ class M3Config(Section):
     @property
     def trained_modes(self) -> tuple[M3Mode, ...]:
         return self.modes if self.unified_finetuning else ("dense",)
+
+
+RerankerKind = Literal["cross_encoder", "llm", "layerwise"]
+# FlagEmbedding's default prompt for LLM rerankers; a training row's `prompt` overrides it.
+DEFAULT_RERANK_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'."
+)
+
+
+class RerankerTrainConfig(Section):
+    """train_reranker's optimiser and schedule; FlagEmbedding's reranker defaults."""
+
+    learning_rate: float = Field(6e-5, gt=0.0, le=1.0)  # LLM + LoRA: FlagEmbedding's examples use 2e-4
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
+    batch_size: int = Field(4, ge=1)  # queries per device per step; each brings train_group_size pairs
+    train_group_size: int = Field(8, ge=2)  # 1 positive + (n-1) negatives, resampled with repetition when fewer
+    distill: bool = False  # add KD towards the softmax of pos_scores/neg_scores (score_with_teacher)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
+    resume_from_checkpoint: bool = True
+    seed: int = 42
+
+
+class RerankerConfig(Section):
+    """The reranker branch (train_reranker, the rerank stage of evaluate, its registry and
+    deployment). Off by default; the *_reranker profiles turn it on. See docs/reranker.md."""
+
+    enabled: bool = False
+    kind: RerankerKind = "cross_encoder"
+    # cross_encoder: a sequence-classification directory, or an encoder (pkg:..., tiny-bert) that
+    # gets a fresh one-logit head; `tiny-reranker` is a random tiny one for tests.
+    # llm/layerwise: a causal LM directory, or `tiny-decoder` (a random tiny decoder for tests).
+    base: str = "tiny-reranker"
+    query_max_len: int = Field(32, ge=4, le=8192)
+    passage_max_len: int = Field(128, ge=8, le=8192)  # pairs are truncated to query + passage max
+    prompt: str = DEFAULT_RERANK_PROMPT  # llm/layerwise only
+    # llm/layerwise: LoRA through peft (FlagEmbedding's examples: rank 32, alpha 64, q/k/v/o).
+    lora: bool = True
+    lora_rank: int = Field(32, ge=1)
+    lora_alpha: float = Field(64.0, gt=0.0)
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # layerwise: score heads on layers start_layer..last (clamped to the model's depth);
+    # scores at inference come from cutoff_layers (() : the last layer).
+    start_layer: int = Field(8, ge=1)
+    cutoff_layers: tuple[int, ...] = ()
+    train: RerankerTrainConfig = RerankerTrainConfig()
+    # evaluate: rerank the candidate embedder's dense top_k with the base and the trained reranker.
+    top_k: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)  # pairs per forward pass at inference
+    # Registry and deployment: the reranker is its own model, gated on reranked/<registry.primary_metric>.
+    model_name: str = "bge-reranker"
+    service_name: str = Field("bge-reranker", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=45)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RerankerConfig:
+        if any(c < 1 for c in self.cutoff_layers):
+            raise ValueError(f"cutoff_layers are 1-based layer numbers, got {list(self.cutoff_layers)}")
+        return self
+
+
+class TeacherConfig(Section):
+    """score_with_teacher: add pos_scores/neg_scores to the training data with a reranker.
+
+    source: None (off), `reranker` (the reranker this pipeline trains: its scores feed the
+    embedder's distillation), or a model source (a directory, pkg:..., tiny-reranker@seed:
+    its scores feed both the reranker's and the embedder's training).
+    """
+
+    source: str | None = None
+    kind: Literal["auto", "cross_encoder", "llm", "layerwise"] = "auto"  # auto: read the model directory
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(160, ge=8)  # tokens per (query, passage) pair
+
+    @property
+    def mode(self) -> Literal["off", "trained", "external"]:
+        """How the catalog wires scoring in: not at all, after train_reranker, or before both trainings."""
+        if self.source is None:
+            return "off"
+        return "trained" if self.source == "reranker" else "external"
 
 
 class EvaluateConfig(Section):
@@ -272,10 +366,18 @@ class FlagopsConfig(Section):
     mining: MiningConfig = MiningConfig()
     train: TrainConfig = TrainConfig()
     m3: M3Config = M3Config()
+    reranker: RerankerConfig = RerankerConfig()
+    teacher: TeacherConfig = TeacherConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
     deploy: DeployConfig = DeployConfig()
+
+    @model_validator(mode="after")
+    def _branches(self) -> FlagopsConfig:
+        if self.teacher.mode == "trained" and not self.reranker.enabled:
+            raise ValueError("teacher.source=reranker scores with the reranker this pipeline trains; set reranker.enabled=true")
+        return self
 
 
 def shipped_profiles() -> list[str]:
@@ -353,7 +455,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
             owner = owner.model_fields[str(part)].annotation
         valid = ", ".join(owner.model_fields)
         return f"unknown key {loc!r}; valid keys here: {valid}"
-    return f"{loc or '<root>'}: {err['msg']} (got {err.get('input')!r})"
+    if not loc:  # a check across sections: its message names the keys; the input is the whole config
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
 
 
 def validate(data: dict[str, Any], origin: str = "config") -> FlagopsConfig:

@@ -15,6 +15,7 @@ import yaml
 from flagops.data.formats import DataError
 
 SETTINGS_FILE = "flagops_embedder.json"  # the embedder's pooling, instruction and lengths (Embedder.save)
+RERANKER_FILE = "flagops_reranker.json"  # a trained reranker's kind, prompt, lengths and layers (train_reranker)
 ARTIFACT = "embedder"  # pyfunc artifact key of the embedder directory in a registered version
 
 

@@ -58,6 +58,51 @@ def resolve_reranker_source(source: str) -> Path:
     return resolve_model_source(source)
 
 
+class NotARerankerError(ModelSourceError):
+    """A model source that is not a reranker (an embedder, a multi-label classifier, ...)."""
+
+
+def reranker_kind(path: Path) -> str:
+    """``cross_encoder``, ``llm`` or ``layerwise`` from a model directory's files; a one-line
+    ``NotARerankerError`` naming the directory when it holds none of them."""
+    import json
+
+    from flagops.models.layout import RERANKER_FILE
+
+    meta = path / RERANKER_FILE
+    if meta.is_file():
+        return json.loads(meta.read_text())["kind"]
+    config = path / "config.json"
+    if not config.is_file():
+        raise NotARerankerError(f"{path}: not a model directory (no config.json); pass a reranker")
+    arch = json.loads(config.read_text()).get("architectures") or []
+    labels = len(json.loads(config.read_text()).get("id2label") or {"0": ""})
+    if any(a.endswith("ForSequenceClassification") for a in arch) and labels == 1:
+        return "cross_encoder"
+    if any(a.endswith("ForCausalLM") for a in arch):
+        return "llm"
+    raise NotARerankerError(
+        f"{path}: not a reranker (architectures {arch or 'unknown'}, {labels} label(s)); pass a one-label "
+        "*ForSequenceClassification cross-encoder or a causal LM reranker, e.g. a train_reranker output"
+    )
+
+
+def load_reranker(source: str | Path, kind: str = "auto", *, max_length: int = 512, **options):
+    """Any reranker flagops scores with: ``score_pairs``, ``score``, ``save``, ``tokenizer``.
+
+    ``kind``: ``auto`` reads the directory (``reranker_kind``); a model source that is not a
+    reranker is a ``NotARerankerError``. LLM and layerwise kinds live in
+    ``flagops.models.llm_reranker``; ``options`` go to their loaders (prompt, cutoff_layers).
+    """
+    path = resolve_reranker_source(str(source))
+    found = reranker_kind(path) if kind == "auto" else kind
+    if found == "cross_encoder":
+        return CrossEncoderReranker.load(path, max_length=max_length)
+    from flagops.models import llm_reranker
+
+    return llm_reranker.load(path, found, max_length=max_length, **options)
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
