@@ -1,4 +1,5 @@
-"""KFP component for catalog step ``evaluate``; its metrics also show in the KFP UI."""
+"""KFP component for catalog step ``evaluate``; its metrics also show in the KFP UI.
+``reranker_model`` is None when the pipeline trains no reranker."""
 
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -15,8 +16,9 @@ def evaluate(
     metrics: Output[Metrics],
     chart: Output[Artifact],
     chart_data: Output[Artifact],
+    reranker_model: Input[Model] = None,
 ):
-    """nDCG@10 / MRR@10 / Recall / MAP for BM25, the base model and the candidate."""
+    """nDCG@10 / MRR@10 / Recall / MAP for BM25, the base model, the candidate (and the rerankers over its top-k)."""
     run_step(
         "evaluate",
         params,
@@ -24,6 +26,7 @@ def evaluate(
         pipeline_key,
         model=model,
         eval_set=eval_set,
+        reranker_model=reranker_model,
         metrics=metrics,
         chart=chart,
         chart_data=chart_data,

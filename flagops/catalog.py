@@ -191,6 +191,10 @@ def _cycle(upstream: dict[str, set[str]], done: set[str]) -> str:
 
 
 GPU = Resources(cpu="8", memory="32Gi", gpus=1)
+# The embedders train on teacher-scored data when the pipeline scores it: the trained reranker's
+# scores first, an external teacher's next, else the mined data as it is.
+SCORED = ("reranker_scored_data", "scored_data", "train_data")
+RERANKER = (("reranker.enabled", (True,)),)
 EVAL = Resources(cpu="2", memory="8Gi", gpus=1)
 
 STEPS: tuple[Step, ...] = (
@@ -220,6 +224,39 @@ STEPS: tuple[Step, ...] = (
         summary="Sample negatives from ranks 10-210 of a teacher's faiss search.",
     ),
     Step(
+        "score_with_teacher",
+        "flagops.steps.score_with_teacher",
+        ("teacher",),
+        ("train_data",),
+        (Artifact("scored_data", "data/train_scored.jsonl"),),
+        Resources(cpu="2", memory="8Gi", gpus=1),
+        summary="Add pos_scores/neg_scores from a teacher reranker, for the rerankers' and embedders' distillation.",
+        when=(("teacher.mode", ("external",)),),
+        params=(("teacher", "config"),),
+    ),
+    Step(
+        "train_reranker",
+        "flagops.steps.train_reranker",
+        ("reranker",),
+        ("train_data",),
+        (Artifact("reranker_model", "models/reranker", kind="model", is_dir=True),),
+        GPU,
+        summary="Fine-tune a cross-encoder, LLM (LoRA) or layerwise reranker on grouped cross-entropy (+ teacher KD).",
+        when=RERANKER,
+        sources=(("train_data", ("scored_data", "train_data")),),
+    ),
+    Step(
+        "score_with_reranker",
+        "flagops.steps.score_with_teacher",
+        ("teacher", "reranker"),
+        ("train_data", "reranker_model"),
+        (Artifact("reranker_scored_data", "data/train_reranker_scored.jsonl"),),
+        Resources(cpu="2", memory="8Gi", gpus=1),
+        summary="Score the training data with the trained reranker: the embedder distils from it.",
+        when=(("teacher.mode", ("trained",)),),
+        params=(("teacher", "trained"),),
+    ),
+    Step(
         "train_embedder",
         "flagops.steps.train_embedder",
         ("model", "train"),
@@ -228,6 +265,7 @@ STEPS: tuple[Step, ...] = (
         GPU,
         summary="Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation).",
         when=(("model.kind", ("bge",)),),
+        sources=(("train_data", SCORED),),
     ),
     Step(
         "train_m3",
@@ -238,19 +276,21 @@ STEPS: tuple[Step, ...] = (
         GPU,
         summary="Fine-tune BGE-M3 heads: dense + sparse + ColBERT with self-distillation.",
         when=(("model.kind", ("m3",)),),
+        sources=(("train_data", SCORED),),
     ),
     Step(
         "evaluate",
         "flagops.steps.evaluate",
-        ("model", "evaluate"),
-        ("model", "eval_set"),
+        ("model", "evaluate", "reranker"),
+        ("model", "eval_set", "reranker_model"),
         (
             Artifact("metrics", "metrics/eval.json", kind="metrics"),
             Artifact("chart", "plots/eval_comparison.png", kind="plot"),
             Artifact("chart_data", "plots/eval_comparison.json", kind="plot"),
         ),
         EVAL,
-        summary="nDCG@10 / MRR@10 / Recall / MAP for BM25, the base model and the candidate.",
+        summary="nDCG@10 / MRR@10 / Recall / MAP for BM25, the base model, the candidate (and the rerankers over its top-k).",
+        optional=("reranker_model",),
     ),
     Step(
         "register_model",
@@ -259,6 +299,7 @@ STEPS: tuple[Step, ...] = (
         ("model", "metrics", "train_data"),
         (Artifact("registration", "registry/registration.json", kind="record"),),
         summary="Log the candidate to MLflow with signature, lineage tags and a model card.",
+        sources=(("train_data", SCORED),),
     ),
     Step(
         "promote_model",
@@ -278,6 +319,43 @@ STEPS: tuple[Step, ...] = (
             Artifact("deployment", "registry/deployment.json", kind="record"),
         ),
         summary="Render (and apply) the champion's KServe InferenceService; a new champion starts as a canary.",
+    ),
+    # The reranker family: the same three modules, its own registered model, gate and service.
+    Step(
+        "register_reranker",
+        "flagops.steps.register_model",
+        ("reranker", "registry"),
+        ("model", "metrics", "train_data"),
+        (Artifact("reranker_registration", "registry/reranker_registration.json", kind="record"),),
+        summary="Log the trained reranker to MLflow under its own name, with lineage to its data and teacher.",
+        when=RERANKER,
+        sources=(("model", ("reranker_model",)), ("train_data", ("scored_data", "train_data"))),
+        params=(("family", "reranker"),),
+    ),
+    Step(
+        "promote_reranker",
+        "flagops.steps.promote_model",
+        ("reranker", "registry"),
+        ("registration",),
+        (Artifact("reranker_promotion", "registry/reranker_promotion.json", kind="record"),),
+        summary="Give the reranker `champion` only if it beats the current one on reranked/<primary metric>.",
+        when=RERANKER,
+        sources=(("registration", ("reranker_registration",)),),
+        params=(("family", "reranker"),),
+    ),
+    Step(
+        "deploy_reranker",
+        "flagops.steps.deploy_model",
+        ("reranker", "registry", "deploy"),
+        ("promotion",),
+        (
+            Artifact("reranker_inference_service", "deploy/reranker-inferenceservice.yaml", kind="record"),
+            Artifact("reranker_deployment", "registry/reranker_deployment.json", kind="record"),
+        ),
+        summary="Render (and apply) the reranker champion's InferenceService (/v1/rerank).",
+        when=RERANKER,
+        sources=(("promotion", ("reranker_promotion",)),),
+        params=(("family", "reranker"),),
     ),
 )
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from flagops.config import FlagopsConfig, load_config
 from flagops.data.formats import read_json
-from flagops.serving.smoke import SAMPLE_QUERIES, SmokeResult, smoke_serve
+from flagops.registry import families
+from flagops.serving.smoke import SAMPLE_QUERIES, SmokeResult, smoke_rerank, smoke_serve
 from flagops.workspace import default_workdir, run_pipeline
 
 
-def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_uri: str) -> None:
+def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_uri: str, reranked=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -41,6 +42,22 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_
         f"registered: [bold]{promotion['name']}[/] version {promotion['version']} -> alias "
         f"[bold]{promotion['alias']}[/] ({'; '.join(promotion.get('reasons', []))})"
     )
+    if reranked is not None:  # the reranker family: its gate, its promotion, its smoke request
+        rr = read_json(workdir / "registry/reranker_promotion.json")
+        rr_gate = f"reranked/{gate}"
+        console.print(
+            f"reranker gate: {rr_gate} = {metrics[rr_gate]:.4f} "
+            f"({metrics[rr_gate] - metrics[f'candidate/{gate}']:+.4f} vs the candidate's dense ranking"
+            + (
+                f", {metrics[rr_gate] - metrics[f'base_reranked/{gate}']:+.4f} vs the base reranker)"
+                if f"base_reranked/{gate}" in metrics
+                else ")"
+            )
+        )
+        reasons = "; ".join(rr.get("reasons", []))
+        console.print(f"registered: [bold]{rr['name']}[/] version {rr['version']} -> alias [bold]{rr['alias']}[/] ({reasons})")
+        order = ", ".join(f"#{i} {score:.3f}" for i, score in reranked)
+        console.print(f"served the reranker through KServe /v1/rerank: {SAMPLE_QUERIES[0]!r} -> passages {order}", markup=False)
     vectors = served.vectors
     dims = len(vectors[0]) if vectors else 0
     example = [round(v, 4) for v in vectors[0][:3]]
@@ -79,6 +96,11 @@ def run_demo(profile: str, workdir: Path | None = None, overrides=()) -> int:
     model_uri = f"models:/{cfg.registry.model_name}@champion"
     print(f"flagops: serving {model_uri} on 127.0.0.1 for a smoke request")
     served = smoke_serve(model_uri, cfg, workdir)
-    print_summary(cfg, workdir, served, model_uri)
+    reranked = None
+    if cfg.reranker.enabled:
+        rr_uri = f"models:/{cfg.reranker.model_name}@champion"
+        print(f"flagops: serving {rr_uri} on 127.0.0.1 for a smoke request")
+        reranked = smoke_rerank(rr_uri, families.project(cfg, "reranker"), workdir)
+    print_summary(cfg, workdir, served, model_uri, reranked)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
     return 0

@@ -52,12 +52,16 @@ def apply(cfg: FlagopsConfig, manifest: Path, doc: dict[str, Any], champion: Cha
 def serve_locally(cfg: FlagopsConfig, champion: Champion) -> dict[str, Any]:
     """Download the version (as the storage initializer does), serve it as the container would, embed."""
     from flagops.deploy.champion import download
-    from flagops.serving.smoke import SAMPLE_QUERIES, smoke_serve
+    from flagops.serving.smoke import SAMPLE_PASSAGES, SAMPLE_QUERIES, smoke_rerank, smoke_serve
 
     name = cfg.deploy.service_name
     with tempfile.TemporaryDirectory(prefix="flagops-deploy-") as mount:
         download(champion, mount)
         served = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"model_name": name})})
+        if cfg.serve.kind == "reranker":  # the reranker family (registry.families)
+            ranking = smoke_rerank(str(Path(mount) / champion.model_path), served, Path.cwd())
+            print(f"deploy: local: served {champion.name} v{champion.version} as {name!r}: reranked {len(ranking)} passages")
+            return {"query": SAMPLE_QUERIES[0], "passages": len(SAMPLE_PASSAGES), "ranking": [i for i, _ in ranking]}
         vectors = smoke_serve(str(Path(mount) / champion.model_path), served, Path.cwd()).vectors
     dims = len(vectors[0]) if vectors else 0
     print(f"deploy: local: served {champion.name} v{champion.version} as {name!r}: {len(vectors)} queries -> {dims}-dim vectors")

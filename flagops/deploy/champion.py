@@ -20,7 +20,7 @@ from mlflow.models import Model
 
 from flagops.config import ConfigError, DeployConfig
 from flagops.deploy.inference_service import Champion, kserve_storage_uri
-from flagops.models.layout import ARTIFACT, artifact_subdir
+from flagops.models.layout import ARTIFACTS, artifact_subdir
 from flagops.registry import tracking
 from flagops.registry.aliases import CHAMPION, PROMOTION_TAG, alias_version
 
@@ -67,7 +67,8 @@ def model_path(client: MlflowClient, name: str, version: int) -> str:
     path = artifact_subdir(Model.load(f"models:/{name}/{version}").flavors)  # fetches the MLmodel file only
     if not path:
         raise ConfigError(
-            f"models:/{name}/{version} is no flagops embedder (no {ARTIFACT!r} pyfunc artifact); register it with register_model"
+            f"models:/{name}/{version} is no flagops model (no {' or '.join(map(repr, ARTIFACTS))} pyfunc artifact); "
+            "register it with register_model"
         )
     return path
 

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 from flagops.data.formats import atomic_path, write_json
 
-SYSTEMS: tuple[str, ...] = ("bm25", "base", "candidate")  # left to right: baseline first
+# Left to right: baselines first; then the rerankers over the candidate's top-k (base, trained).
+SYSTEMS: tuple[str, ...] = ("bm25", "base", "candidate", "base_reranked", "reranked")
 CHART_METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100")
 
 
@@ -27,6 +28,8 @@ def result_rows(metrics: Mapping[str, float]) -> list[tuple[str, str]]:
     the candidate's M3 modes when it is an M3 model (``candidate/m3_hybrid/ndcg@10``)."""
     rows = [(s, s) for s in SYSTEMS if any(k.startswith(f"{s}/") for k in metrics)]
     rows += [(f"candidate {m}", f"candidate/{m}") for m in M3_MODES if f"candidate/{m}/ndcg@10" in metrics]
+    layers = sorted({k.split("/")[1] for k in metrics if k.startswith("reranked/layer_")}, key=lambda s: int(s.removeprefix("layer_")))
+    rows += [(f"reranked {layer.replace('_', ' ')}", f"reranked/{layer}") for layer in layers]
     return rows
 
 
@@ -70,4 +73,22 @@ def write_chart(path: str | Path, rows: Sequence[Mapping[str, str | float]], tit
     fig.tight_layout()
     with atomic_path(path) as tmp:
         # No Software/date metadata, so a re-run writes the same bytes.
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def write_layer_chart(path: str | Path, rows: Sequence[Mapping[str, float]], title: str = "Layerwise reranker: cutoff layer") -> None:
+    """nDCG@10 against reranking latency, one point per cutoff layer: the speed/quality trade-off."""
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = [float(r["ms_per_query"]) for r in rows]
+    ys = [float(r["ndcg@10"]) for r in rows]
+    ax.plot(xs, ys, marker="o")
+    for r, x, y in zip(rows, xs, ys, strict=True):
+        ax.annotate(f"layer {int(r['layer'])}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("rerank latency (ms per query, this machine)")
+    ax.set_ylabel("nDCG@10")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from flagops.models.layout import embedder_dir
+from flagops.models.layout import model_dir
 
 TINY_PREFIX = "tiny-bert"
 
@@ -46,7 +46,7 @@ def resolve_model_source(source: str) -> Path:
         return ensure_tiny_bert(int(seed), resolve_model_source(TOKENIZER_SOURCE))
     path = Path(source).expanduser()
     if (path / "MLmodel").is_file() and not (path / "config.json").is_file():
-        return embedder_dir(path)  # a downloaded MLflow model, e.g. KServe's storageUri mount at /mnt/models
+        return model_dir(path)  # a downloaded MLflow model, e.g. KServe's storageUri mount at /mnt/models
     if not (path / "config.json").is_file():
         hint = "a directory with config.json, pkg:<package> or tiny-bert"
         if not path.exists():

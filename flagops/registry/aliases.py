@@ -29,8 +29,9 @@ def alias_version(client: MlflowClient, name: str, alias: str):
     return None if version is None else client.get_model_version(name, str(version))
 
 
-def promote(registry_cfg, name: str, version: int | str) -> dict[str, Any]:
-    """Apply the gate to ``name`` v``version`` and move the aliases; log the decision to the active run."""
+def promote(registry_cfg, name: str, version: int | str, prefix: str = "candidate/") -> dict[str, Any]:
+    """Apply the gate to ``name`` v``version`` on its ``<prefix><metric>`` keys and move the
+    aliases; log the decision to the active run."""
     tracking.configure_env()
     client = MlflowClient()
     cand = client.get_model_version(name, str(version))
@@ -48,6 +49,7 @@ def promote(registry_cfg, name: str, version: int | str) -> dict[str, Any]:
             registry_cfg.min_delta,
             list(registry_cfg.guard_metrics),
             registry_cfg.tolerance,
+            prefix,
         )
         previous = int(champion.version) if champion is not None else None
         if decision.promote:

@@ -12,13 +12,13 @@ class CardFacts:
     name: str
     version: str
     base_model: str
-    settings: Mapping[str, Any]  # the saved flagops_embedder.json: pooling, normalize, ...
+    settings: Mapping[str, Any]  # the saved flagops_embedder.json (pooling, ...) or flagops_reranker.json (kind, ...)
     metrics: Mapping[str, float]  # flat evaluator keys: candidate/ndcg@10, base/ndcg@10, ...
     primary_metric: str
     data_md5: str
     git_commit: str
     model_sha256: str
-    embedder_subdir: str  # where the HF directory sits inside the downloaded pyfunc model
+    embedder_subdir: str  # where the HF directory sits inside the downloaded pyfunc model (a reranker's too)
     profile: str = "custom"
 
 
@@ -94,5 +94,57 @@ import mlflow
 from sentence_transformers import SentenceTransformer
 root = mlflow.artifacts.download_artifacts("{uri}")
 model = SentenceTransformer(root + "/{f.embedder_subdir}")
+```
+"""
+
+
+def render_reranker_card(f: CardFacts) -> str:
+    s = f.settings
+    uri = f"models:/{f.name}/{f.version}"
+    kind = s.get("kind", "cross_encoder")
+    return f"""# {f.name} v{f.version}
+
+A BGE-style {kind.replace("_", "-")} reranker registered by flagops (profile `{f.profile}`): it scores
+(query, passage) pairs; higher is more relevant. Gated on the candidate embedder's top-k reranked by it.
+
+| | |
+|---|---|
+| base model | `{f.base_model}` |
+| kind | {kind} |
+| max length (query / passage) | {s.get("query_max_len", "?")} / {s.get("passage_max_len", "?")} tokens |
+| training data md5 | `{f.data_md5}` |
+| git commit | `{f.git_commit}` |
+| model sha256 | `{f.model_sha256}` |
+
+## Evaluation
+
+{metrics_table(f.metrics, f.primary_metric)}
+
+## How to load
+
+With MLflow (pyfunc):
+
+```python
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("{uri}")
+scores = model.predict(pd.DataFrame({{"query": ["a question"], "passage": ["a passage"]}}))  # float32 (n,)
+```
+
+With flagops:
+
+```python
+from flagops.models.reranker import load_reranker
+from flagops.registry.models import fetch_model_dir
+reranker = load_reranker(fetch_model_dir("{uri}"))
+scores = reranker.score("a question", ["a passage", "another"])
+```
+
+With FlagEmbedding (a cross-encoder: `FlagReranker`; an LLM reranker's merged weights: `FlagLLMReranker`):
+
+```python
+import mlflow
+from FlagEmbedding import FlagReranker
+root = mlflow.artifacts.download_artifacts("{uri}")
+scores = FlagReranker(root + "/{f.embedder_subdir}").compute_score([["a question", "a passage"]])
 ```
 """

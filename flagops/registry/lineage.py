@@ -52,8 +52,13 @@ def git_commit(cwd: str | Path = ".") -> str:
     return "unknown"
 
 
-def lineage_tags(cfg, model_dir: Path, metrics: Mapping[str, float], train_data: Path, sha: str) -> dict[str, str]:
-    sections = {"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")}
+def lineage_tags(
+    cfg, model_dir: Path, metrics: Mapping[str, float], train_data: Path, sha: str, family: str = "embedder"
+) -> dict[str, str]:
+    if family == "reranker":  # its own recipe, and the teacher its data was scored with
+        sections = {"reranker": cfg.reranker.model_dump(mode="json"), "teacher": cfg.teacher.model_dump(mode="json")}
+    else:
+        sections = {"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")}
     config = json.dumps(sections, sort_keys=True)
     return {
         "git_commit": git_commit(),
@@ -61,6 +66,7 @@ def lineage_tags(cfg, model_dir: Path, metrics: Mapping[str, float], train_data:
         "model_sha256": sha,
         "config": config[:TEXT_LIMIT],
         "flagops.profile": cfg.profile,
+        "flagops.family": family,
         "metrics": json.dumps(dict(metrics), sort_keys=True),
         **{mlflow_key(k): repr(float(v)) for k, v in metrics.items()},
     }

@@ -16,9 +16,10 @@ import mlflow
 from mlflow import MlflowClient
 
 from flagops.data.formats import DataError, read_json
-from flagops.models.layout import SETTINGS_FILE, artifact_subdir, embedder_dir
+from flagops.models import layout
+from flagops.models.layout import RERANKER_FILE, SETTINGS_FILE, artifact_subdir
 from flagops.registry import pyfunc, tracking
-from flagops.registry.card import CardFacts, render_card
+from flagops.registry.card import CardFacts, render_card, render_reranker_card
 from flagops.registry.lineage import dir_sha256, lineage_tags, version_metrics
 from flagops.registry.tracking import TEXT_LIMIT
 
@@ -54,15 +55,17 @@ def find_version(client: MlflowClient, name: str, sha: str):
     return min(found, key=lambda mv: int(mv.version), default=None)
 
 
-def register(cfg, model_dir: str | Path, metrics: Mapping[str, float], train_data: str | Path) -> dict[str, Any]:
+def register(cfg, model_dir: str | Path, metrics: Mapping[str, float], train_data: str | Path, family: str = "embedder") -> dict[str, Any]:
     """Log ``model_dir`` as a pyfunc and register it, or reuse the version with the same content.
 
-    Needs an active run (see ``tracking.ensure_run``); metrics go to that run in either case.
+    ``cfg`` is the family's projection (``families.project``). Needs an active run (see
+    ``tracking.ensure_run``); metrics go to that run in either case.
     """
     tracking.configure_env()
     model_dir, train_data = Path(model_dir), Path(train_data)
     if not (model_dir / "config.json").is_file():
-        raise DataError(f"{model_dir}: not a model directory (no config.json); pass the train_embedder output")
+        trainer = "train_reranker" if family == "reranker" else "train_embedder"
+        raise DataError(f"{model_dir}: not a model directory (no config.json); pass the {trainer} output")
     name = cfg.registry.model_name
     client = MlflowClient()
     sha = dir_sha256(model_dir)
@@ -73,12 +76,16 @@ def register(cfg, model_dir: str | Path, metrics: Mapping[str, float], train_dat
         print(f"register_model: {name} v{existing.version} already holds this model (sha256 {sha[:12]}); reusing it")
         return _record(existing, version_metrics(existing), reused=True)
 
-    info = pyfunc.log_embedder(model_dir, dim=int(read_json(model_dir / "config.json")["hidden_size"]))
+    if family == "reranker":
+        info = pyfunc.log_reranker(model_dir)
+    else:
+        info = pyfunc.log_embedder(model_dir, dim=int(read_json(model_dir / "config.json")["hidden_size"]))
     # register_model (not log_model's registered_model_name) so the lineage tags, the
     # sha256 that makes re-runs idempotent among them, are written with the version itself.
-    tags = lineage_tags(cfg, model_dir, metrics, train_data, sha)
+    tags = lineage_tags(cfg, model_dir, metrics, train_data, sha, family=family)
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    card = render_card(_card_facts(cfg, model_dir, mv.version, metrics, tags, info.flavors))
+    facts = _card_facts(cfg, model_dir, mv.version, metrics, tags, info.flavors, family)
+    card = render_reranker_card(facts) if family == "reranker" else render_card(facts)
     mlflow.log_text(card, "README.md")
     if len(card) > TEXT_LIMIT:
         card = card[: TEXT_LIMIT - 60] + "\n\n(truncated; the run's README.md has it all)\n"
@@ -87,13 +94,14 @@ def register(cfg, model_dir: str | Path, metrics: Mapping[str, float], train_dat
     return _record(client.get_model_version(name, mv.version), dict(metrics), reused=False)
 
 
-def _card_facts(cfg, model_dir: Path, version: str, metrics, tags: Mapping[str, str], flavors) -> CardFacts:
-    saved = model_dir / SETTINGS_FILE
-    settings = read_json(saved) if saved.is_file() else cfg.model.model_dump(mode="json")
+def _card_facts(cfg, model_dir: Path, version: str, metrics, tags: Mapping[str, str], flavors, family: str) -> CardFacts:
+    section = cfg.reranker if family == "reranker" else cfg.model
+    saved = model_dir / (RERANKER_FILE if family == "reranker" else SETTINGS_FILE)
+    settings = read_json(saved) if saved.is_file() else section.model_dump(mode="json")
     return CardFacts(
         name=cfg.registry.model_name,
         version=str(version),
-        base_model=cfg.model.base,
+        base_model=section.base,
         settings=settings,
         metrics=metrics,
         primary_metric=cfg.registry.primary_metric,
@@ -123,4 +131,4 @@ def fetch_model_dir(uri: str) -> Path:
     Uses the current MLflow tracking/registry URI (``tracking.setup`` or ``$MLFLOW_TRACKING_URI``).
     """
     tracking.configure_env()
-    return embedder_dir(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return layout.model_dir(mlflow.artifacts.download_artifacts(artifact_uri=uri))

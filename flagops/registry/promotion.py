@@ -1,7 +1,8 @@
 """The champion/challenger gate: a pure function of two flat metric dicts.
 
 Both dicts are what the evaluator wrote (``candidate/ndcg@10``, ``base/ndcg@10``, ...);
-the gate compares only the ``candidate/<metric>`` values, i.e. each model's own scores.
+the gate compares only the ``<prefix><metric>`` values, i.e. each model's own scores:
+``candidate/`` for an embedder, ``reranked/`` for a reranker (``registry.families``).
 
 Rules (``gain = candidate - champion`` on the primary metric):
 
@@ -38,9 +39,10 @@ def decide(
     min_delta: float,
     guards: Sequence[str],
     tolerance: float,
+    prefix: str = PREFIX,
 ) -> Decision:
     """Decide whether ``candidate`` takes the champion alias. Reasons carry the numbers."""
-    key = PREFIX + primary
+    key = prefix + primary
     if key not in candidate:
         have = ", ".join(sorted(candidate)) or "nothing"
         raise KeyError(f"candidate metrics lack {key!r} (the primary metric); they have: {have}")
@@ -68,14 +70,14 @@ def decide(
 
     guards_ok = True
     for guard in guards:
-        ok, reason = _check_guard(candidate, champion, guard, tolerance)
+        ok, reason = _check_guard(candidate, champion, prefix + guard, tolerance)
         guards_ok = guards_ok and ok
         reasons.append(reason)
     return Decision(wins and guards_ok, reasons)
 
 
-def _check_guard(candidate: Mapping[str, float], champion: Mapping[str, float], guard: str, tolerance: float):
-    key = PREFIX + guard
+def _check_guard(candidate: Mapping[str, float], champion: Mapping[str, float], key: str, tolerance: float):
+    guard = key.partition("/")[2]
     if key not in champion:
         return True, f"guard {guard}: champion has no recorded value; skipped"
     if key not in candidate:

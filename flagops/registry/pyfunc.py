@@ -1,8 +1,9 @@
-"""The MLflow pyfunc a registered embedder version is: its class, signature and requirements.
+"""The MLflow pyfuncs a registered version is: their classes, signatures and requirements.
 
-The version's one artifact, ``embedder`` (``models.layout.ARTIFACT``), is the HF /
-sentence-transformers directory ``Embedder.save`` wrote. Its python_model is
-``EmbedderPyfunc``, pickled by reference. flagops is not on PyPI, so rather than list it
+An embedder version's one artifact, ``embedder`` (``models.layout.ARTIFACT``), is the HF /
+sentence-transformers directory ``Embedder.save`` wrote; its python_model is
+``EmbedderPyfunc``. A reranker version's, ``reranker``, is train_reranker's directory
+(``RerankerPyfunc``: query/passage pairs in, scores out). Both are pickled by reference. flagops is not on PyPI, so rather than list it
 in ``pip_requirements`` the version carries a copy of the flagops package (``code_paths``,
 ~0.3 MB): the pyfunc then loads anywhere the pinned torch/transformers/numpy/mlflow are
 installed (``mlflow models serve``, a bare venv). MLflow puts that copy on ``sys.path`` at
@@ -24,10 +25,11 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 
-from flagops.models.layout import ARTIFACT
+from flagops.models.layout import ARTIFACT, RERANKER_ARTIFACT
 from flagops.registry.lineage import PACKAGE_DIR
 
 INPUT_EXAMPLE = ["what does a bge embedder do?", "BGE maps a text to one dense vector for retrieval."]
+PAIR_EXAMPLE = {"query": ["what does a reranker do?"], "passage": ["A cross-encoder reads the query and a passage together."]}
 RUNTIME_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "mlflow")
 
 
@@ -70,11 +72,39 @@ def _as_texts(model_input) -> list[str]:
     return texts
 
 
+class RerankerPyfunc(mlflow.pyfunc.PythonModel):
+    """``predict(DataFrame[query, passage], params={"normalize": bool}) -> float32 (n,)`` via ``score_pairs``."""
+
+    def load_context(self, context) -> None:
+        from flagops.models.device import inference_placement, place
+        from flagops.models.reranker import load_reranker
+
+        self.reranker = place(load_reranker(context.artifacts[RERANKER_ARTIFACT]), inference_placement())
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+        from flagops.models.reranker import sigmoid
+
+        rows = model_input.to_dict("list") if hasattr(model_input, "to_dict") else dict(model_input)
+        missing = {"query", "passage"} - set(rows)
+        if missing:
+            raise TypeError(f"expected columns query and passage, missing {sorted(missing)}")
+        scores = self.reranker.score_pairs(list(zip(rows["query"], rows["passage"], strict=True)))
+        return sigmoid(scores) if (params or {}).get("normalize", False) else scores
+
+
 def embedder_signature(dim: int) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
         params=ParamSchema([ParamSpec("is_query", DataType.boolean, False)]),
+    )
+
+
+def reranker_signature() -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, "query"), ColSpec(DataType.string, "passage")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
+        params=ParamSchema([ParamSpec("normalize", DataType.boolean, False)]),
     )
 
 
@@ -92,5 +122,20 @@ def log_embedder(model_dir: Path, dim: int) -> ModelInfo:
         signature=embedder_signature(dim),
         input_example=INPUT_EXAMPLE,
         pip_requirements=pip_requirements(),
+        code_paths=[str(PACKAGE_DIR)],
+    )
+
+
+def log_reranker(model_dir: Path) -> ModelInfo:
+    """Log a reranker directory to the active run as the pyfunc ``model`` (``RerankerPyfunc``)."""
+    import pandas as pd
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=RerankerPyfunc(),
+        artifacts={RERANKER_ARTIFACT: str(model_dir)},
+        signature=reranker_signature(),
+        input_example=pd.DataFrame(PAIR_EXAMPLE),
+        pip_requirements=pip_requirements(),  # an LLM reranker loads its merged weights: no peft needed
         code_paths=[str(PACKAGE_DIR)],
     )

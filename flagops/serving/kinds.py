@@ -81,6 +81,7 @@ MARKER_FILES: tuple[tuple[str, ModelKind], ...] = (
     ("colbert_linear.pt", ModelKind.M3),
     ("sparse_linear.pt", ModelKind.M3),
     ("flagops_embedder.json", ModelKind.EMBEDDER),
+    ("flagops_reranker.json", ModelKind.RERANKER),  # train_reranker's output: cross-encoder, LLM or layerwise
 )
 ARCHITECTURE_SUFFIXES: tuple[tuple[str, ModelKind], ...] = (
     ("ForSequenceClassification", ModelKind.RERANKER),

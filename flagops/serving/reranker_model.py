@@ -152,9 +152,9 @@ class RerankerModel(ServedModel):
 
     def load_backend(self, source: str) -> PairScorer:
         from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
-        from flagops.models.reranker import CrossEncoderReranker  # torch loads only for a real model
+        from flagops.models.reranker import load_reranker  # torch loads only for a real model
 
-        reranker = place(CrossEncoderReranker.load(source), inference_placement(self.serve_cfg, name="serve"))
+        reranker = place(load_reranker(source), inference_placement(self.serve_cfg, name="serve"))
         reranker.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
         return CrossEncoderScorer(reranker)
 

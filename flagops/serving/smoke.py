@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,19 +71,26 @@ class SmokeResult(NamedTuple):
     lexical: list[tuple[str, float]] | None  # M3: the first query's heaviest tokens, from V1 return_sparse
 
 
-def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResult:
-    """Start `flagops serve` on a free loopback port, embed SAMPLE_QUERIES via /v1/embeddings
-    (and, for an M3 model, ask V1 for the first query's lexical weights), stop.
+# A reranker's smoke request: the first sample query against passages, one of which answers it.
+SAMPLE_PASSAGES = [
+    "Run a coroutine and return its result; the event loop is created and closed around it.",
+    "Deserialize a JSON document (a str, bytes or bytearray instance) to a Python object.",
+    "Return the base name of a path: the second half of the pair split() returns.",
+]
+
+
+@contextmanager
+def running_server(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> Iterator[str]:
+    """`flagops serve` on a free loopback port while the block runs; yields its base URL.
 
     A ``models:/`` URI is read from ``cfg.registry``'s tracking server (sqlite under
-    ``workdir`` unless one is configured).
+    ``workdir`` unless one is configured). On a failed request the server's log is printed.
     """
     import httpx
 
     from flagops.registry.tracking import tracking_uri
 
     port = free_port()
-    name = cfg.serve.model_name
     env = dict(os.environ) | {"MLFLOW_TRACKING_URI": tracking_uri(cfg.registry, workdir)}
     url = f"http://{LOOPBACK}:{port}"
     # The log goes to a file, not a pipe: nobody reads a pipe while the server runs, and a full one stalls it.
@@ -89,17 +98,7 @@ def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResul
         proc = subprocess.Popen(serve_command(model_uri, cfg, port), env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_ready(f"{url}/v2/health/ready", proc)
-            r = httpx.post(f"{url}/v1/embeddings", json={"model": name, "input": SAMPLE_QUERIES}, timeout=60.0)
-            r.raise_for_status()
-            vectors = [row["embedding"] for row in r.json()["data"]]
-            lexical = None
-            if cfg.model.kind == "m3":
-                body = {"instances": SAMPLE_QUERIES[:1], "is_query": True, "return_dense": False, "return_sparse": True}
-                r = httpx.post(f"{url}/v1/models/{name}:predict", json=body, timeout=60.0)
-                r.raise_for_status()
-                sparse = r.json()["predictions"][0]["sparse"]
-                lexical = list(zip(sparse["tokens"], sparse["values"], strict=True))[:5]  # heaviest first
-            return SmokeResult(vectors, lexical)
+            yield url
         except (RuntimeError, httpx.HTTPError):
             stop(proc)
             log.seek(0)
@@ -107,6 +106,38 @@ def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResul
             raise
         finally:
             stop(proc)
+
+
+def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResult:
+    """Serve ``model_uri``, embed SAMPLE_QUERIES via /v1/embeddings (and, for an M3 model, ask
+    V1 for the first query's lexical weights), stop."""
+    import httpx
+
+    name = cfg.serve.model_name
+    with running_server(model_uri, cfg, workdir) as url:
+        r = httpx.post(f"{url}/v1/embeddings", json={"model": name, "input": SAMPLE_QUERIES}, timeout=60.0)
+        r.raise_for_status()
+        vectors = [row["embedding"] for row in r.json()["data"]]
+        lexical = None
+        if cfg.model.kind == "m3":
+            body = {"instances": SAMPLE_QUERIES[:1], "is_query": True, "return_dense": False, "return_sparse": True}
+            r = httpx.post(f"{url}/v1/models/{name}:predict", json=body, timeout=60.0)
+            r.raise_for_status()
+            sparse = r.json()["predictions"][0]["sparse"]
+            lexical = list(zip(sparse["tokens"], sparse["values"], strict=True))[:5]  # heaviest first
+    return SmokeResult(vectors, lexical)
+
+
+def smoke_rerank(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> list[tuple[int, float]]:
+    """Serve a reranker, rank SAMPLE_PASSAGES for the first sample query via /v1/rerank, stop;
+    returns (passage index, relevance score), best first."""
+    import httpx
+
+    body = {"model": cfg.serve.model_name, "query": SAMPLE_QUERIES[0], "documents": SAMPLE_PASSAGES}
+    with running_server(model_uri, cfg, workdir) as url:
+        r = httpx.post(f"{url}/v1/rerank", json=body, timeout=60.0)
+        r.raise_for_status()
+    return [(row["index"], row["relevance_score"]) for row in r.json()["results"]]
 
 
 def stop(proc: subprocess.Popen) -> None:

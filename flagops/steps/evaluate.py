@@ -1,4 +1,7 @@
-"""Step `evaluate`: score the candidate, the base model and BM25 on the held-out BEIR set.
+"""Step `evaluate`: score the candidate, the base model and BM25 on the held-out BEIR set,
+and, with a reranker in the pipeline, the base and the trained reranker over the candidate's
+dense top-k (``base_reranked/*``, ``reranked/*``; a layerwise reranker adds one
+``reranked/layer_<n>/*`` row per layer, with its latency).
 
 Writes a flat metrics JSON (``<system>/<metric>``, floats rounded to 6 places), a grouped
 bar chart PNG and the chart's rows for DVC's bar template; logs metrics and chart to MLflow.
@@ -6,9 +9,12 @@ bar chart PNG and the chart's rows for DVC's bar template; logs metrics and char
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +31,8 @@ from flagops.evaluation import (
     write_chart,
     write_chart_data,
 )
+from flagops.evaluation.plots import write_layer_chart
+from flagops.evaluation.rerank import layer_rows, rerank_metrics
 from flagops.models.embedder import Embedder
 from flagops.registry import tracking
 
@@ -41,13 +49,18 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     evaluator = RetrievalEvaluator(eval_set, ev.batch_size, primary_metric=ev.primary_metric)
     # None loads model.base; the candidate is the directory this step was handed.
     sources = {"candidate": str(inputs["model"]), **({"base": None} if ev.base else {})}
+    rerank = "reranker_model" in inputs
     metrics: dict[str, float] = {}
+    candidate_run = None
     for system, source in sources.items():
         if system == "candidate" and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
             embedder, found = evaluate_m3_candidate(cfg, source, eval_set, evaluator)
+            candidate_run = evaluator.search(embedder, label="candidate dense") if rerank else None
         else:
             embedder = Embedder.from_config(cfg.model, source=source, inference=True)
-            found = evaluator(embedder, prefix=system)
+            run_ = evaluator.search(embedder, label=system)
+            found = prefixed(retrieval_metrics(eval_set.qrels, run_), system)
+            candidate_run = run_ if system == "candidate" else candidate_run
         metrics.update(found)
         if sts_pairs is not None:
             metrics[f"{system}/sts_spearman"] = sts_spearman(embedder, sts_pairs, ev.batch_size, progress=system)
@@ -55,6 +68,11 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     if ev.bm25:
         run_bm25 = bm25_search(eval_set.corpus, eval_set.queries, evaluator.top_k)
         metrics.update(prefixed(retrieval_metrics(eval_set.qrels, run_bm25), "bm25"))
+    layers_chart = None
+    if rerank:
+        metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"]))
+        if rows := layer_rows(metrics):
+            layers_chart = Path(outputs["chart"]).with_name("reranker_layers.png")
     metrics = {key: round(float(value), DECIMALS) for key, value in metrics.items()}
 
     write_json(outputs["metrics"], metrics)
@@ -63,8 +81,32 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     write_chart_data(outputs["chart_data"], rows)
     tracking.log_metrics(metrics)
     tracking.log_artifact(outputs["chart"])
+    if layers_chart is not None:  # MLflow only: the layer rows are in the metrics for DVC
+        with tempfile.TemporaryDirectory() as tmp:
+            write_layer_chart(Path(tmp) / layers_chart.name, rows)
+            tracking.log_artifact(Path(tmp) / layers_chart.name)
 
     print_table(metrics, primary_metric=ev.primary_metric)
+    return metrics
+
+
+def rerank_stage(cfg, eval_set, run, trained: Path) -> dict[str, float]:
+    """Rerank the candidate's dense top-k with the base reranker (what train_reranker starts
+    from) and with the trained one; a layerwise reranker also at each of its layers."""
+    from flagops.models.reranker import load_reranker
+    from flagops.training.reranker import build_reranker
+
+    r = cfg.reranker
+    print(f"evaluate: reranking the candidate's top {r.top_k} with the base and the trained {r.kind} reranker")
+    torch.manual_seed(r.train.seed)  # a fresh classification head starts as train_reranker's does
+    base = build_reranker(r).eval()
+    metrics = rerank_metrics(partial(base.score_pairs, batch_size=r.batch_size), eval_set, run, r.top_k, "base_reranked")
+    del base
+    model = load_reranker(trained)
+    metrics |= rerank_metrics(partial(model.score_pairs, batch_size=r.batch_size), eval_set, run, r.top_k, "reranked")
+    for layer in getattr(model, "layers", ()):  # layerwise: every trained layer as a cutoff
+        score = partial(model.score_pairs, batch_size=r.batch_size, cutoff_layer=layer)
+        metrics |= rerank_metrics(score, eval_set, run, r.top_k, f"reranked/layer_{layer}")
     return metrics
 
 
@@ -89,7 +131,8 @@ def evaluate_m3_candidate(cfg, source: str, eval_set, evaluator: RetrievalEvalua
 
 def print_table(metrics: Mapping[str, float], primary_metric: str) -> None:
     """Systems as rows, metrics as columns; the candidate's primary metric is called out."""
-    columns = [*RETRIEVAL_METRICS, *(["sts_spearman"] if any(k.endswith("/sts_spearman") for k in metrics) else [])]
+    extra = [c for c in ("sts_spearman", "ms_per_query") if any(k.endswith(f"/{c}") for k in metrics)]
+    columns = [*RETRIEVAL_METRICS, *extra]
     table = Table(title="evaluate")
     table.add_column("system")
     for name in columns:
@@ -105,3 +148,11 @@ def print_table(metrics: Mapping[str, float], primary_metric: str) -> None:
         delta = metrics[f"candidate/{primary_metric}"] - metrics[f"base/{primary_metric}"]
         line += f" ({delta:+.4f} vs base)"
     console.print(line)
+    if f"reranked/{primary_metric}" in metrics:  # the reranker's gate metric, against what it reranks
+        reranked = metrics[f"reranked/{primary_metric}"]
+        line = (
+            f"reranker: reranked/{primary_metric} = {reranked:.4f} ({reranked - metrics[f'candidate/{primary_metric}']:+.4f} vs candidate"
+        )
+        if f"base_reranked/{primary_metric}" in metrics:
+            line += f", {reranked - metrics[f'base_reranked/{primary_metric}']:+.4f} vs the base reranker"
+        console.print(line + ")")
