@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install serve pipeline plots-template bench-encode bench-peer-venv bench-compat params dvc-yaml clean
+.PHONY: demo test test-long lint install serve pipeline plots-template bench-encode bench-peer-venv bench-compat params dvc-yaml clean
 
 # torch==2.13.0 first: the pinned CPU wheel, so nothing pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -27,7 +27,11 @@ demo: install
 
 # The Airflow venv (its own pins) and the offline plot template are part of what is tested.
 test: install airflow-venv plots-template lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not long"
+
+# The whole-DAG variants `make test` leaves out (each face runs the whole DAG once there).
+test-long: install airflow-venv plots-template
+	$(BIN)/python -m pytest -q -m long
 
 # ruff (lint + format check) and the import-linter layer contracts in pyproject.toml.
 lint: install

@@ -85,9 +85,10 @@ def cmd_steps(args: argparse.Namespace) -> int:
             print(f"{s.name:22s} in: {ins:32s} out: {', '.join(s.output_names):32s} {s.summary}{only}")
         return 0
     pipe = catalog.pipeline(load_config(args.profile))
-    for t in pipe.tasks:
-        ins = ", ".join(n if n == a else f"{n}<-{a}" for n, a in t.inputs.items()) or "-"
-        print(f"{t.name:22s} in: {ins:32s} out: {', '.join(t.step.output_names)}")
+    rows = [(t.name, ", ".join(n if n == a else f"{n}<-{a}" for n, a in t.inputs.items()) or "-", t) for t in pipe.tasks]
+    width = max(len(ins) for _, ins, _ in rows)  # the wiring of the widest task sets the column
+    for name, ins, t in rows:
+        print(f"{name:22s} in: {ins:{width}s}  out: {', '.join(t.step.output_names)}")
     return 0
 
 
