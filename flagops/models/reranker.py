@@ -49,7 +49,12 @@ def ensure_tiny_reranker(seed: int = 0) -> Path:
 
 
 def resolve_reranker_source(source: str) -> Path:
-    """A local directory for ``source``: ``tiny-reranker[@seed]`` or any model source."""
+    """A local directory for ``source``: ``tiny-reranker[@seed]``, ``tiny-decoder[@seed]`` (a random
+    causal LM for the llm/layerwise kinds) or any model source."""
+    if source.partition("@")[0] == "tiny-decoder":
+        from flagops.models.llm_reranker import resolve_decoder_source
+
+        return resolve_decoder_source(source)
     if source == TINY_RERANKER or source.startswith(TINY_RERANKER + "@"):
         seed = source.partition("@")[2] or "0"
         if not seed.isdigit():
