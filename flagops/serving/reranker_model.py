@@ -80,20 +80,22 @@ class PairScorer(Protocol):
         """Raw relevance logits, float32 (n,); called on the model thread only."""
 
 
-class CrossEncoderScorer:
-    """A loaded ``CrossEncoderReranker`` behind the ``PairScorer`` interface."""
+class RerankerScorer:
+    """A loaded reranker (cross-encoder, LLM or layerwise: ``models.reranker.load_reranker``)
+    behind the ``PairScorer`` interface."""
 
     def __init__(self, reranker):
         self.reranker = reranker
-        self.counting_tokenizer = copy.deepcopy(reranker.tokenizer)  # its own, for the tokenizer thread
+        # The tokenizer thread counts with its own tokenizer (a fast tokenizer is not safe to share
+        # across threads); the shallow copy shares the weights and counts as the model reads pairs.
+        self.counter = copy.copy(reranker)
+        self.counter.tokenizer = copy.deepcopy(reranker.tokenizer)
 
     def max_length(self) -> int:
         return self.reranker.max_length
 
     def token_lengths(self, pairs: list[Pair]) -> list[int]:
-        from flagops.models.reranker import pair_token_lengths
-
-        return pair_token_lengths(self.counting_tokenizer, pairs)
+        return self.counter.token_lengths(pairs)
 
     def score_pairs(self, pairs: list[Pair], *, max_length: int) -> np.ndarray:
         return self.reranker.score_pairs(pairs, batch_size=len(pairs), max_length=max_length)
@@ -156,7 +158,7 @@ class RerankerModel(ServedModel):
 
         reranker = place(load_reranker(source), inference_placement(self.serve_cfg, name="serve"))
         reranker.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
-        return CrossEncoderScorer(reranker)
+        return RerankerScorer(reranker)
 
     def token_lengths(self, key: str, pairs: list[Pair]) -> list[int]:
         return self.backend.token_lengths(pairs)

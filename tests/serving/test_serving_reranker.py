@@ -242,3 +242,35 @@ def test_dummy_reranker_v1_v2_bad_input(dummy_reranker_server, protocol, body, p
 def test_embedder_routes_are_not_on_a_reranker(dummy_reranker_server):
     r = post(dummy_reranker_server, "/v1/embeddings", {"model": dummy_reranker_server.name, "input": ["a"]})
     assert r.status_code == 404
+
+
+# ---------------------------------------------------------------- an LLM reranker, served the same way
+
+
+def test_a_layerwise_llm_reranker_serves_through_the_same_rerank_route(tmp_path):
+    """train_reranker's layerwise output (merged weights, heads, flagops_reranker.json) is a
+    reranker to the server: detected as one, scored with the configured cutoff layer."""
+    from serving_helpers import start_server, stop_server
+
+    from flagops.config import RerankerConfig
+    from flagops.models import llm_reranker
+    from flagops.models.reranker import load_reranker
+
+    torch.manual_seed(0)
+    cfg = RerankerConfig(
+        kind="layerwise", base="tiny-decoder", start_layer=2, lora_rank=4, lora_alpha=8, query_max_len=16, passage_max_len=48
+    )
+    llm_reranker.build(cfg).save(tmp_path / "layerwise")
+    assert detect_kind(tmp_path / "layerwise") is ModelKind.RERANKER
+    local = load_reranker(tmp_path / "layerwise")
+    server = start_server(tmp_path / "server.log", "tiny-layerwise", "--model", str(tmp_path / "layerwise"))
+    try:
+        r = post(server, "/v1/rerank", {"model": server.name, "query": QUERY, "documents": PASSAGES})
+        assert r.status_code == 200, r.text
+        expected = local.score(QUERY, PASSAGES, normalize=True)
+        got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        np.testing.assert_allclose([got[i] for i in range(len(PASSAGES))], expected, atol=ATOL)
+        tokens = sum(local.token_lengths([(QUERY, p) for p in PASSAGES]))
+        assert r.json()["usage"]["prompt_tokens"] == tokens
+    finally:
+        stop_server(server)
