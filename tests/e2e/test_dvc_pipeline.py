@@ -1,7 +1,7 @@
 """The whole retraining loop, once: `flagops demo --profile tiny` runs `dvc repro` in a fresh
 workspace, registers and promotes in a real MLflow store and serves the champion over HTTP.
-Then: a second repro is a no-op, and changing a training param, or the loss's code, re-runs
-only training onward.
+Then: a second repro is a no-op, changing a training param re-runs only training onward, and
+changing the loss's code invalidates only training. The M3 variant is behind `make test-long`.
 
 The workspace runs a copy of the flagops package (PYTHONPATH), so that a test can edit its
 code the way a developer would, without touching the checkout.
@@ -120,18 +120,20 @@ def test_changing_a_training_param_reruns_only_training_onward(workspace):
     assert promotion["reasons"]
 
 
-def test_changing_the_loss_code_reruns_only_training_onward(workspace):
+def test_changing_the_loss_code_invalidates_only_training(workspace):
     """Editing flagops/losses/infonce.py (here: label smoothing, which changes the trained
-    weights) re-runs train_embedder and what depends on its model, and nothing before it."""
+    weights) makes train_embedder, and no other stage, out of date; `dvc repro` then re-runs
+    it and what depends on its model, as the param change above showed (not re-run here: it
+    costs two minutes of the suite and checks DVC, not flagops)."""
     wd, env, _, code = workspace
     loss = code / "flagops/losses/infonce.py"
     before = "return F.cross_entropy(scores, positive_targets(q, p, in_batch))"
     assert before in loss.read_text(), "the test's edit no longer applies: update it to the loss's code"
     loss.write_text(loss.read_text().replace(before, before[:-1] + ", label_smoothing=0.1)"))
     status = _run([sys.executable, "-m", "dvc", "status", "--json"], wd, env)
-    assert set(json.loads(status[status.index("{") :])) == {"train_embedder"}  # the only stage whose deps changed
-    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny", "--workdir", str(wd), "train.max_steps=4"], code, env)
-    assert _ran(out) == DOWNSTREAM_OF_TRAIN, out
+    changed = json.loads(status[status.index("{") :])
+    assert set(changed) == {"train_embedder"}  # the only stage whose deps changed
+    assert any(f"{code}/flagops/losses/infonce.py" in json.dumps(entry) for entry in changed["train_embedder"]), changed
 
 
 def test_dvc_plots_show_renders(workspace):
@@ -141,6 +143,7 @@ def test_dvc_plots_show_renders(workspace):
     assert "eval_comparison" in html
 
 
+@pytest.mark.long  # the tiny DAG's M3 variant: `make test-long` (M3 training and evaluation have their own tests)
 def test_m3_pipeline_trains_evaluates_every_mode_and_registers(tmp_path_factory, repo_root):
     """The same DAG with model.kind=m3 (profile tiny_m3): train_m3 replaces train_embedder."""
     wd = tmp_path_factory.mktemp("e2e-m3") / "ws"

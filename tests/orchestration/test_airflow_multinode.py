@@ -89,6 +89,7 @@ def test_an_unreadable_job_status_is_retried_then_fails_the_wait_for_a_retry(clu
 
 
 @pytest.mark.slow
+@pytest.mark.long  # a second whole-DAG Airflow run (~2.5 min): `make test-long`; the DAG's shape and the wait are tested above
 def test_airflow_dags_test_multinode_waits_for_the_job_then_deploys(cluster, tmp_path):
     """`airflow dags test train_embedder_multinode` on tiny: data steps, the job (deferred wait), then a champion."""
     from mlflow.tracking import MlflowClient
