@@ -92,20 +92,29 @@ def reranker_kind(path: Path) -> str:
     )
 
 
-def load_reranker(source: str | Path, kind: str = "auto", *, max_length: int = 512, **options):
+def load_reranker(source: str | Path, kind: str = "auto", *, max_length: int | None = None, **options):
     """Any reranker flagops scores with: ``score_pairs``, ``score``, ``save``, ``tokenizer``.
 
     ``kind``: ``auto`` reads the directory (``reranker_kind``); a model source that is not a
     reranker is a ``NotARerankerError``. LLM and layerwise kinds live in
     ``flagops.models.llm_reranker``; ``options`` go to their loaders (prompt, cutoff_layers).
+    ``max_length`` None: for a cross-encoder, what train_reranker trained it with (query +
+    passage tokens, from ``flagops_reranker.json``), else 512.
     """
+    import json
+
+    from flagops.models.layout import RERANKER_FILE
+
     path = resolve_reranker_source(str(source))
     found = reranker_kind(path) if kind == "auto" else kind
     if found == "cross_encoder":
+        if max_length is None:
+            saved = json.loads((path / RERANKER_FILE).read_text()) if (path / RERANKER_FILE).is_file() else {}
+            max_length = saved["query_max_len"] + saved["passage_max_len"] if "passage_max_len" in saved else 512
         return CrossEncoderReranker.load(path, max_length=max_length)
-    from flagops.models import llm_reranker
+    from flagops.models import llm_reranker  # its own lengths: query, passage and prompt apart
 
-    return llm_reranker.load(path, found, max_length=max_length, **options)
+    return llm_reranker.load(path, found, max_length=max_length or 512, **options)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -118,7 +127,7 @@ class CrossEncoderReranker(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 512):
         super().__init__()
         if model.config.num_labels != 1:
-            raise ValueError(f"a cross-encoder reranker needs one output label, this model has {model.config.num_labels}")
+            raise NotARerankerError(f"a cross-encoder reranker needs one output label, this model has {model.config.num_labels}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
