@@ -1,8 +1,9 @@
-"""The rerank stage: a reranker rescores each query's top-k from the candidate's dense run.
+"""The rerank stage: a reranker reorders each query's top-k from the candidate's dense run.
 
 This is how FlagEmbedding pairs its models in practice: the embedder retrieves, the
-reranker reorders. The reranked run holds only the top-k, so recall@k is the dense run's
-and what a reranker can change is the order: nDCG@10, MRR@10, MAP.
+reranker reorders. Documents below the top-k stay under it in their dense order, so
+recall@k for k >= top-k is the dense run's; what a reranker changes is the order within
+the top-k: nDCG@10, MRR@10, MAP.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ PairScorer = Callable[[Sequence[tuple[str, str]]], np.ndarray]  # (query, passag
 
 
 def rerank_run(score: PairScorer, eval_set: EvalSet, run: Run, top_k: int) -> Run:
-    """Each query's ``top_k`` documents of ``run``, rescored by ``score`` in one pass over all pairs."""
+    """``run`` with each query's ``top_k`` documents reordered by ``score`` (one pass over all
+    pairs) and the rest kept below them in their dense order, as a retrieve-then-rerank system
+    serves them. Scores in the result are ranks turned around (higher first), nothing more."""
     texts = {p.id: p.full_text for p in eval_set.corpus}
-    top = cut_run(run, top_k)
-    keys = [(qid, did) for qid, docs in top.items() for did in docs]
-    if not keys:
-        return {qid: {} for qid in run}
-    scores = score([(eval_set.queries[qid], texts[did]) for qid, did in keys])
-    out: Run = {qid: {} for qid in run}
+    longest = max((len(docs) for docs in run.values()), default=0)
+    ranked = {qid: list(docs) for qid, docs in cut_run(run, longest).items()}  # each query's documents, best first
+    keys = [(qid, did) for qid, docs in ranked.items() for did in docs[:top_k]]
+    scores = score([(eval_set.queries[qid], texts[did]) for qid, did in keys]) if keys else []
+    new: dict[str, dict[str, float]] = {qid: {} for qid in run}
     for (qid, did), s in zip(keys, scores, strict=True):
-        out[qid][did] = float(s)
+        new[qid][did] = float(s)
+    out: Run = {}
+    for qid, docs in ranked.items():
+        head = sorted(docs[:top_k], key=lambda d: new[qid][d], reverse=True)  # stable: ties keep the dense order
+        order = head + docs[top_k:]
+        out[qid] = {did: float(len(order) - i) for i, did in enumerate(order)}
     return out
 
 

@@ -1,5 +1,6 @@
 """KFP: components and the retraining pipeline agree with the catalog, the committed IR is
-fresh, the whole pipeline runs in kfp.local on the tiny profile, and `flagops kfp
+fresh, the whole pipeline runs in kfp.local on the tiny_reranker profile (the embedder and
+the reranker branch, two registered models), and `flagops kfp
 submit|schedule` send the right requests to a KFP API server (a mock stands in for the
 server: none can run on this machine).
 """
@@ -35,7 +36,8 @@ pytestmark = [
 ]
 
 
-TINY = catalog.pipeline(load_config("tiny"))
+LOCAL = "tiny_reranker"  # the profile kfp.local runs: the tiny loop with the reranker branch
+TINY = catalog.pipeline(load_config(LOCAL))
 
 
 def task_name(step: str) -> str:
@@ -180,7 +182,7 @@ def test_default_params_are_the_profiles(ir, profile):
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, pytestconfig):
-    """The whole pipeline once in kfp.local (subprocesses of this venv) on the tiny profile."""
+    """The whole pipeline once in kfp.local (subprocesses of this venv) on the tiny_reranker profile."""
     from kfp import local
 
     root = tmp_path_factory.mktemp("kfp_local")
@@ -188,10 +190,10 @@ def local_run(tmp_path_factory, pytestconfig):
     runner = local.SubprocessRunner(use_venv=False)  # this venv: no Docker here, no pip installs
     local.init(runner=runner, pipeline_root=str(root / "outputs"), workspace_root=str(root / "ws"))
     start = time.perf_counter()
-    task = retrain.for_config("tiny")(params=to_yaml(load_config("tiny")), tracking_uri=uri, run_group="local-1")
+    task = retrain.for_config(LOCAL)(params=to_yaml(load_config(LOCAL)), tracking_uri=uri, run_group="local-1")
     wall = time.perf_counter() - start
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\nkfp.local: the retraining pipeline ({len(TINY.tasks)} tasks, tiny profile) took {wall:.1f} s")
+        print(f"\nkfp.local: the retraining pipeline ({len(TINY.tasks)} tasks, {LOCAL} profile) took {wall:.1f} s")
     return root, uri, task.output
 
 
@@ -201,8 +203,10 @@ def test_local_run_registers_a_champion(local_run):
 
     _, uri, _ = local_run
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    mv = client.get_model_version_by_alias("bge-tiny", "champion")
-    assert str(mv.version) == "1" and mv.tags["model_sha256"]
+    cfg = load_config(LOCAL)
+    for name in (cfg.registry.model_name, cfg.reranker.model_name):  # the embedder and the reranker
+        mv = client.get_model_version_by_alias(name, "champion")
+        assert str(mv.version) == "1" and mv.tags["model_sha256"], name
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
     assert {r.data.tags.get("flagops.step") for r in runs} >= set(TINY.names)
 
@@ -216,7 +220,7 @@ def test_local_run_groups_its_step_runs_under_one_parent_run(local_run):
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]
     key = parent.data.tags["flagops.pipeline_key"]
-    assert key == "kfp:local-1" and parent.info.run_name == key and parent.data.tags["flagops.profile"] == "tiny"
+    assert key == "kfp:local-1" and parent.info.run_name == key and parent.data.tags["flagops.profile"] == LOCAL
     steps = [r for r in runs if "flagops.step" in r.data.tags]
     assert sorted(r.data.tags["flagops.step"] for r in steps) == sorted(TINY.names)
     assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {parent.info.run_id}
@@ -226,7 +230,7 @@ def test_local_run_groups_its_step_runs_under_one_parent_run(local_run):
 def test_local_run_metrics_reach_kfp_and_every_output_exists(local_run):
     root, _, metrics = local_run
     written = json.loads(Path(metrics.path).read_text())
-    assert 0.0 <= written["candidate/ndcg@10"] <= 1.0
+    assert 0.0 <= written["candidate/ndcg@10"] <= 1.0 and 0.0 <= written["reranked/ndcg@10"] <= 1.0
     # The evaluator's keys, made safe for KFP: candidate/ndcg@10 -> candidate_ndcg_at_10.
     assert metrics.metadata["candidate_ndcg_at_10"] == written["candidate/ndcg@10"]
     assert len(metrics.metadata) == len(written)
