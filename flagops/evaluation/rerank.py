@@ -41,7 +41,11 @@ def rerank_run(score: PairScorer, eval_set: EvalSet, run: Run, top_k: int) -> Ru
 
 def rerank_metrics(score: PairScorer, eval_set: EvalSet, run: Run, top_k: int, prefix: str) -> dict[str, float]:
     """``<prefix>/<metric>`` of the reranked run, and ``<prefix>/ms_per_query``: the reranking
-    latency per query over ``top_k`` candidates (the scoring pass, batched, on this machine)."""
+    latency per query over ``top_k`` candidates (the scoring pass, batched, on this machine;
+    after one warm-up pair, so a model's first call does not count)."""
+    first = next(((qid, did) for qid, docs in run.items() for did in docs), None)
+    if first is not None:
+        score([(eval_set.queries[first[0]], next(p.full_text for p in eval_set.corpus if p.id == first[1]))])
     start = time.perf_counter()
     reranked = rerank_run(score, eval_set, run, top_k)
     elapsed = time.perf_counter() - start

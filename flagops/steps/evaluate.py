@@ -71,7 +71,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     layers_chart = None
     if rerank:
         metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"]))
-        if rows := layer_rows(metrics):
+        if layers := layer_rows(metrics):
             layers_chart = Path(outputs["chart"]).with_name("reranker_layers.png")
     metrics = {key: round(float(value), DECIMALS) for key, value in metrics.items()}
 
@@ -83,7 +83,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     tracking.log_artifact(outputs["chart"])
     if layers_chart is not None:  # MLflow only: the layer rows are in the metrics for DVC
         with tempfile.TemporaryDirectory() as tmp:
-            write_layer_chart(Path(tmp) / layers_chart.name, rows)
+            write_layer_chart(Path(tmp) / layers_chart.name, layers)
             tracking.log_artifact(Path(tmp) / layers_chart.name)
 
     print_table(metrics, primary_metric=ev.primary_metric)
