@@ -139,7 +139,7 @@ def _float_list(obj: dict, key: str, where: str, expected_len: int) -> list[floa
     if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
         raise DataError(f"{where}: field {key!r} must be a list of numbers")
     if len(value) != expected_len:
-        raise DataError(f"{where}: field {key!r} has {len(value)} scores for {expected_len} passages")
+        raise DataError(f"{where}: field {key!r} has {len(value)} scores for {expected_len} passages; give one score per passage, in order")
     return [float(v) for v in value]
 
 

@@ -143,14 +143,16 @@ class CrossEncoderReranker(nn.Module):
         return cls(model, tokenizer, max_length=min(max_length, limit))
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], max_length: int | None = None) -> dict:
-        queries = [q for q, _ in pairs]
-        passages = [p for _, p in pairs]
+        """FlagReranker's inference input: the query cut to 3/4 of ``max_length`` tokens, then
+        the pair to ``max_length`` by cutting the passage only."""
         limit = max_length or self.max_length
+        queries = clip_tokens(self.tokenizer, [q for q, _ in pairs], limit * 3 // 4)
+        passages = [p for _, p in pairs]
         return self.tokenizer(
             queries,
             passages,
             padding=True,
-            truncation=True,
+            truncation="only_second",
             max_length=limit,
             return_tensors="pt",
             pad_to_multiple_of=padding_multiple(limit, self.pad_to_multiple_of),
@@ -201,6 +203,16 @@ class CrossEncoderReranker(nn.Module):
         with atomic_path(dest, is_dir=True) as tmp:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
+
+
+def clip_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Each text cut after its first ``max_tokens`` tokens (at the end of the last kept token).
+
+    Cut as text because transformers 5 tokenizers have no ``prepare_for_model`` to pair
+    pre-cut token ids; a word cut inside may re-tokenize to a token more or less, which the
+    pair's ``only_second`` limit absorbs."""
+    enc = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True)
+    return [text[: offsets[-1][1]] if offsets else text for text, offsets in zip(texts, enc["offset_mapping"], strict=True)]
 
 
 def pair_token_lengths(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[int]:

@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from flagops.data.formats import TrainExample, atomic_path
 from flagops.losses.reranker import RerankerLoss
 from flagops.models.layout import RERANKER_FILE
-from flagops.models.reranker import CrossEncoderReranker, NotARerankerError, resolve_reranker_source
+from flagops.models.reranker import CrossEncoderReranker, NotARerankerError, clip_tokens, resolve_reranker_source
 from flagops.training import common
 
 log = logging.getLogger(__name__)
@@ -125,16 +125,6 @@ class PairGroupDataset(common.GroupDataset):
     def __getitem__(self, i: int):
         query, passages, scores = super().__getitem__(i)
         return query, passages, scores, self.examples[i].prompt
-
-
-def clip_tokens(tokenizer, texts: Sequence[str], max_tokens: int) -> list[str]:
-    """Each text cut after its first ``max_tokens`` tokens (at the end of the last kept token).
-
-    Cut as text because transformers 5 tokenizers have no ``prepare_for_model`` to pair
-    pre-cut token ids; a word cut inside may re-tokenize to a token more or less, which the
-    pair's ``only_second`` limit absorbs."""
-    enc = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens, return_offsets_mapping=True)
-    return [text[: offsets[-1][1]] if offsets else text for text, offsets in zip(texts, enc["offset_mapping"], strict=True)]
 
 
 def cross_encoder_pairs(tokenizer, pairs: Sequence[tuple[str, str]], query_max_len: int, passage_max_len: int) -> dict:

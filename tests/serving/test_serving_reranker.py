@@ -49,14 +49,18 @@ def test_batching_and_order_do_not_change_scores(reranker):
     np.testing.assert_allclose(reranker.score(QUERY, PASSAGES[::-1], batch_size=3), whole[::-1], atol=ATOL)
 
 
-def test_max_length_truncates_the_pair(reranker):
+def test_max_length_truncates_the_passage_as_flagreranker_does(reranker):
     long = "word " * 300
     assert reranker.token_lengths([(QUERY, long)])[0] > 300
     cut = reranker.score(QUERY, [long], max_length=16)
-    with torch.inference_mode():
-        enc = reranker.tokenizer([QUERY], [long], truncation=True, max_length=16, return_tensors="pt")
+    with torch.inference_mode():  # the whole query (7 tokens, under 3/4 of 16), the passage cut to fit
+        enc = reranker.tokenizer([QUERY], [long], truncation="only_second", max_length=16, return_tensors="pt")
+        assert enc["input_ids"][0].tolist().index(reranker.tokenizer.sep_token_id) == 1 + 7
         assert enc["input_ids"].shape[1] == 16
         assert cut[0] == pytest.approx(reranker.model(**enc).logits[0, 0].item(), abs=ATOL)
+    # A query over 3/4 of max_length is cut to 3/4 first, so the passage keeps a quarter.
+    enc = reranker.tokenize([(long, long)], max_length=16)
+    assert enc["token_type_ids"][0].tolist() == [0] * (1 + 12 + 1) + [1] * 2
 
 
 def test_score_rejects_a_single_string(reranker):
