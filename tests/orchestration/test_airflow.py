@@ -94,7 +94,9 @@ def _run(args: list, env: dict, cwd: Path = REPO, timeout: int = 300) -> str:
 
 
 def _probe(mode: str, home: Path) -> tuple[str, dict, dict]:
-    extra = {"FLAGOPS_AIRFLOW_MODE": mode} | (K8S if mode == "kubernetes" else {"FLAGOPS_WORKDIR": str(home / "ws")})
+    # The local probe builds the reranker profile's DAG (two families, a fan-in at evaluate).
+    local = {"FLAGOPS_WORKDIR": str(home / "ws"), "FLAGOPS_PROFILE": "demo_reranker"}
+    extra = {"FLAGOPS_AIRFLOW_MODE": mode} | (K8S if mode == "kubernetes" else local)
     stdout = _run([AIRFLOW_BIN / "python", "-c", PROBE, DAGS], _env(home, **extra))
     line = next(line for line in stdout.splitlines() if line.startswith("PROBE-JSON "))
     return mode, extra, json.loads(line.removeprefix("PROBE-JSON "))
