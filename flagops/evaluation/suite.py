@@ -118,8 +118,11 @@ def _choose_split(splits: Sequence[str], wanted: str | None, where: Path) -> str
 
 
 def _data_files(root: Path) -> list[Path]:
+    """Record files under ``root``, skipping hidden folders (``huggingface-cli``'s ``.cache``)."""
     return sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix in RECORD_SUFFIXES and not any(s.startswith(".") for s in p.parts[-3:])
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix in RECORD_SUFFIXES and not any(s.startswith(".") for s in p.relative_to(root).parts)
     )
 
 

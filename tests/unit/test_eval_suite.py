@@ -73,6 +73,8 @@ def test_cmteb_parquet_layout_reads_as_the_beir_folder(tmp_path):
     corpus.to_parquet(root / "data" / "corpus-00000-of-00001.parquet")
     queries.to_parquet(root / "data" / "queries-00000-of-00001.parquet")
     qrels.to_parquet(tmp_path / "T2Retrieval-qrels" / "data" / "dev-00000-of-00001.parquet")
+    (root / ".cache" / "data").mkdir(parents=True)  # huggingface-cli's bookkeeping: never read
+    corpus.to_parquet(root / ".cache" / "data" / "corpus-00000-of-00001.parquet")
     task = load_task(str(root))
     assert (task.type, task.name) == ("retrieval", "T2Retrieval/dev")
     assert task.data == data
