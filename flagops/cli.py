@@ -6,6 +6,7 @@ flagops params PROFILE [-o params.yaml]   render a profile as a DVC params file
 flagops dvc-yaml [--profile P]         render P's dvc.yaml (default: demo) from the catalog
 flagops pipeline [--profile P] [--workdir D]   dvc repro under one MLflow parent run
 flagops demo [--profile P]             pipeline + serve the champion + summary table
+flagops eval --model SOURCE [--model ...] --task PATH [--task ...] [--out FILE]   a suite of tasks, C-MTEB style
 flagops serve [--model SOURCE | --dummy] [--host H] [--port N] [--name N] [--kind K] [serve.key=value ...]
 flagops kfp submit|schedule ...         upload pipelines/retrain.yaml and start a run / a recurring run
 flagops deploy render|promote|rollback    KServe InferenceService for the champion; canary promote; alias rollback
@@ -124,6 +125,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.profile, Path(args.workdir) if args.workdir else None, args.overrides)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score each model on each task; print the rows, then the per-type averages; --out: the JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flagops.data.formats import write_json
+    from flagops.evaluation.suite import averages, load_tasks, run_suite
+
+    tasks = load_tasks(args.tasks)  # all read and checked before any model loads
+    rows = run_suite(args.models, tasks, args.batch_size)
+    means = averages(rows)
+    table = Table(title="eval")
+    for name in ("task", "type", "model", "main score"):
+        table.add_column(name, justify="right" if name == "main score" else "left")
+    for row in rows:
+        table.add_row(row["task"], row["type"], row["model"], f"{row['main_score']:.4f}")
+    summary = Table(title="averages")
+    for name in ("model", "type", "tasks", "average"):
+        summary.add_column(name, justify="right" if name in ("tasks", "average") else "left")
+    for mean in means:
+        summary.add_row(mean["model"], mean["type"], str(mean["tasks"]), f"{mean['average']:.4f}")
+    console = Console(width=160)
+    console.print(table)
+    console.print(summary)
+    if args.out:
+        write_json(args.out, {"rows": rows, "averages": means})
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from flagops.serving.kinds import KindError
     from flagops.serving.server import serve
@@ -194,6 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workdir", help="workspace (default: runs/<profile>)")
         p.add_argument("overrides", nargs="*", metavar="section.key=value")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("eval", help="score models on a suite of retrieval, STS and reranking tasks from disk")
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        required=True,
+        metavar="SOURCE",
+        help="an embedder or reranker: a directory, pkg:PACKAGE, tiny-bert[@seed], models:/NAME@alias",
+    )
+    p.add_argument(
+        "--task",
+        dest="tasks",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a BEIR or MTEB/C-MTEB folder (PATH::split picks the split), an STS or a reranking file",
+    )
+    p.add_argument("--out", help="write the rows and averages as JSON")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="serve an embedder, BGE-M3 model or reranker with KServe (V1, V2, OpenAI, rerank)")
     source = p.add_mutually_exclusive_group()
