@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="SOURCE",
-        help="an embedder or reranker: a directory, pkg:PACKAGE, tiny-bert[@seed], models:/NAME@alias",
+        help="an embedder or reranker: a directory, pkg:PACKAGE, tiny-bert[@seed], models:/NAME@alias; bm25: the lexical baseline",
     )
     p.add_argument(
         "--task",

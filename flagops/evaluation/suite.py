@@ -14,20 +14,28 @@ A task PATH is detected by its layout:
 ``PATH::split`` picks a retrieval split; otherwise ``test``, else ``dev``, else the only one.
 Main scores as MTEB reports them: retrieval nDCG@10, STS Spearman of cosine similarities,
 reranking MAP (with MRR@10).
+
+A task may carry a sidecar ``flagops_task.json`` (inside a folder; ``NAME.flagops_task.json``
+beside a file ``NAME.jsonl``) with ``query_instruction`` (for embedders, this task only) and
+``language`` (``zh`` or ``en``; detected from the text otherwise). The model source ``bm25`` is
+the lexical baseline: jieba words for Chinese tasks, English word tokens otherwise.
 """
 
 from __future__ import annotations
 
 import csv
 import gc
+import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flagops.data.formats import DataError, EvalSet, Passage, iter_jsonl, read_beir, read_sts
+from flagops.evaluation.bm25 import bm25_scores, bm25_search, detect_language
 from flagops.evaluation.retrieval import RetrievalEvaluator, retrieval_metrics
 from flagops.evaluation.sts import cosine_rows, sts_spearman
 
@@ -40,6 +48,14 @@ MAIN_METRIC = {"retrieval": "ndcg@10", "sts": "spearman", "reranking": "map"}
 RERANK_MRR_CUTOFF = 10
 RECORD_SUFFIXES = (".jsonl", ".parquet", ".tsv")
 ROLES = ("corpus", "queries", "qrels")
+RETRIEVAL_TOP_K = 100
+SIDECAR = "flagops_task.json"
+SIDECAR_KEYS = ("language", "query_instruction")
+LANGUAGES = ("en", "zh")
+BM25_SOURCE = "bm25"
+# BGE's Chinese query instruction (bge-*-zh model cards); the default for Chinese retrieval tasks
+# only when the model source's name says bge and zh, and the model saved no instruction of its own.
+BGE_ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,8 @@ class Task:
     name: str
     type: str  # retrieval | sts | reranking
     data: Any  # EvalSet | list[StsPair] | list[RerankRow]
+    language: str = "en"  # en | zh: how bm25 tokenises, whether the BGE zh instruction applies
+    query_instruction: str | None = None  # the sidecar's; None: the model's own
 
 
 # --------------------------------------------------------------------------- reading records
@@ -228,17 +246,13 @@ def _first_record(path: Path) -> dict[str, Any]:
     return first[1]
 
 
-def load_task(spec: str) -> Task:
-    """Read and validate the task at ``spec`` (``PATH`` or ``PATH::split``); its type by layout."""
-    raw, _, split = spec.partition("::")
-    path = Path(raw).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory; expected {LAYOUTS}")
+def _read_task(path: Path, split: str) -> Task:
+    """The task at ``path`` by layout, before its sidecar."""
     if path.is_dir():
         eval_set, split = _read_retrieval(path, split or None)
         return Task(f"{path.name}/{split}", "retrieval", eval_set)
     if split:
-        raise DataError(f"{spec}: only retrieval folders have splits; drop ::{split}")
+        raise DataError(f"{path}::{split}: only retrieval folders have splits; drop ::{split}")
     if path.suffix not in RECORD_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected {LAYOUTS}")
     keys = set(_first_record(path))
@@ -249,6 +263,54 @@ def load_task(spec: str) -> Task:
     if "query" in keys and ({"positive", "negative"} <= keys or {"pos", "neg"} <= keys):
         return Task(path.stem, "reranking", _read_reranking(path))
     raise DataError(f"{path}: columns {sorted(keys)} match no task; expected {LAYOUTS}")
+
+
+def sidecar_path(path: Path) -> Path:
+    """``FOLDER/flagops_task.json`` for a folder, ``NAME.flagops_task.json`` beside a file ``NAME.ext``."""
+    return path / SIDECAR if path.is_dir() else path.with_name(f"{path.stem}.{SIDECAR}")
+
+
+def read_sidecar(path: Path, task_type: str) -> dict[str, str]:
+    """The sidecar's settings, checked: only known keys, strings, a known language."""
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(settings, dict):
+        raise DataError(f'{path}: expected a JSON object such as {{"query_instruction": "...", "language": "zh"}}')
+    for key, value in settings.items():
+        if key not in SIDECAR_KEYS:
+            raise DataError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(SIDECAR_KEYS)}")
+        if not isinstance(value, str):
+            raise DataError(f"{path}: key {key!r} must be a string, got {type(value).__name__}")
+    if settings.get("language", "en") not in LANGUAGES:
+        raise DataError(f"{path}: key 'language' is {settings['language']!r}; use one of {', '.join(LANGUAGES)}")
+    if "query_instruction" in settings and task_type == "sts":
+        raise DataError(f"{path}: key 'query_instruction' does not apply to an STS task (it encodes no queries); drop it")
+    return settings
+
+
+def _text_sets(task: Task) -> tuple[list[str], list[str]]:
+    """The task's two kinds of text (passages and queries, or the two sentences), for language detection."""
+    if task.type == "retrieval":
+        return [p.full_text for p in task.data.corpus], list(task.data.queries.values())
+    if task.type == "reranking":
+        return [t for r in task.data for t in (*r.positive, *r.negative)], [r.query for r in task.data]
+    return [p.sentence1 for p in task.data], [p.sentence2 for p in task.data]
+
+
+def load_task(spec: str) -> Task:
+    """Read and validate the task at ``spec`` (``PATH`` or ``PATH::split``); its type by layout, then its sidecar."""
+    raw, _, split = spec.partition("::")
+    path = Path(raw).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory; expected {LAYOUTS}")
+    task = _read_task(path, split)
+    settings = read_sidecar(sidecar_path(path), task.type)
+    language = settings.get("language") or detect_language(*_text_sets(task))
+    return replace(task, language=language, query_instruction=settings.get("query_instruction"))
 
 
 def load_tasks(specs: Sequence[str]) -> list[Task]:
@@ -311,8 +373,48 @@ def score_task(task: Task, model, is_reranker: bool, batch_size: int) -> dict[st
     if is_reranker:
         return None
     if task.type == "retrieval":
-        return retrieval_metrics(task.data.qrels, RetrievalEvaluator(task.data, batch_size).search(model, label=task.name))
+        run = RetrievalEvaluator(task.data, batch_size, top_k=RETRIEVAL_TOP_K).search(model, label=task.name)
+        return retrieval_metrics(task.data.qrels, run)
     return {"spearman": sts_spearman(model, task.data, batch_size, progress=task.name)}
+
+
+def score_bm25(task: Task) -> dict[str, float] | None:
+    """The BM25 baseline's metrics in the task's language; None for STS (BM25 gives no similarity scale)."""
+    if task.type == "retrieval":
+        data = task.data
+        return retrieval_metrics(data.qrels, bm25_search(data.corpus, data.queries, RETRIEVAL_TOP_K, language=task.language))
+    if task.type == "reranking":
+        # Each row's candidates are the whole index: IDF over them, as a first-stage ranker never sees them.
+        return reranking_metrics(task.data, [bm25_scores(r.query, [*r.positive, *r.negative], task.language) for r in task.data])
+    return None
+
+
+def query_instruction(task: Task, source: str, saved: str) -> tuple[str, str]:
+    """(instruction, where it comes from) for an embedder loaded from ``source`` whose own is ``saved``.
+
+    The task's sidecar wins, then the model's saved instruction; a model that saved none gets
+    BGE's Chinese instruction on Chinese retrieval tasks only when its name has both "bge" and
+    "zh" (``bge-small-zh-v1.5``), the models that were trained with it.
+    """
+    if task.query_instruction is not None:
+        return task.query_instruction, "task sidecar"
+    if saved:
+        return saved, "model"
+    name = Path(source).name.lower()
+    if task.type == "retrieval" and task.language == "zh" and "bge" in name and "zh" in name:
+        return BGE_ZH_INSTRUCTION, "BGE zh default"
+    return "", "none"
+
+
+@contextmanager
+def _instruction(embedder, instruction: str):
+    """The embedder's query instruction set to ``instruction`` for one task, then restored."""
+    saved = embedder.settings
+    embedder.settings = replace(saved, query_instruction=instruction)
+    try:
+        yield
+    finally:
+        embedder.settings = saved
 
 
 def _load_model(source: str):
@@ -332,15 +434,35 @@ def _load_model(source: str):
     return place(load_reranker(source), inference_placement()), True
 
 
+def _score(task: Task, source: str, model, is_reranker: bool, batch_size: int) -> dict[str, float] | None:
+    """The task's metrics for one model source, printing what it skips and which instruction or tokens it uses."""
+    if source == BM25_SOURCE:
+        if task.type == "sts":
+            print(f"eval: bm25 scores no sentence similarity; skipping sts task {task.name}")
+            return None
+        print(f"eval: bm25 on {task.name}: {'jieba words' if task.language == 'zh' else 'English word tokens'} ({task.language})")
+        return score_bm25(task)
+    if is_reranker:
+        if task.type != "reranking":
+            print(f"eval: {source} is a reranker; skipping {task.type} task {task.name} (rerankers run reranking tasks only)")
+            return None
+        return score_task(task, model, is_reranker, batch_size)
+    if task.type == "sts":  # no queries, no instruction
+        return score_task(task, model, is_reranker, batch_size)
+    instruction, origin = query_instruction(task, source, model.settings.query_instruction)
+    print(f"eval: {source} on {task.name}: query instruction {instruction!r} ({origin})")
+    with _instruction(model, instruction):
+        return score_task(task, model, is_reranker, batch_size)
+
+
 def run_suite(models: Sequence[str], tasks: Sequence[Task], batch_size: int = 64) -> list[dict[str, Any]]:
-    """One row ``{model, task, type, main_score, metrics}`` per model and task it can run."""
+    """One row ``{model, task, type, main_score, metrics}`` per model and task it can run; ``bm25`` is the lexical baseline."""
     rows = []
     for source in models:
-        model, is_reranker = _load_model(source)
+        model, is_reranker = (None, False) if source == BM25_SOURCE else _load_model(source)
         for task in tasks:
-            metrics = score_task(task, model, is_reranker, batch_size)
+            metrics = _score(task, source, model, is_reranker, batch_size)
             if metrics is None:
-                print(f"eval: {source} is a reranker; skipping {task.type} task {task.name} (rerankers run reranking tasks only)")
                 continue
             rows.append(
                 {"model": source, "task": task.name, "type": task.type, "main_score": metrics[MAIN_METRIC[task.type]], "metrics": metrics}

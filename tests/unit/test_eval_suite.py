@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,21 @@ import pytrec_eval
 
 from flagops.cli import main
 from flagops.data.formats import DataError, read_beir, read_sts
-from flagops.evaluation import RetrievalEvaluator, sts_spearman
-from flagops.evaluation.suite import RerankRow, Task, averages, load_task, reranking_metrics, score_task
+from flagops.evaluation import RetrievalEvaluator, sts_spearman, suite
+from flagops.evaluation.bm25 import bm25_scores, bm25_search, cjk_share, detect_language
+from flagops.evaluation.retrieval import retrieval_metrics
+from flagops.evaluation.suite import (
+    BGE_ZH_INSTRUCTION,
+    RerankRow,
+    Task,
+    averages,
+    load_task,
+    query_instruction,
+    reranking_metrics,
+    run_suite,
+    score_bm25,
+    score_task,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
 BEIR = FIXTURES / "stdlib_beir"
@@ -221,6 +236,13 @@ def _empty_split(tmp_path: Path) -> Path:
     return folder
 
 
+def _bad_sidecar(tmp_path: Path) -> Path:
+    folder = tmp_path / "badsidecar"
+    shutil.copytree(ZH, folder)
+    (folder / "flagops_task.json").write_text('{"lang": "zh"}')
+    return folder
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
@@ -228,8 +250,9 @@ def _empty_split(tmp_path: Path) -> Path:
         (lambda tmp: tmp, "not an evaluation task"),
         (_bad_qrels, "qrels/dev.tsv:21: unknown corpus id 'zh99'"),
         (_empty_split, "qrels/dev.tsv: no judgements"),
+        (_bad_sidecar, "flagops_task.json: unknown key 'lang'; allowed keys: language, query_instruction"),
     ],
-    ids=["missing", "unknown-layout", "unknown-qrels-id", "empty-split"],
+    ids=["missing", "unknown-layout", "unknown-qrels-id", "empty-split", "sidecar-unknown-key"],
 )
 def test_cli_bad_task_exits_2_with_one_line(tmp_path, capsys, make, expected):
     task = make(tmp_path)
@@ -238,3 +261,134 @@ def test_cli_bad_task_exits_2_with_one_line(tmp_path, capsys, make, expected):
     err = capsys.readouterr().err.strip()
     assert err.startswith("flagops: error: ") and "\n" not in err and expected in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- BM25 baseline, languages, instructions
+
+
+def test_language_detection_by_cjk_share():
+    assert cjk_share(["abc长城", "  ，。"]) == pytest.approx(2 / 5)  # letters and digits only: a, b, c, 长, 城
+    assert cjk_share(["", "..."]) == 0.0
+    assert detect_language(["Python 编程"], ["x"]) == "zh"  # 2 of 9 = .22, over the 0.2 line
+    assert detect_language(["Python3 编程"], ["xy"]) == "en"  # 2 of 11 = .18
+    assert [load_task(str(p)).language for p in (BEIR, ZH, STS, RERANK)] == ["en", "zh", "en", "en"]
+
+
+def test_bm25_scores_by_hand():
+    # Lucene BM25 (no (k1 + 1) factor), k1 1.5, b .75: idf * tf / (tf + k1 * (1 - b + b * dl / avgdl)).
+    # Tokens [cat, sat], [dog, ran], [cat, cat] ("the" is a stopword): avgdl 2, every dl 2.
+    # idf(cat) = ln(1 + (3 - 2 + .5) / (2 + .5)); doc 1: tf 1 -> idf * 1 / 2.5; doc 3: tf 2 -> idf * 2 / 3.5.
+    idf = math.log(1 + 1.5 / 2.5)
+    got = bm25_scores("the cat", ["cat sat", "dog ran", "the cat cat"])
+    assert got == pytest.approx([idf / 2.5, 0.0, idf * 2 / 3.5], rel=1e-6)
+    assert bm25_scores("the of", ["cat sat", "dog"]).tolist() == [0.0, 0.0]  # only stopwords: matches nothing
+
+
+def test_bm25_chinese_tokenises_with_jieba():
+    task = load_task(str(ZH))
+    jieba_ndcg = score_bm25(task)["ndcg@10"]
+    regex_ndcg = score_bm25(replace(task, language="en"))["ndcg@10"]
+    # Measured: jieba words 0.8927; English regex tokens (whole clauses, split only at spaces and
+    # punctuation) 0.0000: no query shares a whole clause with its passage.
+    assert jieba_ndcg > 0.85 and regex_ndcg < 0.05
+
+
+def test_bm25_english_is_bm25_search():
+    task = load_task(str(BEIR))
+    expected = retrieval_metrics(task.data.qrels, bm25_search(task.data.corpus, task.data.queries, 100))
+    assert score_bm25(task) == expected and expected["ndcg@10"] == pytest.approx(0.6251, abs=1e-4)
+    assert score_bm25(load_task(str(STS))) is None
+
+
+def test_cli_bm25_over_all_fixtures(tmp_path, capsys):
+    out = tmp_path / "bm25.json"
+    tasks = [a for p in (BEIR, ZH, STS, RERANK) for a in ("--task", str(p))]
+    assert main(["eval", "--model", "bm25", *tasks, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    expected = [("stdlib_beir/test", "retrieval"), ("zh_beir/dev", "retrieval"), ("reranking", "reranking")]
+    assert [(r["task"], r["type"]) for r in rows] == expected
+    assert rows[1]["main_score"] > 0.85 and 0 < rows[2]["main_score"] < 1
+    assert "bm25 on zh_beir/dev: jieba words (zh)" in printed and "skipping sts task sts" in printed
+
+
+class TokenizerSpy:
+    """Records every batch of texts the embedder tokenises (after its instruction is prefixed)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, texts, **kwargs):
+        self.texts.extend(texts)
+        return self.tokenizer(texts, **kwargs)
+
+
+def test_instruction_per_task_reaches_the_encoder(tmp_path, tiny_embedder, monkeypatch, capsys):
+    folder = tmp_path / "zh_instructed"
+    shutil.copytree(ZH, folder)
+    (folder / "flagops_task.json").write_text(json.dumps({"query_instruction": "查询："}, ensure_ascii=False), encoding="utf-8")
+    spy = TokenizerSpy(tiny_embedder.tokenizer)
+    monkeypatch.setattr(tiny_embedder, "tokenizer", spy)
+    monkeypatch.setattr(suite, "_load_model", lambda source: (tiny_embedder, False))
+    sidecar, plain, english = load_task(str(folder)), load_task(str(ZH)), load_task(str(BEIR))
+
+    run_suite(["tiny-bert"], [sidecar], batch_size=64)
+    assert "查询：长城有多长" in spy.texts and "长城有多长" not in spy.texts
+    assert not any(t.startswith("查询：") for t in spy.texts if "长城是中国" in t)  # passages get none
+    assert tiny_embedder.settings.query_instruction == ""  # restored after the task
+
+    spy.texts.clear()
+    run_suite(["tiny-bert"], [plain], batch_size=64)  # not a bge zh name: no instruction
+    assert "长城有多长" in spy.texts
+
+    spy.texts.clear()
+    run_suite(["/models/bge-small-zh-v1.5"], [plain, english], batch_size=64)
+    assert BGE_ZH_INSTRUCTION + "长城有多长" in spy.texts
+    assert english.data.queries["q1"] in spy.texts  # the English task keeps no instruction
+    printed = capsys.readouterr().out
+    assert "tiny-bert on zh_instructed/dev: query instruction '查询：' (task sidecar)" in printed
+    assert "tiny-bert on zh_beir/dev: query instruction '' (none)" in printed
+    assert f"bge-small-zh-v1.5 on zh_beir/dev: query instruction '{BGE_ZH_INSTRUCTION}' (BGE zh default)" in printed
+    assert "bge-small-zh-v1.5 on stdlib_beir/test: query instruction '' (none)" in printed
+
+
+def test_instruction_precedence():
+    zh = Task("t", "retrieval", None, language="zh")
+    assert query_instruction(zh, "bge-base-zh", "") == (BGE_ZH_INSTRUCTION, "BGE zh default")
+    assert query_instruction(zh, "bge-base-zh", "saved: ") == ("saved: ", "model")  # a saved instruction is kept
+    assert query_instruction(replace(zh, query_instruction=""), "bge-base-zh", "saved: ") == ("", "task sidecar")
+    assert query_instruction(zh, "/home/zhang/bge-base-en", "") == ("", "none")  # the name, not the path
+    assert query_instruction(replace(zh, type="reranking"), "bge-base-zh", "") == ("", "none")  # retrieval only
+
+
+def test_file_sidecar_sets_the_language(tmp_path):
+    shutil.copy(RERANK, tmp_path / "rr.jsonl")
+    (tmp_path / "rr.flagops_task.json").write_text('{"language": "zh"}')
+    assert load_task(str(tmp_path / "rr.jsonl")).language == "zh"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"query_instruction": "a",', r"flagops_task.json:1: not valid JSON \(Expecting property name"),
+        ('{"language": "zh", "instr": "a"}', r"flagops_task.json: unknown key 'instr'; allowed keys: language, query_instruction"),
+        ('{"language": "fr"}', r"flagops_task.json: key 'language' is 'fr'; use one of en, zh"),
+        ('{"query_instruction": 3}', r"flagops_task.json: key 'query_instruction' must be a string, got int"),
+        ('["zh"]', r"flagops_task.json: expected a JSON object"),
+    ],
+    ids=["malformed", "unknown-key", "language", "type", "not-an-object"],
+)
+def test_bad_sidecar_is_one_line(tmp_path, text, expected):
+    folder = tmp_path / "zh"
+    shutil.copytree(ZH, folder)
+    (folder / "flagops_task.json").write_text(text)
+    with pytest.raises(DataError, match=expected) as err:
+        load_task(str(folder))
+    assert "\n" not in str(err.value) and str(folder / "flagops_task.json") in str(err.value)
+
+
+def test_sts_sidecar_rejects_an_instruction(tmp_path):
+    shutil.copy(STS, tmp_path / "sts.jsonl")
+    (tmp_path / "sts.flagops_task.json").write_text('{"query_instruction": "q: "}')
+    with pytest.raises(DataError, match=r"sts.flagops_task.json: key 'query_instruction' does not apply to an STS task"):
+        load_task(str(tmp_path / "sts.jsonl"))
