@@ -254,6 +254,10 @@ class EvaluateConfig(Section):
     base: bool = True  # also score the un-tuned base model
     sts: str | None = None  # optional STS file (JSONL/TSV: sentence1, sentence2, score)
     primary_metric: str = "ndcg@10"
+    # Suite tasks (`flagops eval`'s --task PATHs: BEIR / C-MTEB folders, STS and reranking files) scored
+    # for the candidate and the base: keys <system>/suite/<task>/<metric>, <system>/suite/average.
+    # Gate on them with registry.primary_metric, e.g. suite/average. See docs/eval.md.
+    tasks: tuple[str, ...] = ()
 
 
 class RegistryConfig(Section):

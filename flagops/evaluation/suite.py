@@ -460,16 +460,32 @@ def run_suite(models: Sequence[str], tasks: Sequence[Task], batch_size: int = 64
     rows = []
     for source in models:
         model, is_reranker = (None, False) if source == BM25_SOURCE else _load_model(source)
-        for task in tasks:
-            metrics = _score(task, source, model, is_reranker, batch_size)
-            if metrics is None:
-                continue
-            rows.append(
-                {"model": source, "task": task.name, "type": task.type, "main_score": metrics[MAIN_METRIC[task.type]], "metrics": metrics}
-            )
+        rows += run_tasks(model, source, tasks, batch_size, is_reranker=is_reranker)
         del model
         gc.collect()
     return rows
+
+
+def run_tasks(model, source: str, tasks: Sequence[Task], batch_size: int = 64, *, is_reranker: bool = False) -> list[dict[str, Any]]:
+    """``run_suite``'s rows for one model already loaded (``evaluate`` loads its own, from the config)."""
+    rows = []
+    for task in tasks:
+        metrics = _score(task, source, model, is_reranker, batch_size)
+        if metrics is not None:
+            main = metrics[MAIN_METRIC[task.type]]
+            rows.append({"model": source, "task": task.name, "type": task.type, "main_score": main, "metrics": metrics})
+    return rows
+
+
+def flat_metrics(rows: Sequence[dict[str, Any]], system: str) -> dict[str, float]:
+    """One model's rows as ``evaluate``'s flat keys: ``<system>/suite/<task>/<metric>``, the
+    per-type ``<system>/suite/<type>_average`` and ``<system>/suite/average``, the mean main
+    score over every task (what ``registry.primary_metric: suite/average`` gates on)."""
+    out = {f"{system}/suite/{row['task']}/{name}": value for row in rows for name, value in row["metrics"].items()}
+    out |= {f"{system}/suite/{avg['type']}_average": avg["average"] for avg in averages(rows)}
+    if rows:
+        out[f"{system}/suite/average"] = float(np.mean([row["main_score"] for row in rows]))
+    return out
 
 
 def averages(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

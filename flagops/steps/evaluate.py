@@ -28,6 +28,7 @@ from flagops.evaluation import (
     result_rows,
     retrieval_metrics,
     sts_spearman,
+    suite,
     write_chart,
     write_chart_data,
 )
@@ -46,6 +47,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     judgements = sum(len(docs) for docs in eval_set.qrels.values())
     print(f"evaluate: {len(eval_set.corpus)} passages, {len(eval_set.queries)} queries, {judgements} judgements")
 
+    tasks = suite.load_tasks(ev.tasks) if ev.tasks else []  # read and checked before any model loads
     evaluator = RetrievalEvaluator(eval_set, ev.batch_size, primary_metric=ev.primary_metric)
     # None loads model.base; the candidate is the directory this step was handed.
     sources = {"candidate": str(inputs["model"]), **({"base": None} if ev.base else {})}
@@ -62,6 +64,9 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
             found = prefixed(retrieval_metrics(eval_set.qrels, run_), system)
             candidate_run = run_ if system == "candidate" else candidate_run
         metrics.update(found)
+        if tasks:
+            rows = suite.run_tasks(embedder, source or cfg.model.base, tasks, ev.batch_size)
+            metrics.update(suite.flat_metrics(rows, system))
         if sts_pairs is not None:
             metrics[f"{system}/sts_spearman"] = sts_spearman(embedder, sts_pairs, ev.batch_size, progress=system)
         del embedder  # one model in memory at a time
@@ -148,6 +153,9 @@ def print_table(metrics: Mapping[str, float], primary_metric: str) -> None:
         delta = metrics[f"candidate/{primary_metric}"] - metrics[f"base/{primary_metric}"]
         line += f" ({delta:+.4f} vs base)"
     console.print(line)
+    if "candidate/suite/average" in metrics:  # evaluate.tasks: the suite's mean main score
+        base = f" (base {metrics['base/suite/average']:.4f})" if "base/suite/average" in metrics else ""
+        console.print(f"suite: candidate/suite/average = {metrics['candidate/suite/average']:.4f}{base} over evaluate.tasks")
     if f"reranked/{primary_metric}" in metrics:  # the reranker's gate metric, against what it reranks
         reranked = metrics[f"reranked/{primary_metric}"]
         line = (

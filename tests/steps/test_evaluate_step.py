@@ -241,3 +241,35 @@ def test_mocked_cuda_places_the_m3_candidate_too(workspace, fake_cuda, tmp_path)
     assert "candidate/m3_hybrid/ndcg@10" in metrics
     cuda1 = Placement(torch.device("cuda", 1), torch.float32)
     assert fake_cuda == [("M3Embedder", cuda1)]  # loaded once: its dense run is the candidate's
+
+
+def test_suite_tasks_score_the_candidate_and_base_and_feed_the_gate(workspace, repo_root):
+    """evaluate.tasks: `flagops eval`'s tasks, scored for both systems under flat suite keys
+    equal to what the suite gives for the same model (as the config loads it: the tiny
+    profile's mean pooling); the gate can rank on their average."""
+    from flagops.evaluation.suite import load_tasks, run_tasks
+    from flagops.models.embedder import Embedder
+    from flagops.registry.promotion import decide
+
+    fixtures = repo_root / "tests" / "fixtures" / "eval"
+    tasks = [str(fixtures / "stdlib_beir"), str(fixtures / "sts.jsonl")]
+    cfg = tiny_config("evaluate.bm25=false", f"evaluate.tasks={json.dumps(tasks)}")
+    inputs, outputs = step_paths(workspace, "suite")
+    metrics = execute("evaluate", cfg, inputs, outputs, track=False)
+    embedder = Embedder.from_config(cfg.model, source=str(inputs["model"]), inference=True)
+    (retrieval, sts) = run_tasks(embedder, str(inputs["model"]), load_tasks(tasks), batch_size=8)
+    assert metrics["candidate/suite/stdlib_beir/test/ndcg@10"] == pytest.approx(retrieval["main_score"], abs=1e-6)
+    assert metrics["candidate/suite/sts/spearman"] == pytest.approx(sts["main_score"], abs=1e-6)
+    assert metrics["candidate/suite/average"] == pytest.approx((retrieval["main_score"] + sts["main_score"]) / 2, abs=1e-6)
+    assert metrics["candidate/suite/retrieval_average"] == metrics["candidate/suite/stdlib_beir/test/ndcg@10"]
+    assert metrics["base/suite/average"] == metrics["candidate/suite/average"]  # the same tiny-bert
+    better = dict(metrics, **{"candidate/suite/average": metrics["candidate/suite/average"] + 0.01})
+    assert decide(better, metrics, "suite/average", 0.0, [], 0.01).promote
+
+
+def test_a_bad_suite_task_stops_before_any_model_loads(workspace, tmp_path):
+    cfg = tiny_config(f"evaluate.tasks=[{tmp_path / 'nowhere'}]")
+    inputs, outputs = step_paths(workspace, "bad-suite")
+    with pytest.raises(Exception, match="nowhere"):
+        execute("evaluate", cfg, inputs, outputs, track=False)
+    assert not outputs["metrics"].exists()
