@@ -151,6 +151,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     console.print(summary)
     if args.out:
         write_json(args.out, {"rows": rows, "averages": means})
+    if args.report:  # the models side by side, task by task, then the averages
+        from flagops.evaluation.plots import write_chart
+        from flagops.evaluation.suite import report_rows
+
+        write_chart(args.report, report_rows(rows), title=f"flagops eval: {len(tasks)} tasks, {len(args.models)} models")
+        print(f"eval: wrote {args.report}")
     return 0
 
 
@@ -243,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a BEIR or MTEB/C-MTEB folder (PATH::split picks the split), an STS or a reranking file",
     )
     p.add_argument("--out", help="write the rows and averages as JSON")
+    p.add_argument("--report", metavar="PNG", help="write a chart comparing the models task by task (main scores, then averages)")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_eval)
 

@@ -55,14 +55,15 @@ def write_chart(path: str | Path, rows: Sequence[Mapping[str, str | float]], tit
     metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
     systems = list(dict.fromkeys(str(r["system"]) for r in rows))
     values = {(r["system"], r["metric"]): float(r["value"]) for r in rows}
-    fig = Figure(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(max(7.0, 0.5 * len(metrics) * max(len(systems), 2)), 4), dpi=100)  # wide enough for its labels
     FigureCanvasAgg(fig)  # Agg renders to memory: no display, no global pyplot state
     ax = fig.add_subplot()
     width = 0.8 / max(len(systems), 1)  # the bars of one group fill 80% of its slot
     x = np.arange(len(metrics))
     for i, system in enumerate(systems):
-        heights = [values.get((system, m), 0.0) for m in metrics]
-        bars = ax.bar(x + (i - (len(systems) - 1) / 2) * width, heights, width, label=system)
+        # A system without a value for a metric (bm25 on STS) gets no bar, not a bar at 0.
+        shown = [(j, values[(system, m)]) for j, m in enumerate(metrics) if (system, m) in values]
+        bars = ax.bar([x[j] + (i - (len(systems) - 1) / 2) * width for j, _ in shown], [v for _, v in shown], width, label=system)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 1.2)  # every metric is a fraction; the headroom holds value labels and legend

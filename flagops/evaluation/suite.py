@@ -494,3 +494,22 @@ def averages(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         groups.setdefault((row["model"], row["type"]), []).append(row["main_score"])
     return [{"model": m, "type": t, "tasks": len(v), "average": float(np.mean(v))} for (m, t), v in groups.items()]
+
+
+def report_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The comparison chart's rows (``evaluation.plots``): one bar per model, one group per
+    task (its main score), then one group per task type (the average)."""
+    bars = [
+        {
+            "system": r["model"],
+            "metric": f"{r['task']}\n{MAIN_METRIC[r['type']]}",
+            "label": f"{r['task']} {r['model']}",
+            "value": r["main_score"],
+        }
+        for r in rows
+    ]
+    bars += [
+        {"system": m["model"], "metric": f"{m['type']}\naverage", "label": f"{m['type']} average {m['model']}", "value": m["average"]}
+        for m in averages(rows)
+    ]
+    return bars

@@ -312,6 +312,28 @@ def test_cli_bm25_over_all_fixtures(tmp_path, capsys):
     assert "bm25 on zh_beir/dev: jieba words (zh)" in printed and "skipping sts task sts" in printed
 
 
+def test_report_compares_models_task_by_task_and_leaves_out_what_a_model_skips(tmp_path):
+    from flagops.evaluation.suite import report_rows
+
+    rows = [
+        {"model": "a", "task": "t1", "type": "retrieval", "main_score": 0.5, "metrics": {}},
+        {"model": "a", "task": "s", "type": "sts", "main_score": 0.7, "metrics": {}},
+        {"model": "bm25", "task": "t1", "type": "retrieval", "main_score": 0.25, "metrics": {}},
+    ]
+    bars = {(b["system"], b["metric"]): b["value"] for b in report_rows(rows)}
+    assert bars == {
+        ("a", "t1\nndcg@10"): 0.5,
+        ("a", "s\nspearman"): 0.7,
+        ("bm25", "t1\nndcg@10"): 0.25,
+        ("a", "retrieval\naverage"): 0.5,
+        ("a", "sts\naverage"): 0.7,
+        ("bm25", "retrieval\naverage"): 0.25,
+    }  # no bm25 STS bar: it skips STS, which a bar at 0 would misreport
+    report = tmp_path / "suite.png"
+    assert main(["eval", "--model", "bm25", "--task", str(BEIR), "--task", str(STS), "--report", str(report)]) == 0
+    assert report.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
 class TokenizerSpy:
     """Records every batch of texts the embedder tokenises (after its instruction is prefixed)."""
 
