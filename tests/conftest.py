@@ -37,6 +37,25 @@ def tiny_embedder():
     return Embedder.load("tiny-bert", pooling="cls", query_max_len=16, passage_max_len=48)
 
 
+@pytest.fixture
+def crash_training_at(monkeypatch):
+    """``crash_training_at(step)``: the HF Trainer runs of this test raise KeyboardInterrupt when
+    they log ``step`` (a simulated crash); ``crash_training_at(None)`` lets them finish again."""
+    from flagops.training import common
+
+    real_on_log = common.MlflowThroughputCallback.on_log
+
+    def arm(step: int | None) -> None:
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.global_step == step:
+                raise KeyboardInterrupt(f"simulated crash at step {step}")
+            return real_on_log(self, args, state, control, logs=logs, **kw)
+
+        monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", on_log if step is not None else real_on_log)
+
+    return arm
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.gpu`` tests need CUDA; without it they are skipped, never failed."""
     if not any(item.get_closest_marker("gpu") for item in items):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from flagops.config import DEFAULT_RERANK_PROMPT, ConfigError
 from flagops.data.formats import atomic_path
 from flagops.models.cache import cache_dir
 from flagops.models.layout import RERANKER_FILE
+from flagops.models.pair_scoring import PairScoring
 from flagops.models.sources import ModelSourceError, resolve_model_source
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def clamp_start_layer(start_layer: int, n_layers: int) -> int:
 # ---------------------------------------------------------------- the rerankers
 
 
-class LLMReranker(nn.Module):
+class LLMReranker(PairScoring, nn.Module):
     """Causal LM + tokenizer; ``forward`` gives the differentiable "Yes" logit per pair, (batch,)."""
 
     kind = "llm"
@@ -316,36 +317,9 @@ class LLMReranker(nn.Module):
 
     # -- scoring
 
-    @torch.inference_mode()
-    def _scores(self, pairs: Sequence[tuple[str, str]], batch_size: int, max_length: int | None, fn: Callable) -> np.ndarray:
-        """``fn(**enc)`` over length-sorted batches, float32 (n,) in the order of ``pairs``."""
-        self.eval()
-        order = np.argsort([-(len(q) + len(p)) for q, p in pairs], kind="stable")
-        out = np.empty(len(pairs), dtype=np.float32)
-        for start in range(0, len(pairs), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenize([pairs[i] for i in idx], max_length=max_length)
-            out[idx] = fn(**{k: v.to(self.device) for k, v in enc.items()}).float().cpu().numpy()
-        return out
-
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """Raw "Yes" logits, float32 (n,)."""
         return self._scores(pairs, batch_size, max_length, self.forward)
-
-    def score(
-        self,
-        query: str,
-        passages: Sequence[str],
-        *,
-        normalize: bool = False,
-        batch_size: int = 32,
-        max_length: int | None = None,
-    ) -> np.ndarray:
-        """Score each passage against ``query``: float32 (n,), sigmoid-mapped when ``normalize``."""
-        if isinstance(passages, str):
-            raise TypeError("score expects a list of passages, not a single string")
-        scores = self.score_pairs([(query, p) for p in passages], batch_size=batch_size, max_length=max_length)
-        return 1.0 / (1.0 + np.exp(-scores)) if normalize else scores
 
     # -- saving
 

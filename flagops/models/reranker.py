@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from flagops.data.formats import atomic_path
 from flagops.models.cache import cache_dir
 from flagops.models.embedder import padding_multiple
+from flagops.models.pair_scoring import PairScoring
 from flagops.models.sources import ModelSourceError, resolve_model_source
 
 TINY_RERANKER = "tiny-reranker"
@@ -80,8 +81,9 @@ def reranker_kind(path: Path) -> str:
     config = path / "config.json"
     if not config.is_file():
         raise NotARerankerError(f"{path}: not a model directory (no config.json); pass a reranker")
-    arch = json.loads(config.read_text()).get("architectures") or []
-    labels = len(json.loads(config.read_text()).get("id2label") or {"0": ""})
+    settings = json.loads(config.read_text())
+    arch = settings.get("architectures") or []
+    labels = len(settings.get("id2label") or {"0": ""})
     if any(a.endswith("ForSequenceClassification") for a in arch) and labels == 1:
         return "cross_encoder"
     if any(a.endswith("ForCausalLM") for a in arch):
@@ -117,11 +119,7 @@ def load_reranker(source: str | Path, kind: str = "auto", *, max_length: int | N
     return llm_reranker.load(path, found, max_length=max_length or 512, **options)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-class CrossEncoderReranker(nn.Module):
+class CrossEncoderReranker(PairScoring, nn.Module):
     """Sequence classifier + tokenizer. ``forward`` gives differentiable logits for training."""
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 512):
@@ -162,33 +160,9 @@ class CrossEncoderReranker(nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return out.logits[:, 0]  # (batch,)
 
-    @torch.inference_mode()
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
-        """Raw relevance logits, float32 (n,). Sorts by length so batches pad little."""
-        self.eval()
-        order = np.argsort([-(len(q) + len(p)) for q, p in pairs], kind="stable")
-        out = np.empty(len(pairs), dtype=np.float32)
-        for start in range(0, len(pairs), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenize([pairs[i] for i in idx], max_length=max_length)
-            enc = {k: v.to(self.device) for k, v in enc.items() if k in MODEL_INPUTS}
-            out[idx] = self(**enc).float().cpu().numpy()
-        return out
-
-    def score(
-        self,
-        query: str,
-        passages: Sequence[str],
-        *,
-        normalize: bool = False,
-        batch_size: int = 32,
-        max_length: int | None = None,
-    ) -> np.ndarray:
-        """Score each passage against ``query``: float32 (n,), sigmoid-mapped when ``normalize``."""
-        if isinstance(passages, str):
-            raise TypeError("score expects a list of passages, not a single string")
-        scores = self.score_pairs([(query, p) for p in passages], batch_size=batch_size, max_length=max_length)
-        return sigmoid(scores) if normalize else scores
+        """Raw relevance logits, float32 (n,)."""
+        return self._scores(pairs, batch_size, max_length, lambda **enc: self(**{k: v for k, v in enc.items() if k in MODEL_INPUTS}))
 
     def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Untruncated token count of each pair as the model would read it (special tokens included)."""

@@ -82,7 +82,7 @@ class RerankerPyfunc(mlflow.pyfunc.PythonModel):
         self.reranker = place(load_reranker(context.artifacts[RERANKER_ARTIFACT]), inference_placement())
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
-        from flagops.models.reranker import sigmoid
+        from flagops.models.pair_scoring import sigmoid
 
         rows = model_input.to_dict("list") if hasattr(model_input, "to_dict") else dict(model_input)
         missing = {"query", "passage"} - set(rows)

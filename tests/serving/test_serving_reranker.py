@@ -11,7 +11,8 @@ import pytest
 import torch
 from serving_helpers import MAX_TEXTS, RERANKER_MAX_TOKENS, bytes_input, post, serve_command, v1, v2
 
-from flagops.models.reranker import CrossEncoderReranker, ensure_tiny_reranker, sigmoid
+from flagops.models.pair_scoring import sigmoid
+from flagops.models.reranker import CrossEncoderReranker, ensure_tiny_reranker
 from flagops.models.sources import resolve_model_source
 from flagops.serving.kinds import KindError, ModelKind, detect_kind
 

@@ -109,22 +109,15 @@ def test_negatives_resampled_with_repetition_when_too_few():
     assert passages[0] == "p" and len(passages) == 6 and set(passages[1:]) == {"n1", "n2"}
 
 
-def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
+def test_resume_after_interruption(tmp_path, crash_training_at, capsys):
     cfg = _cfg("train.max_steps=4", "train.save_steps=2", "train.batch_size=4")
     out = tmp_path / "model"
-    real_on_log = common.MlflowThroughputCallback.on_log
-
-    def crash_at_step_3(self, args, state, control, logs=None, **kw):
-        if state.global_step == 3:
-            raise KeyboardInterrupt("simulated crash after checkpoint-2")
-        return real_on_log(self, args, state, control, logs=logs, **kw)
-
-    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", crash_at_step_3)
+    crash_training_at(3)  # after checkpoint-2
     with pytest.raises(KeyboardInterrupt):
         recipe.train(cfg.model, cfg.train, _examples(), out)
     assert (common.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
 
-    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", real_on_log)
+    crash_training_at(None)
     summary = recipe.train(cfg.model, cfg.train, _examples(), out)
     assert "resuming from checkpoint-2" in capsys.readouterr().out
     assert summary["steps"] == 4 and out.is_dir()

@@ -161,22 +161,15 @@ def test_training_loss_is_grouped_ce_plus_teacher_kd_in_group_order():
     assert loss - ce_only > 0.5  # the KD term is there: random scores are far from the teacher's
 
 
-def test_resume_after_interruption(tmp_path, monkeypatch, capsys):
+def test_resume_after_interruption(tmp_path, crash_training_at, capsys):
     cfg = _cfg("reranker.train.max_steps=4", "reranker.train.save_steps=2", "reranker.train.learning_rate=1e-3")
     out = tmp_path / "reranker"
-    real_on_log = common.MlflowThroughputCallback.on_log
-
-    def crash_at_step_3(self, args, state, control, logs=None, **kw):
-        if state.global_step == 3:
-            raise KeyboardInterrupt("simulated crash after checkpoint-2")
-        return real_on_log(self, args, state, control, logs=logs, **kw)
-
-    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", crash_at_step_3)
+    crash_training_at(3)  # after checkpoint-2
     with pytest.raises(KeyboardInterrupt):
         recipe.train(cfg.reranker, _examples(), out)
     assert (common.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
 
-    monkeypatch.setattr(common.MlflowThroughputCallback, "on_log", real_on_log)
+    crash_training_at(None)
     summary = recipe.train(cfg.reranker, _examples(), out)
     assert "resuming from checkpoint-2" in capsys.readouterr().out
     assert summary["steps"] == 4 and out.is_dir() and not common.checkpoint_dir(out).exists()
