@@ -1,11 +1,13 @@
 """KFP component for catalog step ``train_embedder``."""
 
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from components import component, run_step
 
 
 @component
-def train_embedder(params: str, tracking_uri: str, pipeline_key: str, train_data: Input[Dataset], model: Output[Model]):
+def train_embedder(
+    params: str, tracking_uri: str, pipeline_key: str, train_data: Input[Dataset], model: Output[Model], loss_curve: Output[Artifact]
+):
     """Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation)."""
-    run_step("train_embedder", params, tracking_uri, pipeline_key, train_data=train_data, model=model)
+    run_step("train_embedder", params, tracking_uri, pipeline_key, train_data=train_data, model=model, loss_curve=loss_curve)

@@ -1,6 +1,6 @@
 """KFP component for catalog step ``train_reranker``."""
 
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from components import component, run_step
 
@@ -12,6 +12,7 @@ def train_reranker(
     pipeline_key: str,
     train_data: Input[Dataset],
     reranker_model: Output[Model],
+    reranker_loss_curve: Output[Artifact],
 ):
     """Fine-tune a cross-encoder, LLM (LoRA) or layerwise reranker on grouped cross-entropy (+ teacher KD)."""
     run_step(
@@ -21,4 +22,5 @@ def train_reranker(
         pipeline_key,
         train_data=train_data,
         reranker_model=reranker_model,
+        reranker_loss_curve=reranker_loss_curve,
     )

@@ -196,6 +196,9 @@ GPU = Resources(cpu="8", memory="32Gi", gpus=1)
 SCORED = ("reranker_scored_data", "scored_data", "train_data")
 RERANKER = (("reranker.enabled", (True,)),)
 EVAL = Resources(cpu="2", memory="8Gi", gpus=1)
+# Every logged training loss, [{"step", "loss"}]: a `dvc plots` line plot beside the comparison chart.
+LOSS_CURVE = Artifact("loss_curve", "plots/train_loss.json", kind="plot")
+RERANKER_LOSS = Artifact("reranker_loss_curve", "plots/reranker_train_loss.json", kind="plot")
 
 STEPS: tuple[Step, ...] = (
     Step(
@@ -239,7 +242,7 @@ STEPS: tuple[Step, ...] = (
         "flagops.steps.train_reranker",
         ("reranker",),
         ("train_data",),
-        (Artifact("reranker_model", "models/reranker", kind="model", is_dir=True),),
+        (Artifact("reranker_model", "models/reranker", kind="model", is_dir=True), RERANKER_LOSS),
         GPU,
         summary="Fine-tune a cross-encoder, LLM (LoRA) or layerwise reranker on grouped cross-entropy (+ teacher KD).",
         when=RERANKER,
@@ -261,7 +264,7 @@ STEPS: tuple[Step, ...] = (
         "flagops.steps.train_embedder",
         ("model", "train"),
         ("train_data",),
-        (Artifact("model", "models/candidate", kind="model", is_dir=True),),
+        (Artifact("model", "models/candidate", kind="model", is_dir=True), LOSS_CURVE),
         GPU,
         summary="Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation).",
         when=(("model.kind", ("bge",)),),
@@ -272,7 +275,7 @@ STEPS: tuple[Step, ...] = (
         "flagops.steps.train_m3",
         ("model", "m3", "train"),
         ("train_data",),
-        (Artifact("model", "models/candidate", kind="model", is_dir=True),),
+        (Artifact("model", "models/candidate", kind="model", is_dir=True), LOSS_CURVE),
         GPU,
         summary="Fine-tune BGE-M3 heads: dense + sparse + ColBERT with self-distillation.",
         when=(("model.kind", ("m3",)),),

@@ -128,11 +128,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score each model on each task; print the rows, then the per-type averages; --out: the JSON."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from flagops.data.formats import write_json
+    from flagops.data.formats import DataError, write_json
     from flagops.evaluation.suite import averages, load_tasks, run_suite
 
+    if args.report and Path(args.report).suffix not in (".png", ".html"):
+        raise DataError(f"--report {args.report}: the report is a .png chart or an .html page; name the file FILE.png or FILE.html")
     tasks = load_tasks(args.tasks)  # all read and checked before any model loads
     rows = run_suite(args.models, tasks, args.batch_size)
     means = averages(rows)
@@ -140,24 +143,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name in ("task", "type", "model", "main score"):
         table.add_column(name, justify="right" if name == "main score" else "left")
     for row in rows:
-        table.add_row(row["task"], row["type"], row["model"], f"{row['main_score']:.4f}")
+        table.add_row(escape(row["task"]), row["type"], escape(row["model"]), f"{row['main_score']:.4f}")  # "[hybrid]" is no markup
     summary = Table(title="averages")
     for name in ("model", "type", "tasks", "average"):
         summary.add_column(name, justify="right" if name in ("tasks", "average") else "left")
     for mean in means:
-        summary.add_row(mean["model"], mean["type"], str(mean["tasks"]), f"{mean['average']:.4f}")
+        summary.add_row(escape(mean["model"]), mean["type"], str(mean["tasks"]), f"{mean['average']:.4f}")
     console = Console(width=160)
     console.print(table)
     console.print(summary)
     if args.out:
         write_json(args.out, {"rows": rows, "averages": means})
-    if args.report:  # the models side by side, task by task, then the averages
-        from flagops.evaluation.plots import write_chart
-        from flagops.evaluation.suite import report_rows
-
-        write_chart(args.report, report_rows(rows), title=f"flagops eval: {len(tasks)} tasks, {len(args.models)} models")
+    if args.report:
+        write_suite_report(args.report, rows, title=f"flagops eval: {len(tasks)} tasks, {len(args.models)} models")
         print(f"eval: wrote {args.report}")
+    if args.mlflow:
+        from flagops.registry.tracking import log_suite
+
+        run_id = log_suite(args.mlflow, rows, means, [Path(p) for p in (args.out, args.report) if p])
+        print(f"eval: logged to MLflow experiment {args.mlflow!r}, run {run_id}")
     return 0
+
+
+def write_suite_report(path: str, rows: list, title: str) -> None:
+    """``--report``: a PNG chart (the models side by side, task by task, then the averages) or,
+    for ``.html``, a page with the tables and that chart inlined."""
+    from flagops.evaluation.plots import write_chart
+    from flagops.evaluation.report import png_bytes, render_html, write_html
+    from flagops.evaluation.suite import MAIN_METRIC, report_rows
+
+    if path.endswith(".html"):
+        write_html(path, render_html(rows, MAIN_METRIC, title, png_bytes(write_chart, report_rows(rows), title=title)))
+    else:
+        write_chart(path, report_rows(rows), title=title)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -249,7 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a BEIR or MTEB/C-MTEB folder (PATH::split picks the split), an STS or a reranking file",
     )
     p.add_argument("--out", help="write the rows and averages as JSON")
-    p.add_argument("--report", metavar="PNG", help="write a chart comparing the models task by task (main scores, then averages)")
+    p.add_argument(
+        "--report",
+        metavar="FILE",
+        help="FILE.png: a chart comparing the models task by task (main scores, then averages); FILE.html: tables and the chart",
+    )
+    p.add_argument(
+        "--mlflow",
+        metavar="EXPERIMENT",
+        help="log the scores, --out and --report to this MLflow experiment ($MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_eval)
 

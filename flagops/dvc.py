@@ -25,6 +25,13 @@ PARAMS_FILE = "params.yaml"
 PACKAGE = Path(__file__).resolve().parent  # the flagops package whose files the stages depend on
 # DVC plot for the chart data: one bar per (system, metric).
 CHART_PLOT = {"x": "value", "y": "label", "template": "bar_horizontal", "title": "Retrieval quality by system"}
+LOSS_PLOT = {"x": "step", "y": "loss", "template": "linear"}
+# How `dvc plots show` draws each JSON plot artifact (a PNG needs no properties).
+PLOT_PROPS = {
+    "chart_data": CHART_PLOT,
+    "loss_curve": LOSS_PLOT | {"title": "Training loss (embedder)"},
+    "reranker_loss_curve": LOSS_PLOT | {"title": "Training loss (reranker)"},
+}
 
 
 def stage_cmd(task: catalog.Task, params: str = PARAMS_FILE) -> str:
@@ -84,7 +91,7 @@ def stage(task: catalog.Task, code_root: str = ".") -> dict[str, Any]:
     # Records describe MLflow state, not data: keep them out of the DVC cache.
     outs = [{a.path: {"cache": False}} if a.kind == "record" else a.path for a in step.outputs if a.kind not in ("metrics", "plot")]
     metrics = [{a.path: {"cache": False}} for a in step.outputs if a.kind == "metrics"]
-    plots = [{a.path: ({"cache": False} | (CHART_PLOT if a.path.endswith(".json") else {}))} for a in step.outputs if a.kind == "plot"]
+    plots = [{a.path: {"cache": False} | PLOT_PROPS.get(a.name, {})} for a in step.outputs if a.kind == "plot"]
     if outs:
         out["outs"] = outs
     if metrics:

@@ -257,6 +257,14 @@ def read_queries(path: str | Path) -> dict[str, str]:
     return out
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_qrels(path: str | Path, query_ids: set[str], doc_ids: set[str]) -> dict[str, dict[str, int]]:
     """Read qrels TSV (query-id, corpus-id, score) and check every id exists."""
     path = Path(path)
@@ -271,6 +279,8 @@ def read_qrels(path: str | Path, query_ids: set[str], doc_ids: set[str]) -> dict
     if not rows:
         raise DataError(f"{path}: empty file; expected a header 'query-id corpus-id score' and rows")
     start = 1 if rows[0] and rows[0][0] == "query-id" else 0
+    if not start and len(rows[0]) == 3 and not _is_number(rows[0][2]):  # a header, but not BEIR's
+        raise DataError(f"{path}:1: header {' '.join(rows[0])!r} is not BEIR's; the columns must be 'query-id corpus-id score'")
     for lineno, row in enumerate(rows[start:], start=start + 1):
         if not row or not "".join(row).strip():
             continue

@@ -418,10 +418,13 @@ def _instruction(embedder, instruction: str):
 
 
 def _load_model(source: str):
-    """(model, is_reranker): a reranker directory loads as one, any other source as an embedder."""
+    """(model, is_reranker): a reranker directory loads as one, a directory with BGE-M3 heads
+    as an ``M3Embedder`` (every mode it has), any other source as an embedder."""
     from flagops.models.device import inference_placement, place
     from flagops.models.embedder import Embedder
+    from flagops.models.m3 import M3Embedder, head_files
     from flagops.models.reranker import NotARerankerError, load_reranker, reranker_kind, resolve_reranker_source
+    from flagops.models.sources import resolve_model_source
 
     if source.startswith("models:/"):
         from flagops.registry.models import fetch_model_dir
@@ -430,33 +433,52 @@ def _load_model(source: str):
     try:
         reranker_kind(resolve_reranker_source(source))
     except NotARerankerError:
+        path = resolve_model_source(source)
+        if head_files(Path(path)):
+            return place(M3Embedder.load(path, heads=False), inference_placement()), False
         return place(Embedder.load(source), inference_placement()), False
     return place(load_reranker(source), inference_placement()), True
 
 
-def _score(task: Task, source: str, model, is_reranker: bool, batch_size: int) -> dict[str, float] | None:
-    """The task's metrics for one model source, printing what it skips and which instruction or tokens it uses."""
+def _m3_modes(task: Task, model, batch_size: int) -> dict[str, dict[str, float]]:
+    """An M3 model's metrics per mode (dense, sparse, ColBERT, hybrid) on a retrieval task,
+    at the ``m3`` section's defaults (hybrid weights, exhaustive ColBERT up to its size)."""
+    from flagops.config import M3Config
+    from flagops.evaluation.m3 import M3RetrievalEvaluator
+
+    runs = M3RetrievalEvaluator(task.data, M3Config(), batch_size).search(model, label=task.name)
+    return {mode: retrieval_metrics(task.data.qrels, run) for mode, run in runs.items()}
+
+
+def _score(task: Task, source: str, model, is_reranker: bool, batch_size: int) -> dict[str, dict[str, float]]:
+    """The task's metrics by system label, printing what it skips and which instruction or
+    tokens it uses: ``{source: metrics}``; an M3 model with heads gives ``{"source [mode]": ...}``,
+    one per mode on retrieval tasks and ``[dense]`` on the others; ``{}`` for a skipped task."""
     if source == BM25_SOURCE:
         if task.type == "sts":
             print(f"eval: bm25 scores no sentence similarity; skipping sts task {task.name}")
-            return None
+            return {}
         print(f"eval: bm25 on {task.name}: {'jieba words' if task.language == 'zh' else 'English word tokens'} ({task.language})")
-        return score_bm25(task)
+        return {source: score_bm25(task)}
     if is_reranker:
         if task.type != "reranking":
             print(f"eval: {source} is a reranker; skipping {task.type} task {task.name} (rerankers run reranking tasks only)")
-            return None
-        return score_task(task, model, is_reranker, batch_size)
+            return {}
+        return {source: score_task(task, model, is_reranker, batch_size)}
+    m3 = len(getattr(model, "modes", ())) > 1  # an M3Embedder with its sparse and ColBERT heads
     if task.type == "sts":  # no queries, no instruction
-        return score_task(task, model, is_reranker, batch_size)
+        return {f"{source} [dense]" if m3 else source: score_task(task, model, is_reranker, batch_size)}
     instruction, origin = query_instruction(task, source, model.settings.query_instruction)
     print(f"eval: {source} on {task.name}: query instruction {instruction!r} ({origin})")
-    with _instruction(model, instruction):
-        return score_task(task, model, is_reranker, batch_size)
+    with _instruction(model.embedder if m3 else model, instruction):
+        if m3 and task.type == "retrieval":
+            return {f"{source} [{mode}]": metrics for mode, metrics in _m3_modes(task, model, batch_size).items()}
+        return {f"{source} [dense]" if m3 else source: score_task(task, model, is_reranker, batch_size)}
 
 
 def run_suite(models: Sequence[str], tasks: Sequence[Task], batch_size: int = 64) -> list[dict[str, Any]]:
-    """One row ``{model, task, type, main_score, metrics}`` per model and task it can run; ``bm25`` is the lexical baseline."""
+    """One row ``{model, task, type, main_score, metrics}`` per model and task it can run (per
+    mode for an M3 model); ``bm25`` is the lexical baseline."""
     rows = []
     for source in models:
         model, is_reranker = (None, False) if source == BM25_SOURCE else _load_model(source)
@@ -470,10 +492,9 @@ def run_tasks(model, source: str, tasks: Sequence[Task], batch_size: int = 64, *
     """``run_suite``'s rows for one model already loaded (``evaluate`` loads its own, from the config)."""
     rows = []
     for task in tasks:
-        metrics = _score(task, source, model, is_reranker, batch_size)
-        if metrics is not None:
+        for label, metrics in _score(task, source, model, is_reranker, batch_size).items():
             main = metrics[MAIN_METRIC[task.type]]
-            rows.append({"model": source, "task": task.name, "type": task.type, "main_score": main, "metrics": metrics})
+            rows.append({"model": label, "task": task.name, "type": task.type, "main_score": main, "metrics": metrics})
     return rows
 
 

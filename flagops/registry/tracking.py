@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -174,3 +175,28 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     mlflow = _mlflow()
     if mlflow.active_run() is not None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def suite_key(model: str, task: str, metric: str) -> str:
+    """``flagops eval``'s metric name for one model, task and metric; characters MLflow refuses
+    (the brackets of ``[hybrid]``, a source's ``~``) become ``_``; a directory source is its name."""
+    return re.sub(r"[^\w/.\- :]", "_", mlflow_key(f"{Path(model).name}/{task}/{metric}"))
+
+
+def log_suite(experiment: str, rows: list[dict[str, Any]], means: list[dict[str, Any]], artifacts: list[Path]) -> str:
+    """One MLflow run for a ``flagops eval``: every row's metrics, the averages, and the files
+    (the JSON, the report); the store is $MLFLOW_TRACKING_URI, else ./mlflow.db. Returns the run id."""
+    from flagops.config import RegistryConfig
+
+    mlflow = _mlflow()
+    experiment_id = setup(RegistryConfig(experiment=experiment))
+    with mlflow.start_run(experiment_id=experiment_id, run_name="flagops eval") as run:
+        mlflow.set_tags({"flagops.kind": "eval"})
+        models, tasks = (", ".join(dict.fromkeys(r[k] for r in rows))[:500] for k in ("model", "task"))
+        mlflow.log_params({"models": models, "tasks": tasks})
+        metrics = {suite_key(r["model"], r["task"], name): v for r in rows for name, v in r["metrics"].items()}
+        metrics |= {suite_key(m["model"], f"{m['type']}_average", "main"): m["average"] for m in means}
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
+        return run.info.run_id

@@ -33,6 +33,7 @@ from flagops.evaluation import (
     write_chart_data,
 )
 from flagops.evaluation.plots import write_layer_chart
+from flagops.evaluation.report import png_bytes, render_html, write_html
 from flagops.evaluation.rerank import layer_rows, rerank_metrics
 from flagops.models.embedder import Embedder
 from flagops.registry import tracking
@@ -53,6 +54,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     sources = {"candidate": str(inputs["model"]), **({"base": None} if ev.base else {})}
     rerank = "reranker_model" in inputs
     metrics: dict[str, float] = {}
+    suite_rows: list[dict] = []  # evaluate.tasks' rows, one model per system
     candidate_run = None
     for system, source in sources.items():
         if system == "candidate" and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
@@ -67,6 +69,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
         if tasks:
             rows = suite.run_tasks(embedder, source or cfg.model.base, tasks, ev.batch_size)
             metrics.update(suite.flat_metrics(rows, system))
+            suite_rows += [{**row, "model": system} for row in rows]
         if sts_pairs is not None:
             metrics[f"{system}/sts_spearman"] = sts_spearman(embedder, sts_pairs, ev.batch_size, progress=system)
         del embedder  # one model in memory at a time
@@ -81,11 +84,17 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     metrics = {key: round(float(value), DECIMALS) for key, value in metrics.items()}
 
     write_json(outputs["metrics"], metrics)
-    rows = chart_rows(metrics)
+    rows = chart_rows(metrics) + suite.report_rows(suite_rows)  # the held-out set's bars, then the suite's
     write_chart(outputs["chart"], rows, title=f"Retrieval quality ({cfg.profile})")
     write_chart_data(outputs["chart_data"], rows)
     tracking.log_metrics(metrics)
     tracking.log_artifact(outputs["chart"])
+    if suite_rows:  # MLflow only: the suite's tables (DVC has its bars in the chart and its keys in the metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            title = f"evaluate.tasks ({cfg.profile})"
+            chart = png_bytes(write_chart, suite.report_rows(suite_rows), title=title)
+            write_html(Path(tmp) / "suite_report.html", render_html(suite_rows, suite.MAIN_METRIC, title, chart))
+            tracking.log_artifact(Path(tmp) / "suite_report.html")
     if layers_chart is not None:  # MLflow only: the layer rows are in the metrics for DVC
         with tempfile.TemporaryDirectory() as tmp:
             write_layer_chart(Path(tmp) / layers_chart.name, layers)

@@ -8,7 +8,7 @@ from flagops.training.embedder import train
 
 def run(cfg, inputs, outputs):
     examples = list(read_train_jsonl(inputs["train_data"]))
-    summary = train(cfg.model, cfg.train, examples, outputs["model"])
+    summary = train(cfg.model, cfg.train, examples, outputs["model"], outputs.get("loss_curve"))
     tracking.log_metrics(summary)
     print(f"train_embedder: {describe_loss(summary)} -> {outputs['model']}")
     return outputs

@@ -13,7 +13,7 @@ def run(cfg, inputs, outputs):
             f"train_m3 trains M3 models but model.kind is {cfg.model.kind!r}; use profile tiny_m3/demo_m3 or set model.kind=m3"
         )
     examples = list(read_train_jsonl(inputs["train_data"]))
-    summary = train(cfg.model, cfg.m3, cfg.train, examples, outputs["model"])
+    summary = train(cfg.model, cfg.m3, cfg.train, examples, outputs["model"], outputs.get("loss_curve"))
     tracking.log_metrics(summary)
     print(f"train_m3: {describe_loss(summary)} -> {outputs['model']}")
     return outputs

@@ -32,7 +32,7 @@ def read_reranker_rows(path: Path, distill: bool) -> list[TrainExample]:
 
 def run(cfg, inputs, outputs):
     examples = read_reranker_rows(inputs["train_data"], cfg.reranker.train.distill)
-    summary = train(cfg.reranker, examples, outputs["reranker_model"])
+    summary = train(cfg.reranker, examples, outputs["reranker_model"], outputs.get("reranker_loss_curve"))
     tracking.log_metrics(summary)
     print(f"train_reranker: {describe_loss(summary)} -> {outputs['reranker_model']}")
     return outputs

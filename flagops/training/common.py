@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from flagops.data.formats import DataError, TrainExample
+from flagops.data.formats import DataError, TrainExample, write_json
 from flagops.registry import tracking
 from flagops.training.deepspeed import resolve_deepspeed_config
 
@@ -248,6 +248,14 @@ def loss_summary(trainer: Trainer, result) -> dict[str, float]:
         "loss_logged": float(len(losses)),
         "steps": float(trainer.state.global_step),
     }
+
+
+def write_loss_curve(trainer: Trainer, path: Path | None) -> None:
+    """Rank 0 writes every logged loss as ``[{"step", "loss"}]``: the ``dvc plots`` line plot
+    of the run (a resumed run's history comes back with its checkpoint, so the curve is whole)."""
+    if path is not None and trainer.is_world_process_zero():
+        rows = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+        write_json(path, rows)
 
 
 def describe_loss(summary: dict[str, float]) -> str:

@@ -52,7 +52,7 @@ class BiEncoderForTraining(nn.Module):
 # --------------------------------------------------------------------------- recipe
 
 
-def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
+def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path, loss_curve: Path | None = None) -> dict[str, float]:
     # ---- setup
     if train_cfg.cross_device_negatives and not train_cfg.in_batch_negatives:
         raise ConfigError("train.cross_device_negatives=true needs train.in_batch_negatives=true")
@@ -95,4 +95,5 @@ def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) 
 
     # ---- save (rank 0 only) and cleanup
     common.save_and_clean_up(trainer, embedder, output, ckpt)
+    common.write_loss_curve(trainer, loss_curve)
     return common.loss_summary(trainer, result)

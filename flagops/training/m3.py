@@ -110,7 +110,7 @@ def set_head_learning_rate(trainer: Trainer, model: M3ForTraining, head_lr: floa
 # --------------------------------------------------------------------------- recipe
 
 
-def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
+def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output: Path, loss_curve: Path | None = None) -> dict[str, float]:
     # ---- setup
     torch.manual_seed(train_cfg.seed)
     world = common.world_size()  # from torchrun's WORLD_SIZE: the process group is joined only by the Trainer's arguments
@@ -185,4 +185,5 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
 
     # ---- save (rank 0 only) and cleanup
     common.save_and_clean_up(trainer, m3, output, ckpt)
+    common.write_loss_curve(trainer, loss_curve)
     return {**common.loss_summary(trainer, result), **{f"loss_{k}_last": v for k, v in model.last_terms.items()}}

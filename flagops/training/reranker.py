@@ -179,7 +179,7 @@ def warn_short_rows(examples: Sequence[TrainExample], group: int) -> None:
 # --------------------------------------------------------------------------- recipe
 
 
-def train(reranker_cfg, examples: Sequence[TrainExample], output: Path) -> dict[str, float]:
+def train(reranker_cfg, examples: Sequence[TrainExample], output: Path, loss_curve: Path | None = None) -> dict[str, float]:
     # ---- setup
     train_cfg = reranker_cfg.train
     group = train_cfg.train_group_size
@@ -218,4 +218,5 @@ def train(reranker_cfg, examples: Sequence[TrainExample], output: Path) -> dict[
 
     # ---- save (rank 0 only) and cleanup
     common.save_and_clean_up(trainer, model, output, ckpt)
+    common.write_loss_curve(trainer, loss_curve)
     return common.loss_summary(trainer, result)

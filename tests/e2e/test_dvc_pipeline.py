@@ -141,6 +141,10 @@ def test_dvc_plots_show_renders(workspace):
     _run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(wd / "plots_html")], wd, env)
     html = (wd / "plots_html" / "index.html").read_text()
     assert "eval_comparison" in html
+    # the training loss curve is a line plot beside the chart, one point per logged step
+    assert "train_loss" in html and "Training loss (embedder)" in html
+    curve = json.loads((wd / "plots/train_loss.json").read_text())
+    assert len(curve) >= 2 and [r["step"] for r in curve] == sorted(r["step"] for r in curve)
 
 
 @pytest.mark.long  # the tiny DAG's M3 variant: `make test-long` (M3 training and evaluation have their own tests)

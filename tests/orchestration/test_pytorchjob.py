@@ -86,7 +86,7 @@ def test_pytorchjob_has_what_the_training_operator_needs(docs):
         assert _flag(command, "node-rank") == "$(RANK)"
         flagops_argv = command[command.index("-m") + 1 :]
         assert flagops_argv[:3] == ["flagops.cli", "step", "train_embedder"]
-        expected_io = [f"train_data={catalog.ARTIFACTS['train_data'].path}", f"model={step.outputs[0].path}"]
+        expected_io = [f"train_data={catalog.ARTIFACTS['train_data'].path}", *(f"{a.name}={a.path}" for a in step.outputs)]
         assert [flagops_argv[i + 1] for i, a in enumerate(flagops_argv) if a in ("--in", "--out")] == expected_io
         # --params points into the mounted ConfigMap of this file; every mount has a volume
         params = Path(flagops_argv[flagops_argv.index("--params") + 1])

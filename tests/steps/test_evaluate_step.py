@@ -265,6 +265,10 @@ def test_suite_tasks_score_the_candidate_and_base_and_feed_the_gate(workspace, r
     assert metrics["base/suite/average"] == metrics["candidate/suite/average"]  # the same tiny-bert
     better = dict(metrics, **{"candidate/suite/average": metrics["candidate/suite/average"] + 0.01})
     assert decide(better, metrics, "suite/average", 0.0, [], 0.01).promote
+    # dvc plots: the suite's bars (each task's main score, then the averages) follow the held-out set's
+    bars = {(r["system"], r["metric"]): r["value"] for r in json.loads(outputs["chart_data"].read_text())}
+    assert bars[("candidate", "stdlib_beir/test\nndcg@10")] == pytest.approx(retrieval["main_score"], abs=1e-6)
+    assert ("base", "sts\nspearman") in bars and ("candidate", "retrieval\naverage") in bars
 
 
 def test_a_bad_suite_task_stops_before_any_model_loads(workspace, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 
@@ -110,7 +111,7 @@ def test_negatives_resampled_with_repetition_when_too_few():
 
 
 def test_resume_after_interruption(tmp_path, crash_training_at, capsys):
-    cfg = _cfg("train.max_steps=4", "train.save_steps=2", "train.batch_size=4")
+    cfg = _cfg("train.max_steps=4", "train.save_steps=2", "train.batch_size=4", "train.logging_steps=1")
     out = tmp_path / "model"
     crash_training_at(3)  # after checkpoint-2
     with pytest.raises(KeyboardInterrupt):
@@ -118,9 +119,12 @@ def test_resume_after_interruption(tmp_path, crash_training_at, capsys):
     assert (common.checkpoint_dir(out) / "checkpoint-2").is_dir() and not out.exists()
 
     crash_training_at(None)
-    summary = recipe.train(cfg.model, cfg.train, _examples(), out)
+    summary = recipe.train(cfg.model, cfg.train, _examples(), out, loss_curve=tmp_path / "plots" / "loss.json")
     assert "resuming from checkpoint-2" in capsys.readouterr().out
     assert summary["steps"] == 4 and out.is_dir()
+    # the dvc plots loss curve is whole: the steps before the crash came back with the checkpoint
+    curve = json.loads((tmp_path / "plots" / "loss.json").read_text())
+    assert [row["step"] for row in curve] == [1, 2, 3, 4] and all(row["loss"] > 0 for row in curve)
 
 
 def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, capsys):

@@ -236,6 +236,28 @@ def _empty_split(tmp_path: Path) -> Path:
     return folder
 
 
+def _wrong_columns(tmp_path: Path) -> Path:
+    folder = tmp_path / "columns"
+    shutil.copytree(ZH, folder)
+    (folder / "qrels" / "dev.tsv").write_text("qid\tdoc\tscore\nzq1\tzh1\t1\n")
+    return folder
+
+
+def _duplicate_id(tmp_path: Path) -> Path:
+    folder = tmp_path / "dup"
+    shutil.copytree(ZH, folder)
+    first = (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    with (folder / "corpus.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(first + "\n")
+    return folder
+
+
+def _sts_not_a_number(tmp_path: Path) -> Path:
+    path = tmp_path / "bad_sts.tsv"
+    path.write_text("sentence1\tsentence2\tscore\na cat\ta dog\t3.5\nrain\tsnow\thigh\n")
+    return path
+
+
 def _bad_sidecar(tmp_path: Path) -> Path:
     folder = tmp_path / "badsidecar"
     shutil.copytree(ZH, folder)
@@ -251,8 +273,11 @@ def _bad_sidecar(tmp_path: Path) -> Path:
         (_bad_qrels, "qrels/dev.tsv:21: unknown corpus id 'zh99'"),
         (_empty_split, "qrels/dev.tsv: no judgements"),
         (_bad_sidecar, "flagops_task.json: unknown key 'lang'; allowed keys: language, query_instruction"),
+        (_wrong_columns, "qrels/dev.tsv:1: header 'qid doc score' is not BEIR's"),
+        (_duplicate_id, "corpus.jsonl:31: duplicate"),
+        (_sts_not_a_number, "bad_sts.tsv:3: field 'score' must be a number, got 'high'"),
     ],
-    ids=["missing", "unknown-layout", "unknown-qrels-id", "empty-split", "sidecar-unknown-key"],
+    ids=["missing", "unknown-layout", "unknown-qrels-id", "empty-split", "sidecar-unknown-key", "tsv-columns", "duplicate-id", "sts-score"],
 )
 def test_cli_bad_task_exits_2_with_one_line(tmp_path, capsys, make, expected):
     task = make(tmp_path)
@@ -414,3 +439,73 @@ def test_sts_sidecar_rejects_an_instruction(tmp_path):
     (tmp_path / "sts.flagops_task.json").write_text('{"query_instruction": "q: "}')
     with pytest.raises(DataError, match=r"sts.flagops_task.json: key 'query_instruction' does not apply to an STS task"):
         load_task(str(tmp_path / "sts.jsonl"))
+
+
+# --------------------------------------------------------------------------- BGE-M3 modes
+
+
+def test_m3_model_is_scored_in_every_mode_as_evaluate_scores_it(tmp_path, capsys):
+    """An M3 directory (heads saved beside the encoder) gets a row per mode on a retrieval
+    task, each equal to evaluate's M3 evaluator on the same set; [dense] on STS and reranking."""
+    from flagops.config import M3Config
+    from flagops.evaluation.m3 import M3RetrievalEvaluator
+    from flagops.models.m3 import M3Embedder
+
+    m3 = M3Embedder.load("tiny-bert", pooling="cls", query_max_len=16, passage_max_len=48, colbert_dim=16, seed=3)
+    m3.save(tmp_path / "m3")
+    source = str(tmp_path / "m3")
+    out = tmp_path / "m3.json"
+    tasks = [a for p in (BEIR, STS, RERANK) for a in ("--task", str(p))]
+    assert main(["eval", "--model", source, *tasks, "--batch-size", "16", "--out", str(out)]) == 0
+    assert "m3 [hybrid]" in capsys.readouterr().out  # printed as text, not taken for rich markup
+    rows = json.loads(out.read_text())["rows"]
+    by = {(r["task"], r["model"]): r for r in rows}
+    modes = ("dense", "sparse", "colbert", "hybrid")
+    assert sorted(by) == sorted(
+        [("stdlib_beir/test", f"{source} [{m}]") for m in modes] + [("sts", f"{source} [dense]"), ("reranking", f"{source} [dense]")]
+    )
+    expected = M3RetrievalEvaluator(read_beir(BEIR, "test"), M3Config(), 16)(M3Embedder.load(source))
+    for mode in modes:
+        row = by[("stdlib_beir/test", f"{source} [{mode}]")]
+        assert row["main_score"] == pytest.approx(expected[f"m3_{mode}/ndcg@10"], abs=1e-6)
+    # the modes really differ: a random tiny model's sparse and ColBERT runs are not its dense run
+    assert len({round(by[("stdlib_beir/test", f"{source} [{m}]")]["main_score"], 6) for m in modes}) > 1
+    # a dense-only directory stays one row, labelled by its source
+    M3Embedder.load("tiny-bert", heads=False).save(tmp_path / "dense")
+    (row,) = run_suite([str(tmp_path / "dense")], [load_task(str(BEIR))], batch_size=16)
+    assert row["model"] == str(tmp_path / "dense")
+
+
+# --------------------------------------------------------------------------- HTML report, MLflow
+
+
+def test_html_report_and_mlflow_run(tmp_path, monkeypatch, capsys):
+    """--report FILE.html writes the tables (best score in bold, a dash for a skipped task) with
+    the chart inlined; --mlflow logs every row's metrics and both files to a real sqlite store."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out, report = tmp_path / "suite.json", tmp_path / "report.html"
+    tasks = [a for p in (BEIR, STS) for a in ("--task", str(p))]
+    argv = ["eval", "--model", "bm25", "--model", "tiny-bert", *tasks, "--out", str(out), "--report", str(report), "--mlflow", "suite"]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    page = report.read_text(encoding="utf-8")
+    bm25, tiny = (next(r["main_score"] for r in rows if r["model"] == m and r["type"] == "retrieval") for m in ("bm25", "tiny-bert"))
+    best, worst = max(bm25, tiny), min(bm25, tiny)
+    assert f'<td class="num best">{best:.4f}</td>' in page and f'<td class="num">{worst:.4f}</td>' in page
+    assert '<td class="none">–</td>' in page  # bm25 has no STS score
+    assert 'src="data:image/png;base64,' in page and "<script" not in page
+
+    run_id = capsys.readouterr().out.split("run ")[-1].strip()
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["tiny-bert/stdlib_beir/test/ndcg_at_10"] == pytest.approx(tiny)
+    assert run.data.metrics["bm25/retrieval_average/main"] == pytest.approx(bm25)
+    assert "tiny-bert/sts/spearman" in run.data.metrics and "bm25/sts/spearman" not in run.data.metrics
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert logged == {"suite.json", "report.html"}
+
+
+def test_report_must_be_png_or_html(tmp_path, capsys):
+    assert main(["eval", "--model", "bm25", "--task", str(STS), "--report", str(tmp_path / "r.pdf")]) == 2
+    assert "name the file FILE.png or FILE.html" in capsys.readouterr().err
