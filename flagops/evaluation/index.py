@@ -52,7 +52,7 @@ IVF_ABOVE = 200_000  # a flat index of 200k x 1024 float32 is 0.8 GB and searche
 NPROBE = 32
 RECALL_QUERIES = 100
 RECALL_K = 10
-TRAIN_PER_LIST = 256  # faiss's k-means samples at most 256 points per centroid anyway
+TRAIN_PER_LIST = 64  # k-means points per list: faiss asks for 39 or more; a sample, not the corpus, in memory
 
 
 def default_cache_dir() -> Path:
@@ -178,20 +178,13 @@ def build_index(emb: np.ndarray, settings: IndexSettings, label: str) -> faiss.I
     return index
 
 
-def exact_top_k(queries: np.ndarray, emb: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, row ids), each (m, k): each query's ``k`` highest inner products over ``emb``, read chunk by chunk, best first."""
-    m = queries.shape[0]
-    best_scores = np.full((m, 0), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((m, 0), dtype=np.int64)
+def exact_top_k(queries: np.ndarray, emb: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Each query's ``k`` highest inner products over ``emb`` (m, k), best first, reading ``emb`` chunk by chunk."""
+    best = np.full((queries.shape[0], 0), -np.inf, dtype=np.float32)
     for start in range(0, emb.shape[0], chunk):
         scores = queries @ np.asarray(emb[start : start + chunk], dtype=np.float32).T  # (m, chunk)
-        ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
-        all_scores = np.concatenate([best_scores, scores], axis=1)
-        all_ids = np.concatenate([best_ids, ids], axis=1)
-        keep = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]  # (m, <=k)
-        best_scores = np.take_along_axis(all_scores, keep, axis=1)
-        best_ids = np.take_along_axis(all_ids, keep, axis=1)
-    return best_scores, best_ids
+        best = -np.sort(-np.concatenate([best, scores], axis=1), axis=1)[:, :k]  # (m, <=k)
+    return best
 
 
 def recall_at_k(found_scores: np.ndarray, exact_scores: np.ndarray) -> float:
@@ -223,7 +216,7 @@ def corpus_search(eval_set: EvalSet, encoder: TextEncoder, batch_size: int, *, t
         if isinstance(index, faiss.IndexIVF):
             sample = np.sort(np.random.default_rng(0).choice(len(query_ids), min(len(query_ids), RECALL_QUERIES), replace=False))
             kk = min(RECALL_K, len(corpus))
-            exact_scores, _ = exact_top_k(queries[sample], emb, kk, settings.chunk)
+            exact_scores = exact_top_k(queries[sample], emb, kk, settings.chunk)
             found = np.where(ids[sample, :kk] >= 0, scores[sample, :kk], -np.inf)  # IVFFlat's scores are exact inner products
             extra["ivf_recall@10"] = recall_at_k(found, exact_scores)
             print(f"eval: {tag}IVF recall@10 against exact search on {len(sample)} queries: {extra['ivf_recall@10']:.4f}")
