@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
@@ -132,12 +133,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from flagops.data.formats import DataError, write_json
+    from flagops.evaluation.index import IndexSettings, index_settings
     from flagops.evaluation.suite import averages, load_tasks, run_suite
 
     if args.report and Path(args.report).suffix not in (".png", ".html"):
         raise DataError(f"--report {args.report}: the report is a .png chart or an .html page; name the file FILE.png or FILE.html")
     tasks = load_tasks(args.tasks)  # all read and checked before any model loads
-    rows = run_suite(args.models, tasks, args.batch_size)
+    search = IndexSettings(**{k: v for k, v in (("ivf_above", args.ivf_above), ("nprobe", args.nprobe)) if v is not None})
+    if args.no_cache or args.cache_dir:
+        search = replace(search, cache_dir=None if args.no_cache else Path(args.cache_dir))
+    with index_settings(search):
+        rows = run_suite(args.models, tasks, args.batch_size)
     means = averages(rows)
     table = Table(title="eval")
     for name in ("task", "type", "model", "main score"):
@@ -211,6 +217,13 @@ def _champion(cfg) -> str:
     return model
 
 
+def _count(text: str) -> int:
+    """A positive integer argument."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flagops", description="MLOps pipeline for BGE retrieval models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the scores, --out and --report to this MLflow experiment ($MLFLOW_TRACKING_URI, else ./mlflow.db)",
     )
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--cache-dir", help="where passage embeddings are cached (default: $FLAGOPS_CACHE/embeddings)")
+    p.add_argument("--no-cache", action="store_true", help="encode every corpus afresh and cache nothing")
+    p.add_argument(
+        "--ivf-above", type=_count, metavar="N", help="search corpora of more than N passages with faiss IVF, not exactly (default 200000)"
+    )
+    p.add_argument("--nprobe", type=_count, metavar="N", help="IVF lists searched per query: more is slower, closer to exact (default 32)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="serve an embedder, BGE-M3 model or reranker with KServe (V1, V2, OpenAI, rerank)")

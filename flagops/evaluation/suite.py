@@ -36,7 +36,8 @@ import numpy as np
 
 from flagops.data.formats import DataError, EvalSet, Passage, iter_jsonl, read_beir, read_sts
 from flagops.evaluation.bm25 import bm25_scores, bm25_search, detect_language
-from flagops.evaluation.retrieval import RetrievalEvaluator, retrieval_metrics
+from flagops.evaluation.index import corpus_search
+from flagops.evaluation.retrieval import retrieval_metrics
 from flagops.evaluation.sts import cosine_rows, sts_spearman
 
 LAYOUTS = (
@@ -373,8 +374,8 @@ def score_task(task: Task, model, is_reranker: bool, batch_size: int) -> dict[st
     if is_reranker:
         return None
     if task.type == "retrieval":
-        run = RetrievalEvaluator(task.data, batch_size, top_k=RETRIEVAL_TOP_K).search(model, label=task.name)
-        return retrieval_metrics(task.data.qrels, run)
+        run, search_metrics = corpus_search(task.data, model, batch_size, top_k=RETRIEVAL_TOP_K, label=task.name)
+        return retrieval_metrics(task.data.qrels, run) | search_metrics  # search_metrics: ivf_recall@10 when IVF ran
     return {"spearman": sts_spearman(model, task.data, batch_size, progress=task.name)}
 
 
