@@ -1,6 +1,6 @@
 # Evaluation benchmark (not a test): `flagops eval` against FlagEmbedding's own evaluation runner
 # on the same BEIR folders and model; see benchmarks/README.md.
-#   make bench-eval                                   the stdlib fixture and a 1,200-docstring folder (~3 min)
+#   make bench-eval                                   the stdlib fixture and a 1,200-docstring folder (3-5 min)
 #   make bench-eval EVAL_ARGS="--task DIR --stdlib-passages 0 --repeats 2"
 # FlagEmbedding's evaluator imports faiss and pytrec_eval, which FlagEmbedding does not declare:
 # they go into the peer venv once, at the versions flagops' venv has (torch pinned as there).
