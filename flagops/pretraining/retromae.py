@@ -295,11 +295,11 @@ def train(cfg, base: str, texts: Sequence[str], output: Path) -> dict[str, float
 
     args = common.training_arguments(cfg, output, cfg.batch_size)  # joins the process group under torchrun
     world = common.world_size()
-    ckpt, resume = common.prepare_checkpoints(output, fingerprint(cfg, base, texts), cfg.resume_from_checkpoint)
     steps_per_epoch = len(dataset) // cfg.batch_size // world
     if steps_per_epoch == 0:
         raise DataError(f"{len(dataset)} texts make no full step of {cfg.batch_size} texts x {world} device(s); lower pretrain.batch_size")
     total = cfg.max_steps if cfg.max_steps > 0 else int(steps_per_epoch * cfg.epochs)
+    ckpt, resume = common.prepare_checkpoints(output, fingerprint(cfg, base, texts), cfg.resume_from_checkpoint)
     print(
         f"pretrain_retromae: {base} | {len(dataset)} texts | batch {cfg.batch_size} x {world} device(s) = "
         f"{cfg.batch_size * world} texts/step | {steps_per_epoch} steps/epoch, {total} steps | tokens/step/device <= "
