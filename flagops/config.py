@@ -362,6 +362,29 @@ class DeployConfig(Section):
         return self
 
 
+class PretrainConfig(Section):
+    """pretrain_retromae: RetroMAE pretraining of the embedder's base (FlagEmbedding's recipe). Off by default."""
+
+    enabled: bool = False
+    base: str | None = None  # a model source; None: model.base (the output then becomes train_embedder's base)
+    texts: str | None = None  # a {"text": ...} JSONL; None: the pipeline corpus + stdlib docstrings that are no passage
+    max_length: int = Field(512, ge=8, le=8192)  # tokens per text; the decoder's mask is length x length per text
+    encoder_mlm_probability: float = Field(0.3, gt=0.0, lt=1.0)  # whole words masked in the encoder's input
+    decoder_mlm_probability: float = Field(0.5, gt=0.0, lt=1.0)  # whole words each decoder row cannot see
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    epochs: float = Field(2.0, gt=0.0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
+    batch_size: int = Field(8, ge=1)  # texts per device per step
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    save_steps: int = Field(500, ge=1)  # checkpoint every N optimizer steps
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
+    resume_from_checkpoint: bool = True
+    seed: int = 42
+
+
 class FlagopsConfig(Section):
     profile: str = "custom"
     model: ModelConfig = ModelConfig()
@@ -369,6 +392,7 @@ class FlagopsConfig(Section):
     synthesis: SynthesisConfig = SynthesisConfig()
     mining: MiningConfig = MiningConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     m3: M3Config = M3Config()
     reranker: RerankerConfig = RerankerConfig()
     teacher: TeacherConfig = TeacherConfig()

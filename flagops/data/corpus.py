@@ -104,3 +104,17 @@ def build(source: str, min_chars: int, max_passages: int | None) -> list[Passage
         stride = len(passages) / max_passages  # evenly spaced, so every module stays represented
         passages = [passages[int(i * stride)] for i in range(max_passages)]
     return passages
+
+
+def stdlib_extra_texts(taken: set[str]) -> list[str]:
+    """Every stdlib docstring that is not already one of ``taken`` (a corpus's texts): those
+    ``stdlib_passages`` filtered out (short, signature-only) or a cap left out. Pretraining
+    wants all real text, not only what makes a good query/passage pair; each appears once."""
+    out: list[str] = []
+    seen = set(taken)
+    for _, _, obj in _stdlib_objects():
+        text = (inspect.getdoc(obj) or "").strip()[:MAX_DOC_CHARS]
+        if text and text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out

@@ -1,0 +1,1 @@
+"""Pretraining recipes that prepare a base encoder before contrastive fine-tuning (RetroMAE)."""
