@@ -33,6 +33,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PT_HEADS = ("colbert_linear", "sparse_linear")  # M3 heads FlagEmbedding writes as torch.save state dicts
 SKIPPED_DIRS = ("adapter",)  # an LLM reranker's LoRA adapter: it would not match the merged weights
+STALE_WEIGHTS = ("pytorch_model", "tf_model", "flax_model")  # other formats of the first model's unmerged weights
 
 # safetensors dtype codes <-> torch dtypes
 DTYPES = {
@@ -177,10 +178,11 @@ def check_compatible(models: list[ModelTensors], labels: list[str]) -> None:
 
 
 def copy_other_files(source: Path, tensor_files: Iterable[Path], dest: Path) -> None:
-    """Copy everything in ``source`` but its tensor files (and an LLM reranker's adapter) into ``dest``."""
+    """Copy everything in ``source`` into ``dest`` but its tensor files, an LLM reranker's adapter
+    and weights in other formats (``pytorch_model.bin``): those would not be the merged ones."""
     skip = {f.name for f in tensor_files}
     for item in sorted(source.iterdir()):
-        if item.name in skip or item.name in SKIPPED_DIRS:
+        if item.name in skip or item.name in SKIPPED_DIRS or item.name.startswith(STALE_WEIGHTS):
             continue
         if item.is_dir():
             shutil.copytree(item, dest / item.name)

@@ -82,11 +82,13 @@ def mix_tensor(tensors: Iterable[torch.Tensor], weights: Sequence[float]) -> tor
     first = next(found)
     if not first.is_floating_point():
         return first
-    wide = torch.promote_types(first.dtype, torch.float32)  # half-precision models accumulate in float32
+    dtype = first.dtype
+    wide = torch.promote_types(dtype, torch.float32)  # half-precision models accumulate in float32
     total = first.to(wide) * weights[0]
+    del first  # by layers, the first ingredient's copy is not kept while the others are read
     for weight, tensor in zip(weights[1:], found, strict=True):
         total.add_(tensor.to(wide), alpha=weight)
-    return total.to(first.dtype)
+    return total.to(dtype)
 
 
 def mix_state_dicts(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
