@@ -248,6 +248,36 @@ class TeacherConfig(Section):
         return "trained" if self.source == "reranker" else "external"
 
 
+class MergeConfig(Section):
+    """merge_models (LM-Cocktail): mix the trained candidate with its base (and other models) so the
+    target task gains without losing general ability. See flagops/merging/cocktail.py.
+
+    models: model sources; `candidate` is this pipeline's trained model, `base` its base model
+    (model.base, or reranker.base for a reranker). The first model's settings and tokenizer are
+    kept. method: `fixed` mixes in memory (about all the models' memory), `layers` one parameter
+    at a time (about one model's), `data` picks the weights softmax(-loss_i / temperature) from
+    `examples` training rows, then merges by layers.
+    """
+
+    enabled: bool = False
+    method: Literal["fixed", "data", "layers"] = "data"
+    models: tuple[str, ...] = Field(("candidate", "base"), min_length=2)
+    weights: tuple[float, ...] | None = None  # fixed/layers; None: equal weights
+    temperature: float = Field(5.0, gt=0.0)  # data: lower sharpens the weights towards the lowest loss
+    examples: int = Field(5, ge=1)  # data: target-task rows scored (the first ones of train_data)
+    neg_number: int = Field(7, ge=1)  # data, encoder/reranker: negatives sampled per query
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _weights(self) -> MergeConfig:
+        if self.weights is not None:
+            if len(self.weights) != len(self.models):
+                raise ValueError(f"{len(self.weights)} weights for {len(self.models)} models; give one weight per model")
+            if abs(sum(self.weights) - 1.0) > 1e-6:
+                raise ValueError(f"weights {list(self.weights)} sum to {sum(self.weights):g}, not 1; scale them so they sum to 1")
+        return self
+
+
 class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
     bm25: bool = True
@@ -396,6 +426,7 @@ class FlagopsConfig(Section):
     m3: M3Config = M3Config()
     reranker: RerankerConfig = RerankerConfig()
     teacher: TeacherConfig = TeacherConfig()
+    merge: MergeConfig = MergeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
