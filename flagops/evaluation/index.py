@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from flagops import __version__
 from flagops.data.formats import EvalSet, Passage, atomic_path
 from flagops.evaluation.retrieval import Run, TextEncoder
 from flagops.models.cache import cache_dir
@@ -56,7 +58,8 @@ TRAIN_PER_LIST = 64  # k-means points per list: faiss asks for 39 or more; a sam
 
 
 def default_cache_dir() -> Path:
-    return cache_dir() / "embeddings"
+    """``$FLAGOPS_EMBEDDING_CACHE`` (the tests point it at a fresh folder), else ``$FLAGOPS_CACHE/embeddings``."""
+    return Path(os.environ.get("FLAGOPS_EMBEDDING_CACHE") or cache_dir() / "embeddings")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ def corpus_hash(corpus: Sequence[Passage], encoder: TextEncoder) -> str:
     """sha256 of the passages as encoded and of the settings that shape their vectors."""
     s = encoder.settings
     shape = {"encoder": type(encoder).__name__, "pooling": s.pooling, "normalize": s.normalize, "max_length": s.passage_max_len}
+    shape["flagops"] = __version__  # a release may encode differently: its vectors are not reused
     shape["m3"] = repr(getattr(encoder, "m3_settings", None))  # M3's dense vector depends on MCLS
     h = hashlib.sha256(json.dumps(shape).encode())
     for passage in corpus:
