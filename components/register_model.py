@@ -1,4 +1,4 @@
-"""KFP component for catalog step ``register_model``."""
+"""KFP component for catalog step ``register_model``. ``merged_model`` is None without a merge."""
 
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -14,8 +14,9 @@ def register_model(
     metrics: Input[Metrics],
     train_data: Input[Dataset],
     registration: Output[Artifact],
+    merged_model: Input[Model] = None,
 ):
-    """Log the candidate to MLflow with signature, lineage tags and a model card."""
+    """Log the candidate (the merged model when evaluate chose it) to MLflow with signature, lineage tags and a model card."""
     run_step(
         "register_model",
         params,
@@ -24,5 +25,6 @@ def register_model(
         model=model,
         metrics=metrics,
         train_data=train_data,
+        merged_model=merged_model,
         registration=registration,
     )

@@ -1,4 +1,5 @@
-"""KFP component for catalog step ``train_embedder``."""
+"""KFP component for catalog step ``train_embedder``. ``base_model`` is None unless the pipeline
+pretrains one (pretrain_retromae)."""
 
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
@@ -7,7 +8,22 @@ from components import component, run_step
 
 @component
 def train_embedder(
-    params: str, tracking_uri: str, pipeline_key: str, train_data: Input[Dataset], model: Output[Model], loss_curve: Output[Artifact]
+    params: str,
+    tracking_uri: str,
+    pipeline_key: str,
+    train_data: Input[Dataset],
+    model: Output[Model],
+    loss_curve: Output[Artifact],
+    base_model: Input[Model] = None,
 ):
     """Fine-tune contrastively (InfoNCE, in-batch negatives, optional distillation)."""
-    run_step("train_embedder", params, tracking_uri, pipeline_key, train_data=train_data, model=model, loss_curve=loss_curve)
+    run_step(
+        "train_embedder",
+        params,
+        tracking_uri,
+        pipeline_key,
+        train_data=train_data,
+        base_model=base_model,
+        model=model,
+        loss_curve=loss_curve,
+    )

@@ -267,6 +267,12 @@ class MergeConfig(Section):
     examples: int = Field(5, ge=1)  # data: target-task rows scored (the first ones of train_data)
     neg_number: int = Field(7, ge=1)  # data, encoder/reranker: negatives sampled per query
     seed: int = 42
+    # Which model the pipeline registers and gates (evaluate decides; its candidate/ keys are that
+    # model's): `best` the fine-tuned or the merged one, whichever has the higher mean of the
+    # `select_on` metrics (each system's own keys, e.g. ndcg@10 on the held-out set and
+    # ood/ndcg@10 on the second domain); `merged` always the merged one (BGE's recipe).
+    select: Literal["best", "merged"] = "best"
+    select_on: tuple[str, ...] = Field(("ndcg@10", "ood/ndcg@10"), min_length=1)
 
     @model_validator(mode="after")
     def _weights(self) -> MergeConfig:

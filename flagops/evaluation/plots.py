@@ -15,8 +15,9 @@ from matplotlib.figure import Figure
 
 from flagops.data.formats import atomic_path, write_json
 
-# Left to right: baselines first; then the rerankers over the candidate's top-k (base, trained).
-SYSTEMS: tuple[str, ...] = ("bm25", "base", "candidate", "base_reranked", "reranked")
+# Left to right: baselines first (the RetroMAE-pretrained base too); with a merge, the fine-tuned
+# and the merged model; the candidate; then the rerankers over the candidate's top-k (base, trained).
+SYSTEMS: tuple[str, ...] = ("bm25", "base", "pretrained", "fine_tuned", "merged", "candidate", "base_reranked", "reranked")
 CHART_METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100")
 
 

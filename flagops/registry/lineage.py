@@ -69,7 +69,19 @@ def lineage_tags(
         "flagops.family": family,
         "metrics": json.dumps(dict(metrics), sort_keys=True),
         **{mlflow_key(k): repr(float(v)) for k, v in metrics.items()},
+        **merge_tags(model_dir),
     }
+
+
+def merge_tags(model_dir: Path) -> dict[str, str]:
+    """A merged model's lineage (merge_models' ``merge.json``): its method and each ingredient's
+    source and weight, e.g. ``[{"source": "models/candidate", "weight": 0.52}, ...]``."""
+    path = model_dir / "merge.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text(encoding="utf-8"))
+    ingredients = [{"source": i["source"], "weight": round(float(i["weight"]), 6)} for i in record["ingredients"]]
+    return {"flagops.merge.method": str(record.get("method", "")), "flagops.merge.ingredients": json.dumps(ingredients)[:TEXT_LIMIT]}
 
 
 def version_metrics(mv) -> dict[str, float]:

@@ -18,9 +18,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from flagops.config import ConfigError
 from flagops.data.formats import read_beir, read_sts, write_json
 from flagops.evaluation import (
+    CHART_METRICS,
     RETRIEVAL_METRICS,
+    SYSTEMS,
     RetrievalEvaluator,
     bm25_search,
     chart_rows,
@@ -50,22 +53,32 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
 
     tasks = suite.load_tasks(ev.tasks) if ev.tasks else []  # read and checked before any model loads
     evaluator = RetrievalEvaluator(eval_set, ev.batch_size, primary_metric=ev.primary_metric)
-    # None loads model.base; the candidate is the directory this step was handed.
-    sources = {"candidate": str(inputs["model"]), **({"base": None} if ev.base else {})}
+    # None loads model.base; the candidate is the directory this step was handed. With a merge,
+    # the trained model is `fine_tuned` and `candidate` becomes the one select_release picks.
+    merging = "merged_model" in inputs
+    trained = "fine_tuned" if merging else "candidate"
+    sources = {trained: str(inputs["model"])}
+    sources |= {"merged": str(inputs["merged_model"])} if merging else {}
+    sources |= {"pretrained": str(inputs["pretrained_model"])} if "pretrained_model" in inputs else {}
+    sources |= {"base": None} if ev.base else {}
+    ood = read_beir(inputs["ood_eval_set"]) if "ood_eval_set" in inputs else None
     rerank = "reranker_model" in inputs
     metrics: dict[str, float] = {}
     suite_rows: list[dict] = []  # evaluate.tasks' rows, one model per system
     candidate_run = None
     for system, source in sources.items():
-        if system == "candidate" and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
-            embedder, found = evaluate_m3_candidate(cfg, source, eval_set, evaluator)
-            candidate_run = evaluator.search(embedder, label="candidate dense") if rerank else None
+        if system in (trained, "merged") and cfg.model.kind == "m3":  # its sparse, ColBERT and hybrid modes too
+            embedder, found = evaluate_m3_candidate(cfg, source, eval_set, evaluator, prefix=system)
+            candidate_run = evaluator.search(embedder, label=f"{system} dense") if rerank and system == trained else candidate_run
         else:
             embedder = Embedder.from_config(cfg.model, source=source, inference=True)
             run_ = evaluator.search(embedder, label=system)
             found = prefixed(retrieval_metrics(eval_set.qrels, run_), system)
-            candidate_run = run_ if system == "candidate" else candidate_run
+            candidate_run = run_ if system == trained else candidate_run
         metrics.update(found)
+        if ood is not None:  # the second domain: nobody trained on it
+            ood_run = RetrievalEvaluator(ood, ev.batch_size).search(embedder, label=f"{system} ood")
+            metrics.update(prefixed(retrieval_metrics(ood.qrels, ood_run), f"{system}/ood"))
         if tasks:
             rows = suite.run_tasks(embedder, source or cfg.model.base, tasks, ev.batch_size)
             metrics.update(suite.flat_metrics(rows, system))
@@ -76,6 +89,10 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     if ev.bm25:
         run_bm25 = bm25_search(eval_set.corpus, eval_set.queries, evaluator.top_k)
         metrics.update(prefixed(retrieval_metrics(eval_set.qrels, run_bm25), "bm25"))
+        if ood is not None:
+            metrics.update(prefixed(retrieval_metrics(ood.qrels, bm25_search(ood.corpus, ood.queries, evaluator.top_k)), "bm25/ood"))
+    if merging:
+        metrics.update(select_release(cfg.merge, metrics))
     layers_chart = None
     if rerank:
         metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"]))
@@ -84,7 +101,8 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     metrics = {key: round(float(value), DECIMALS) for key, value in metrics.items()}
 
     write_json(outputs["metrics"], metrics)
-    rows = chart_rows(metrics) + suite.report_rows(suite_rows)  # the held-out set's bars, then the suite's
+    systems = [s for s in SYSTEMS if not (merging and s == "candidate")]  # with a merge, candidate is a copy
+    rows = chart_rows(metrics, systems, (*CHART_METRICS, "ood/ndcg@10")) + suite.report_rows(suite_rows)  # held-out, then suite bars
     write_chart(outputs["chart"], rows, title=f"Retrieval quality ({cfg.profile})")
     write_chart_data(outputs["chart_data"], rows)
     tracking.log_metrics(metrics)
@@ -124,9 +142,37 @@ def rerank_stage(cfg, eval_set, run, trained: Path) -> dict[str, float]:
     return metrics
 
 
-def evaluate_m3_candidate(cfg, source: str, eval_set, evaluator: RetrievalEvaluator) -> tuple[Embedder, dict[str, float]]:
+def select_release(merge_cfg, metrics: Mapping[str, float]) -> dict[str, float]:
+    """The ``candidate/*`` keys: a copy of the merged or the fine-tuned model's, and
+    ``candidate/merged`` (1 or 0) telling register_model which directory they describe.
+
+    ``merge.select=best`` takes the merged model when the mean of its ``merge.select_on``
+    metrics is at least the fine-tuned one's (a tie goes to the merge: no loss on the target,
+    and merging is what keeps the general ability); ``merged`` takes it always.
+    """
+    missing = [k for k in merge_cfg.select_on for sys in ("merged", "fine_tuned") if f"{sys}/{k}" not in metrics]
+    if missing:
+        raise ConfigError(
+            f"merge.select_on: no {missing[0]!r} in evaluate's metrics (ood/... needs ood_eval.enabled=true); "
+            f"name metrics evaluate writes, such as ndcg@10"
+        )
+    means = {sys: sum(metrics[f"{sys}/{k}"] for k in merge_cfg.select_on) / len(merge_cfg.select_on) for sys in ("merged", "fine_tuned")}
+    chosen = "merged" if merge_cfg.select == "merged" or means["merged"] >= means["fine_tuned"] else "fine_tuned"
+    on = " + ".join(merge_cfg.select_on)
+    print(
+        f"evaluate: the release candidate is the {chosen.replace('_', '-')} model "
+        f"(merge.select={merge_cfg.select}; mean of {on}: merged {means['merged']:.4f}, fine-tuned {means['fine_tuned']:.4f})"
+    )
+    copied = {f"candidate/{k.partition('/')[2]}": v for k, v in metrics.items() if k.startswith(f"{chosen}/")}
+    return copied | {"candidate/merged": float(chosen == "merged")}
+
+
+def evaluate_m3_candidate(
+    cfg, source: str, eval_set, evaluator: RetrievalEvaluator, prefix: str = "candidate"
+) -> tuple[Embedder, dict[str, float]]:
     """Load and encode the M3 candidate once: ``candidate/m3_<mode>/*`` and the dense
     ``candidate/*`` keys every kind reports; also its dense ``Embedder`` (what the server runs).
+    ``prefix``: the system's name in the keys (``merged`` for a merged M3 model).
 
     The candidate keys are the m3_dense run. With ``m3.mcls`` that run is MCLS, which the
     server does not do, so the candidate keys take a plain dense pass of their own.
@@ -135,17 +181,17 @@ def evaluate_m3_candidate(cfg, source: str, eval_set, evaluator: RetrievalEvalua
     from flagops.models.m3 import M3Embedder
 
     m3 = M3Embedder.from_config(cfg.model, cfg.m3, source=source, require_heads=cfg.m3.unified_finetuning, inference=True)
-    metrics = evaluate_m3(m3, eval_set, cfg, prefix="candidate")
+    metrics = evaluate_m3(m3, eval_set, cfg, prefix=prefix)
     if cfg.m3.mcls:
-        dense = evaluator(m3.embedder, prefix="candidate")
+        dense = evaluator(m3.embedder, prefix=prefix)
     else:
-        dense = {f"candidate/{name}": metrics[f"candidate/m3_dense/{name}"] for name in RETRIEVAL_METRICS}
+        dense = {f"{prefix}/{name}": metrics[f"{prefix}/m3_dense/{name}"] for name in RETRIEVAL_METRICS}
     return m3.embedder, {**dense, **metrics}
 
 
 def print_table(metrics: Mapping[str, float], primary_metric: str) -> None:
     """Systems as rows, metrics as columns; the candidate's primary metric is called out."""
-    extra = [c for c in ("sts_spearman", "ms_per_query") if any(k.endswith(f"/{c}") for k in metrics)]
+    extra = [c for c in ("ood/ndcg@10", "sts_spearman", "ms_per_query") if any(k.endswith(f"/{c}") for k in metrics)]
     columns = [*RETRIEVAL_METRICS, *extra]
     table = Table(title="evaluate")
     table.add_column("system")

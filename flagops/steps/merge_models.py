@@ -9,11 +9,13 @@ from flagops.merging import MERGE_FILE, MergeError, data_weights, merge_models, 
 from flagops.models.reranker import resolve_reranker_source
 from flagops.models.sources import ModelSourceError
 from flagops.registry import tracking
+from flagops.registry.models import fetch_model_dir
 
 
 def ingredients(cfg, candidate: Path) -> tuple[list[Path], list[str]]:
     """The directory and label of each ``merge.models`` entry: ``candidate`` is the input model,
-    ``base`` the pipeline's base for the candidate's kind (``model.base``, or ``reranker.base``)."""
+    ``base`` the pipeline's base for the candidate's kind (``model.base``, or ``reranker.base``),
+    ``models:/NAME@alias`` a registered version (fetched from the MLflow registry)."""
     if not (candidate / "config.json").is_file():
         raise MergeError(f"{candidate}: input model holds no config.json; pass the training step's model directory")
     base = cfg.model.base if model_kind(candidate) == "encoder" else cfg.reranker.base
@@ -25,7 +27,10 @@ def ingredients(cfg, candidate: Path) -> tuple[list[Path], list[str]]:
             continue
         source = base if word == "base" else word
         try:
-            paths.append(resolve_reranker_source(source))  # any model source, tiny-reranker and tiny-decoder too
+            if source.startswith("models:/"):  # a registered version, e.g. models:/bge-embedder@champion
+                paths.append(fetch_model_dir(source))
+            else:
+                paths.append(resolve_reranker_source(source))  # any model source, tiny-reranker and tiny-decoder too
         except ModelSourceError as exc:
             raise MergeError(f"merge.models: {word}: {exc}") from None
         labels.append(source)

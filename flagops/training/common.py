@@ -250,6 +250,16 @@ def loss_summary(trainer: Trainer, result) -> dict[str, float]:
     }
 
 
+def with_base_model(cfg, inputs):
+    """``cfg`` with ``model.base`` set to the ``base_model`` input when the pipeline hands one
+    over (pretrain_retromae's encoder); the profile's own base otherwise. Only the trainers see
+    it: evaluate's ``base`` system stays the profile's base, the yardstick of both."""
+    if "base_model" not in inputs:
+        return cfg
+    print(f"training from {inputs['base_model']} (the pretrained base) instead of {cfg.model.base}")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"base": str(inputs["base_model"])})})
+
+
 def write_loss_curve(trainer: Trainer, path: Path | None) -> None:
     """Rank 0 writes every logged loss as ``[{"step", "loss"}]``: the ``dvc plots`` line plot
     of the run (a resumed run's history comes back with its checkpoint, so the curve is whole)."""
