@@ -296,6 +296,31 @@ class EvaluateConfig(Section):
     tasks: tuple[str, ...] = ()
 
 
+class OodEvalConfig(Section):
+    """build_ood_eval: an evaluation set no step trains on, from installed packages' docstrings
+    (the same query synthesis as the stdlib training data). Off by default."""
+
+    enabled: bool = False
+    # Importable modules; an object counts when its __module__ is in the module's top-level package.
+    # With numpy 2.4 / scipy 1.17 these give ~960 passages before the cap.
+    modules: tuple[str, ...] = Field(
+        (
+            "numpy",
+            "numpy.linalg",
+            "numpy.fft",
+            "numpy.random",
+            "scipy.linalg",
+            "scipy.stats",
+            "scipy.optimize",
+            "scipy.signal",
+            "scipy.sparse",
+        ),
+        min_length=1,
+    )
+    min_chars: int = Field(150, ge=0)  # docstring bodies shorter than this carry too little signal
+    max_passages: int | None = Field(500, ge=10)  # evenly spaced over the modules; None keeps all (slower evaluation)
+
+
 class RegistryConfig(Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under the workspace
     experiment: str = "flagops"
@@ -434,6 +459,7 @@ class FlagopsConfig(Section):
     teacher: TeacherConfig = TeacherConfig()
     merge: MergeConfig = MergeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ood_eval: OodEvalConfig = OodEvalConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
     deploy: DeployConfig = DeployConfig()

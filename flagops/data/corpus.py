@@ -3,6 +3,8 @@
 The stdlib corpus is real text no one on this project wrote, present on every machine:
 the docstrings of public functions, classes and methods. Each record keeps the whole
 docstring; ``synthesize_queries`` later splits the summary line off as the query.
+Installed packages' docstrings (numpy, scipy) are built the same way into a second,
+out-of-domain evaluation set that no step trains on (``build_ood_eval``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import io
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from flagops.data.formats import DataError, Passage, read_corpus
@@ -45,6 +47,26 @@ def _import_quietly(name: str):
             return None
 
 
+def _api_objects(
+    module, group: str, belongs: Callable[[str], bool], routine: Callable[[object], bool], method: Callable[[object], bool]
+) -> Iterator[tuple[str, str, object]]:
+    """(group, qualified name, object) for the public classes and ``routine`` objects of ``module``
+    defined where ``belongs`` (by ``__module__``), and the classes' public ``method`` members, in a
+    stable order."""
+    for name, obj in sorted(vars(module).items()):
+        if not _public(name) or getattr(obj, "__module__", None) is None:
+            continue
+        if not (inspect.isclass(obj) or routine(obj)):
+            continue
+        if not belongs(obj.__module__):  # re-exports from elsewhere would repeat others' docs
+            continue
+        yield group, f"{group}.{name}", obj
+        if inspect.isclass(obj):
+            for mname, member in sorted(vars(obj).items()):
+                if _public(mname) and method(member):
+                    yield group, f"{group}.{name}.{mname}", member
+
+
 def _stdlib_objects() -> Iterator[tuple[str, str, object]]:
     """(top-level module, qualified name, object) for public stdlib API, in a stable order."""
     for top in sorted(sys.stdlib_module_names):
@@ -53,35 +75,80 @@ def _stdlib_objects() -> Iterator[tuple[str, str, object]]:
         module = _import_quietly(top)
         if module is None:
             continue
-        for name, obj in sorted(vars(module).items()):
-            if not _public(name) or getattr(obj, "__module__", None) is None:
-                continue
-            if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)):
-                continue
-            # Keep objects defined in this module (or its private C accelerator, e.g. _json).
-            home = obj.__module__.lstrip("_").split(".")[0]
-            if home != top:
-                continue
-            yield top, f"{top}.{name}", obj
-            if inspect.isclass(obj):
-                for mname, member in sorted(vars(obj).items()):
-                    if _public(mname) and (inspect.isfunction(member) or inspect.ismethoddescriptor(member)):
-                        yield top, f"{top}.{name}.{mname}", member
+        # Keep objects defined in this module (or its private C accelerator, e.g. _json).
+        yield from _api_objects(
+            module,
+            top,
+            lambda home, top=top: home.lstrip("_").split(".")[0] == top,
+            lambda obj: inspect.isfunction(obj) or inspect.isbuiltin(obj),
+            lambda obj: inspect.isfunction(obj) or inspect.ismethoddescriptor(obj),
+        )
 
 
-def stdlib_passages(min_chars: int) -> list[Passage]:
-    """One passage per documented public object whose docstring body has >= min_chars."""
+def _passages(objects: Iterable[tuple[str, str, object]], min_chars: int) -> list[Passage]:
+    """One passage per documented object whose summary line is no signature and whose docstring
+    body has >= min_chars; an identical docstring seen before (an alias, an inherited one) is skipped."""
     out: list[Passage] = []
     seen_docs: set[str] = set()
-    for top, qualname, obj in _stdlib_objects():
+    for group, qualname, obj in objects:
         doc = inspect.getdoc(obj) or ""
         summary, _, body = doc.strip().partition("\n")
         body = body.strip()
         if not summary.strip() or SIGNATURE.search(summary) or len(body) < min_chars or doc in seen_docs:
             continue
-        seen_docs.add(doc)  # aliases and inherited docstrings would duplicate passages
-        out.append(Passage(id=qualname, title=qualname, text=doc[:MAX_DOC_CHARS], group=top))
+        seen_docs.add(doc)
+        out.append(Passage(id=qualname, title=qualname, text=doc[:MAX_DOC_CHARS], group=group))
     return out
+
+
+def stdlib_passages(min_chars: int) -> list[Passage]:
+    """One passage per documented public stdlib object whose docstring body has >= min_chars."""
+    return _passages(_stdlib_objects(), min_chars)
+
+
+def _import_listed(name: str):
+    """Import a module named in ``ood_eval.modules``; failing that is the user's to fix, not to skip."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            return importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise DataError(
+                f"ood_eval.modules: cannot import {name!r} ({reason}); install its package or remove it from ood_eval.modules"
+            ) from None
+
+
+def module_passages(modules: Sequence[str], min_chars: int) -> list[Passage]:
+    """Passages from installed packages' docstrings (e.g. numpy, scipy.stats), as ``stdlib_passages``
+    builds them: text no one trains on, for an out-of-domain evaluation. An object counts when its
+    ``__module__`` lies in the listed module's top-level package; its group is the listed module."""
+    loaded = [(name, _import_listed(name)) for name in modules]  # every import first: nothing is half-built
+
+    def objects() -> Iterator[tuple[str, str, object]]:
+        for name, module in loaded:
+            top = name.split(".")[0]
+            # Packages wrap many functions (numpy's array-function dispatchers, Cython functions,
+            # a hidden generator's bound methods): any routine counts, not only plain functions.
+            yield from _api_objects(
+                module, name, lambda home, top=top: home == top or home.startswith(top + "."), inspect.isroutine, inspect.isroutine
+            )
+
+    return _passages(objects(), min_chars)
+
+
+def package_versions(modules: Sequence[str]) -> dict[str, str | None]:
+    """The installed version of each listed module's top-level package: what ``module_passages`` read."""
+    tops = sorted({name.split(".")[0] for name in modules})
+    return {top: getattr(importlib.import_module(top), "__version__", None) for top in tops}
+
+
+def evenly_spaced(passages: list[Passage], max_passages: int | None) -> list[Passage]:
+    """At most ``max_passages``, evenly spaced, so every module stays represented."""
+    if not max_passages or len(passages) <= max_passages:
+        return passages
+    stride = len(passages) / max_passages
+    return [passages[int(i * stride)] for i in range(max_passages)]
 
 
 def load_user_corpus(source: str) -> list[Passage]:
@@ -100,10 +167,7 @@ def build(source: str, min_chars: int, max_passages: int | None) -> list[Passage
     passages = stdlib_passages(min_chars) if source == "stdlib" else load_user_corpus(source)
     if not passages:
         raise DataError(f"{source}: no passages found (min_chars={min_chars}); lower corpus.min_chars")
-    if max_passages and len(passages) > max_passages:
-        stride = len(passages) / max_passages  # evenly spaced, so every module stays represented
-        passages = [passages[int(i * stride)] for i in range(max_passages)]
-    return passages
+    return evenly_spaced(passages, max_passages)
 
 
 def stdlib_extra_texts(taken: set[str]) -> list[str]:
