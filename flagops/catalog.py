@@ -218,6 +218,15 @@ STEPS: tuple[Step, ...] = (
         summary="Generate a query per passage; split train/test by group (module).",
     ),
     Step(
+        "build_ood_eval",
+        "flagops.steps.build_ood_eval",
+        ("ood_eval", "synthesis"),
+        (),
+        (Artifact("ood_eval_set", "data/eval_ood", is_dir=True),),
+        summary="A second, untrained domain for evaluate: numpy/scipy docstrings with the same query synthesis.",
+        when=(("ood_eval.enabled", (True,)),),
+    ),
+    Step(
         "pretrain_retromae",
         "flagops.steps.pretrain_retromae",
         ("model", "pretrain"),

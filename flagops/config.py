@@ -270,9 +270,10 @@ class MergeConfig(Section):
     # Which model the pipeline registers and gates (evaluate decides; its candidate/ keys are that
     # model's): `best` the fine-tuned or the merged one, whichever has the higher mean of the
     # `select_on` metrics (each system's own keys, e.g. ndcg@10 on the held-out set and
-    # ood/ndcg@10 on the second domain); `merged` always the merged one (BGE's recipe).
+    # ood/ndcg@10 on the second domain; None: ndcg@10, and ood/ndcg@10 too when ood_eval is on);
+    # `merged` always the merged one (BGE's recipe).
     select: Literal["best", "merged"] = "best"
-    select_on: tuple[str, ...] = Field(("ndcg@10", "ood/ndcg@10"), min_length=1)
+    select_on: tuple[str, ...] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _weights(self) -> MergeConfig:
@@ -468,6 +469,11 @@ class FlagopsConfig(Section):
     def _branches(self) -> FlagopsConfig:
         if self.teacher.mode == "trained" and not self.reranker.enabled:
             raise ValueError("teacher.source=reranker scores with the reranker this pipeline trains; set reranker.enabled=true")
+        ood = [k for k in self.merge.select_on or () if k.startswith("ood/")]
+        if self.merge.enabled and self.merge.select == "best" and ood and not self.ood_eval.enabled:
+            raise ValueError(
+                f"merge.select_on names {ood[0]}, the second domain's score; set ood_eval.enabled=true or drop it from select_on"
+            )
         return self
 
 

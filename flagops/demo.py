@@ -26,14 +26,21 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_
 
     metrics = read_json(workdir / "metrics/eval.json")
     promotion = read_json(workdir / "registry/promotion.json")
-    table = Table(title=f"Held-out retrieval ({cfg.profile} profile)")
+    columns = ["ndcg@10", "mrr@10", "recall@100"] + (["ood/ndcg@10"] if "candidate/ood/ndcg@10" in metrics else [])
+    table = Table(title=f"Held-out retrieval ({cfg.profile} profile)" + (", and the second domain (ood)" if len(columns) > 3 else ""))
     table.add_column("system")
-    for m in ("ndcg@10", "mrr@10", "recall@100"):
+    for m in columns:
         table.add_column(m, justify="right")
     for label, prefix in result_rows(metrics):
-        table.add_row(label, *(f"{metrics[f'{prefix}/{m}']:.4f}" for m in ("ndcg@10", "mrr@10", "recall@100")))
+        table.add_row(label, *(f"{metrics[f'{prefix}/{m}']:.4f}" if f"{prefix}/{m}" in metrics else "-" for m in columns))
     console = Console(soft_wrap=True)
     console.print(table)
+    merge_json = workdir / "models/merged/merge.json"
+    if merge_json.is_file():  # the merge's ingredients and weights, and which model the pipeline released
+        record = read_json(merge_json)
+        weights = ", ".join(f"{Path(i['source']).name} {i['weight']:.4f}" for i in record["ingredients"])
+        picked = "merged" if metrics.get("candidate/merged") == 1.0 else "fine-tuned"
+        console.print(f"merge ({record['method']}): weights {weights}; released the {picked} model (merge.select={cfg.merge.select})")
     delta = metrics.get("candidate/ndcg@10", 0.0) - metrics.get("base/ndcg@10", 0.0)
     console.print(f"candidate vs base nDCG@10: {delta:+.4f}")
     gate = cfg.registry.primary_metric

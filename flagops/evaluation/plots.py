@@ -28,6 +28,9 @@ def result_rows(metrics: Mapping[str, float]) -> list[tuple[str, str]]:
     """(label, key prefix) of every system in ``metrics``: baselines, the candidate, and
     the candidate's M3 modes when it is an M3 model (``candidate/m3_hybrid/ndcg@10``)."""
     rows = [(s, s) for s in SYSTEMS if any(k.startswith(f"{s}/") for k in metrics)]
+    if "candidate/merged" in metrics:  # with a merge, the candidate is the release evaluate picked
+        picked = "merged" if metrics["candidate/merged"] == 1.0 else "fine_tuned"
+        rows = [(f"candidate (= {picked})" if s == "candidate" else label, s) for label, s in rows]
     rows += [(f"candidate {m}", f"candidate/{m}") for m in M3_MODES if f"candidate/{m}/ndcg@10" in metrics]
     layers = sorted({k.split("/")[1] for k in metrics if k.startswith("reranked/layer_")}, key=lambda s: int(s.removeprefix("layer_")))
     rows += [(f"reranked {layer.replace('_', ' ')}", f"reranked/{layer}") for layer in layers]

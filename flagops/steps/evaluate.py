@@ -10,7 +10,7 @@ bar chart PNG and the chart's rows for DVC's bar template; logs metrics and char
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -92,7 +92,8 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
         if ood is not None:
             metrics.update(prefixed(retrieval_metrics(ood.qrels, bm25_search(ood.corpus, ood.queries, evaluator.top_k)), "bm25/ood"))
     if merging:
-        metrics.update(select_release(cfg.merge, metrics))
+        default = ("ndcg@10", "ood/ndcg@10") if ood is not None else ("ndcg@10",)
+        metrics.update(select_release(cfg.merge.select, cfg.merge.select_on or default, metrics))
     layers_chart = None
     if rerank:
         metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"]))
@@ -142,26 +143,26 @@ def rerank_stage(cfg, eval_set, run, trained: Path) -> dict[str, float]:
     return metrics
 
 
-def select_release(merge_cfg, metrics: Mapping[str, float]) -> dict[str, float]:
+def select_release(select: str, select_on: Sequence[str], metrics: Mapping[str, float]) -> dict[str, float]:
     """The ``candidate/*`` keys: a copy of the merged or the fine-tuned model's, and
     ``candidate/merged`` (1 or 0) telling register_model which directory they describe.
 
-    ``merge.select=best`` takes the merged model when the mean of its ``merge.select_on``
-    metrics is at least the fine-tuned one's (a tie goes to the merge: no loss on the target,
-    and merging is what keeps the general ability); ``merged`` takes it always.
+    ``select="best"`` takes the merged model when the mean of its ``select_on`` metrics is at
+    least the fine-tuned one's (a tie goes to the merge: no loss on the target, and merging is
+    what keeps the general ability); ``"merged"`` takes it always.
     """
-    missing = [k for k in merge_cfg.select_on for sys in ("merged", "fine_tuned") if f"{sys}/{k}" not in metrics]
+    missing = [k for k in select_on for sys in ("merged", "fine_tuned") if f"{sys}/{k}" not in metrics]
     if missing:
         raise ConfigError(
             f"merge.select_on: no {missing[0]!r} in evaluate's metrics (ood/... needs ood_eval.enabled=true); "
             f"name metrics evaluate writes, such as ndcg@10"
         )
-    means = {sys: sum(metrics[f"{sys}/{k}"] for k in merge_cfg.select_on) / len(merge_cfg.select_on) for sys in ("merged", "fine_tuned")}
-    chosen = "merged" if merge_cfg.select == "merged" or means["merged"] >= means["fine_tuned"] else "fine_tuned"
-    on = " + ".join(merge_cfg.select_on)
+    means = {sys: sum(metrics[f"{sys}/{k}"] for k in select_on) / len(select_on) for sys in ("merged", "fine_tuned")}
+    chosen = "merged" if select == "merged" or means["merged"] >= means["fine_tuned"] else "fine_tuned"
+    on = " + ".join(select_on)
     print(
         f"evaluate: the release candidate is the {chosen.replace('_', '-')} model "
-        f"(merge.select={merge_cfg.select}; mean of {on}: merged {means['merged']:.4f}, fine-tuned {means['fine_tuned']:.4f})"
+        f"(merge.select={select}; mean of {on}: merged {means['merged']:.4f}, fine-tuned {means['fine_tuned']:.4f})"
     )
     copied = {f"candidate/{k.partition('/')[2]}": v for k, v in metrics.items() if k.startswith(f"{chosen}/")}
     return copied | {"candidate/merged": float(chosen == "merged")}

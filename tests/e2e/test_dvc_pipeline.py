@@ -168,3 +168,38 @@ def test_m3_pipeline_trains_evaluates_every_mode_and_registers(tmp_path_factory,
         assert (wd / "models/candidate" / head).is_file()
     uri = f"sqlite:///{wd / 'mlflow.db'}"
     assert str(MlflowClient(uri, uri).get_model_version_by_alias("bge-m3-tiny", "champion").version) == "1"
+
+
+def test_merge_pipeline_scores_two_domains_and_registers_its_pick(tmp_path_factory, repo_root):
+    """Profile tiny_merge under `dvc repro`: merge_models mixes the candidate and its base with
+    data-driven weights, build_ood_eval adds a second domain, and register_model logs the model
+    evaluate picked, with the ingredients and weights as lineage."""
+    import math
+
+    from flagops.registry.lineage import dir_sha256
+
+    wd = tmp_path_factory.mktemp("e2e-merge") / "ws"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny_merge", "--workdir", str(wd)], repo_root, env)
+    assert {"build_ood_eval", "merge_models"} <= set(_ran(out))
+    metrics = json.loads((wd / "metrics/eval.json").read_text())
+    for system in ("bm25", "base", "fine_tuned", "merged"):
+        assert 0.0 <= metrics[f"{system}/ood/ndcg@10"] <= 1.0 and 0.0 <= metrics[f"{system}/ndcg@10"] <= 1.0
+    # the weights are softmax(-loss / T) of the losses merge.json records
+    record = json.loads((wd / "models/merged/merge.json").read_text())
+    losses, weights = record["losses"], [i["weight"] for i in record["ingredients"]]
+    expected = [math.exp(-loss / record["temperature"]) for loss in losses]
+    assert weights == pytest.approx([e / sum(expected) for e in expected], abs=1e-6)
+    # the merge sits between its ingredients: a random base and a fine-tuned model mixed ~50/50 differ from both
+    assert metrics["merged/ndcg@10"] not in (metrics["fine_tuned/ndcg@10"], metrics["base/ndcg@10"])
+    # evaluate's pick is the higher mean over both domains, and its keys are the candidate's
+    mean = {s: (metrics[f"{s}/ndcg@10"] + metrics[f"{s}/ood/ndcg@10"]) / 2 for s in ("fine_tuned", "merged")}
+    picked = "merged" if mean["merged"] >= mean["fine_tuned"] else "fine_tuned"
+    assert metrics["candidate/merged"] == float(picked == "merged")
+    assert metrics["candidate/ndcg@10"] == metrics[f"{picked}/ndcg@10"]
+    # the champion is that directory, and says what it was mixed from
+    client = MlflowClient(tracking_uri=f"sqlite:///{wd / 'mlflow.db'}", registry_uri=f"sqlite:///{wd / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("bge-tiny-merged", "champion")
+    directory = wd / ("models/merged" if picked == "merged" else "models/candidate")
+    assert champion.tags["model_sha256"] == dir_sha256(directory)
+    assert ("flagops.merge.ingredients" in champion.tags) == (picked == "merged")

@@ -200,33 +200,39 @@ def test_no_secret_literals_in_dag_files():
         assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), f"{path}: credentials in a URI"
 
 
+PROFILE = "tiny_pretrain"  # the tiny loop plus the pretraining branch: both run for real here
+
+
 @pytest.mark.slow
 def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
-    """`airflow dags test retrain_embedder` on the tiny profile ends with a champion in MLflow."""
+    """`airflow dags test retrain_embedder` on the tiny_pretrain profile (the tiny loop with RetroMAE
+    before fine-tuning) ends with a champion in MLflow."""
     from mlflow.tracking import MlflowClient
 
     _require_airflow_venv()
     workdir, store = tmp_path / "ws", tmp_path / "mlflow.db"
     workdir.mkdir()
-    _run([FLAGOPS_BIN, "params", "tiny", "-o", workdir / "params.yaml"], dict(os.environ))
+    _run([FLAGOPS_BIN, "params", PROFILE, "-o", workdir / "params.yaml"], dict(os.environ))
     uri = f"sqlite:///{store}"  # four slashes: tmp_path is absolute
     env = _env(
         tmp_path / "airflow-home",
         FLAGOPS_AIRFLOW_MODE="local",
         FLAGOPS_WORKDIR=str(workdir),
         MLFLOW_TRACKING_URI=uri,
-        FLAGOPS_PROFILE="tiny",
+        FLAGOPS_PROFILE=PROFILE,
     )
     _run([AIRFLOW_BIN / "airflow", "db", "migrate"], env)
     started = time.perf_counter()
     _run([AIRFLOW_BIN / "airflow", "dags", "test", "retrain_embedder"], env, timeout=900)
-    print(f"\nairflow dags test retrain_embedder (tiny profile): {time.perf_counter() - started:.0f} s wall")
+    print(f"\nairflow dags test retrain_embedder ({PROFILE} profile): {time.perf_counter() - started:.0f} s wall")
 
     model = load_config(workdir / "params.yaml").registry.model_name
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias(model, "champion").version) == "1"
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
-    assert {r.data.tags.get("flagops.step") for r in runs} >= set(catalog.pipeline(load_config("tiny")).names)
+    assert {r.data.tags.get("flagops.step") for r in runs} >= set(catalog.pipeline(load_config(PROFILE)).names)
+    metrics = json.loads((workdir / "metrics" / "eval.json").read_text())
+    assert {"pretrained/ndcg@10", "base/ndcg@10", "candidate/ndcg@10"} <= set(metrics)  # the RetroMAE encoder is scored too
     assert (workdir / "registry" / "promotion.json").is_file()
     # One MLflow parent run for the DAG run (FLAGOPS_PIPELINE_KEY), every step run under it.
     (parent,) = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]

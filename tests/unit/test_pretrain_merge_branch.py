@@ -63,28 +63,29 @@ def _metrics(fine: tuple[float, float], merged: tuple[float, float]) -> dict[str
     }
 
 
+BOTH = ("ndcg@10", "ood/ndcg@10")
+
+
 def test_best_picks_the_higher_mean_over_both_domains():
-    merge = load_config("tiny", ["merge.enabled=true"]).merge
     # merged loses 0.02 on the target and gains 0.10 on the second domain: mean 0.54 vs 0.50
-    picked = select_release(merge, _metrics(fine=(0.60, 0.40), merged=(0.58, 0.50)))
+    picked = select_release("best", BOTH, _metrics(fine=(0.60, 0.40), merged=(0.58, 0.50)))
     assert picked == {"candidate/ndcg@10": 0.58, "candidate/ood/ndcg@10": 0.50, "candidate/mrr@10": 0.4, "candidate/merged": 1.0}
     # merged loses 0.10 on the target for 0.02 elsewhere: mean 0.46 vs 0.50, the fine-tuned one stays
-    picked = select_release(merge, _metrics(fine=(0.60, 0.40), merged=(0.50, 0.42)))
+    picked = select_release("best", BOTH, _metrics(fine=(0.60, 0.40), merged=(0.50, 0.42)))
     assert picked["candidate/ndcg@10"] == 0.60 and picked["candidate/merged"] == 0.0 and "candidate/base" not in str(picked)
 
 
 def test_select_merged_always_takes_it_and_select_on_one_domain_ignores_the_other():
-    cfg = load_config("tiny", ["merge.enabled=true", "merge.select=merged"])
-    assert select_release(cfg.merge, _metrics(fine=(0.9, 0.9), merged=(0.1, 0.1)))["candidate/merged"] == 1.0
-    target_only = load_config("tiny", ["merge.enabled=true", "merge.select_on=[ndcg@10]"]).merge
-    assert select_release(target_only, _metrics(fine=(0.60, 0.10), merged=(0.59, 0.90)))["candidate/merged"] == 0.0
+    assert select_release("merged", BOTH, _metrics(fine=(0.9, 0.9), merged=(0.1, 0.1)))["candidate/merged"] == 1.0
+    assert select_release("best", ("ndcg@10",), _metrics(fine=(0.60, 0.10), merged=(0.59, 0.90)))["candidate/merged"] == 0.0
 
 
 def test_select_on_a_metric_evaluate_did_not_write_names_it():
-    merge = load_config("tiny", ["merge.enabled=true"]).merge
     metrics = {k: v for k, v in _metrics((0.6, 0.4), (0.5, 0.5)).items() if "/ood/" not in k}
     with pytest.raises(ConfigError, match=r"merge.select_on: no 'ood/ndcg@10' in evaluate's metrics \(ood/\.\.\. needs ood_eval"):
-        select_release(merge, metrics)
+        select_release("best", BOTH, metrics)
+    with pytest.raises(ConfigError, match=r"merge.select_on names ood/ndcg@10, .* set ood_eval.enabled=true or drop it"):
+        load_config("tiny", ["merge.enabled=true", "merge.select_on=[ndcg@10, ood/ndcg@10]"])
 
 
 def test_register_logs_the_directory_the_candidate_keys_describe(tmp_path):
@@ -98,8 +99,17 @@ def test_register_logs_the_directory_the_candidate_keys_describe(tmp_path):
 
 def test_merge_lineage_tags_name_each_ingredient_and_weight(tmp_path):
     assert merge_tags(tmp_path) == {}
-    record = {"method": "data", "ingredients": [{"source": "models/candidate", "weight": 0.5213}, {"source": "tiny-bert", "weight": 0.4787}]}
+    record = {
+        "method": "data",
+        "ingredients": [{"source": "models/candidate", "weight": 0.5213}, {"source": "tiny-bert", "weight": 0.4787}],
+    }
     (tmp_path / "merge.json").write_text(json.dumps(record))
     tags = merge_tags(tmp_path)
     assert tags["flagops.merge.method"] == "data"
     assert json.loads(tags["flagops.merge.ingredients"]) == record["ingredients"]
+
+
+def test_the_second_domain_feeds_evaluate_only():
+    pipe = catalog.pipeline(load_config("tiny_merge"))
+    assert {(a, b) for a, b in pipe.edges() if a == "build_ood_eval"} == {("build_ood_eval", "evaluate")}
+    assert pipe.task("evaluate").inputs["ood_eval_set"] == "ood_eval_set"
