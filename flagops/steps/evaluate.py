@@ -96,7 +96,7 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
         metrics.update(select_release(cfg.merge.select, cfg.merge.select_on or default, metrics))
     layers_chart = None
     if rerank:
-        metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"]))
+        metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"], tasks))
         if layers := layer_rows(metrics):
             layers_chart = Path(outputs["chart"]).with_name("reranker_layers.png")
     metrics = {key: round(float(value), DECIMALS) for key, value in metrics.items()}
@@ -123,9 +123,10 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     return metrics
 
 
-def rerank_stage(cfg, eval_set, run, trained: Path) -> dict[str, float]:
+def rerank_stage(cfg, eval_set, run, trained: Path, tasks=()) -> dict[str, float]:
     """Rerank the candidate's dense top-k with the base reranker (what train_reranker starts
-    from) and with the trained one; a layerwise reranker also at each of its layers."""
+    from) and with the trained one; a layerwise reranker also at each of its layers. The
+    trained one also runs ``evaluate.tasks``' reranking tasks (``reranked/suite/...``)."""
     from flagops.models.reranker import load_reranker
     from flagops.training.reranker import build_reranker
 
@@ -137,6 +138,8 @@ def rerank_stage(cfg, eval_set, run, trained: Path) -> dict[str, float]:
     del base
     model = load_reranker(trained)
     metrics |= rerank_metrics(partial(model.score_pairs, batch_size=r.batch_size), eval_set, run, r.top_k, "reranked")
+    if reranking := [t for t in tasks if t.type == "reranking"]:
+        metrics |= suite.flat_metrics(suite.run_tasks(model, str(trained), reranking, r.batch_size, is_reranker=True), "reranked")
     for layer in getattr(model, "layers", ()):  # layerwise: every trained layer as a cutoff
         score = partial(model.score_pairs, batch_size=r.batch_size, cutoff_layer=layer)
         metrics |= rerank_metrics(score, eval_set, run, r.top_k, f"reranked/layer_{layer}")

@@ -277,3 +277,20 @@ def test_a_bad_suite_task_stops_before_any_model_loads(workspace, tmp_path):
     with pytest.raises(Exception, match="nowhere"):
         execute("evaluate", cfg, inputs, outputs, track=False)
     assert not outputs["metrics"].exists()
+
+
+def test_the_trained_reranker_runs_the_suites_reranking_tasks(workspace, repo_root):
+    """With the reranker branch, evaluate.tasks' reranking tasks score the trained reranker too
+    (``reranked/suite/...``), with the same code as `flagops eval --model <reranker>`."""
+    from flagops.evaluation.suite import load_tasks, run_suite
+    from flagops.models.reranker import resolve_reranker_source
+
+    rerank_task = str(repo_root / "tests" / "fixtures" / "eval" / "reranking.jsonl")
+    cfg = load_config("tiny_reranker", ["evaluate.bm25=false", "evaluate.base=false", f"evaluate.tasks=[{rerank_task}]"])
+    inputs, outputs = step_paths(workspace, "suite-reranker")
+    reranker = resolve_reranker_source("tiny-reranker@3")
+    metrics = execute("evaluate", cfg, {**inputs, "reranker_model": reranker}, outputs, track=False)
+    (row,) = run_suite([str(reranker)], load_tasks([rerank_task]))
+    assert metrics["reranked/suite/reranking/map"] == pytest.approx(row["metrics"]["map"], abs=1e-6)
+    assert metrics["reranked/suite/average"] == pytest.approx(row["main_score"], abs=1e-6)
+    assert "candidate/suite/reranking/map" in metrics  # the embedder ranks the same rows by cosine
