@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the peer venv used by benchmarks/retromae_speed.py: FlagEmbedding 1.2.11, the last
+# Create the peer venv used by benchmarks/retromae_speed.py: FlagEmbedding 1.2.11, a
 # release line that shipped RetroMAE pretraining (FlagEmbedding/baai_general_embedding/retromae_pretrain;
 # 1.4.2, the current one, has none).
 #
