@@ -165,6 +165,10 @@ def check_compatible(models: list[ModelTensors], labels: list[str]) -> None:
             specs0, specs = first.groups[group], model.groups[group]
             for key in list(specs0) + [k for k in specs if k not in specs0]:
                 if key not in specs or key not in specs0:
+                    if not (specs0.get(key) or specs[key]).floating:
+                        # An integer buffer (an older checkpoint's `embeddings.position_ids`) is
+                        # copied from the first model, never averaged: the others need not hold it.
+                        continue
                     has, lacks = (name0, label) if key in specs0 else (label, name0)
                     raise MergeError(f"tensor {key!r}: in {has} but not in {lacks}; merge models of one architecture")
                 a, b = specs0[key], specs[key]

@@ -286,6 +286,27 @@ def test_shapes_that_differ_name_the_tensor_and_both_shapes(berts, tmp_path):
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
 
 
+def test_an_integer_buffer_only_one_checkpoint_holds_is_no_mismatch(berts, tmp_path):
+    """An older checkpoint (the MiniLM package's) stores the int64 buffer ``embeddings.position_ids``
+    that transformers 5 no longer saves: integers are copied from the first model, so it merges,
+    in either order, and a float tensor missing from one model is still refused."""
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(berts[1], old)
+    state = load_file(str(old / "model.safetensors"))
+    state["embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    save_file(state, str(old / "model.safetensors"), metadata={"format": "pt"})
+    merge_models([berts[0], old], [0.5, 0.5], tmp_path / "new-first")
+    merge_models([old, berts[0]], [0.5, 0.5], tmp_path / "old-first")
+    assert "embeddings.position_ids" not in load_file(str(tmp_path / "new-first" / "model.safetensors"))
+    assert torch.equal(load_file(str(tmp_path / "old-first" / "model.safetensors"))["embeddings.position_ids"], torch.arange(64)[None])
+    del state["embeddings.position_ids"], state["pooler.dense.bias"]
+    save_file(state, str(old / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(MergeError, match=r"tensor 'pooler\.dense\.bias': in .* but not in "):
+        merge_models([berts[0], old], [0.5, 0.5], tmp_path / "out")
+
+
 def test_architectures_that_differ_are_refused(berts, tmp_path):
     with pytest.raises(MergeError, match=r"architecture bert \['BertForSequenceClassification'\] differs"):
         merge_models([berts[0], resolve_reranker_source("tiny-reranker@0")], [0.5, 0.5], tmp_path / "out")
