@@ -19,9 +19,6 @@ WordPiece and SentencePiece tokenisers flagops models use split both alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,7 @@ try:
 except ImportError as exc:  # a dev extra: the library itself never needs it
     raise ImportError(f"flagops.evaluation.mteb_wrapper needs mteb 2.x ({exc}): pip install 'mteb>=2,<3'") from None
 
-from flagops.evaluation.suite import Task, query_instruction
+from flagops.evaluation.suite import Task, query_instruction, with_instruction
 
 ZH_CODES = ("cmn", "zho")  # ISO 639-3 codes of mteb's Chinese tasks (cmn-Hans, zho-Hans, ...)
 
@@ -128,16 +125,6 @@ class FlagopsEncoder(AbsEncoder):
         task = Task(task_metadata.name, task_metadata.type.lower(), None, language=task_language(task_metadata, hf_subset))
         return query_instruction(task, self.source, self.model.settings.query_instruction)[0]
 
-    @contextmanager
-    def _instruction(self, instruction: str) -> Iterator[None]:
-        embedder = self._embedder
-        saved = embedder.settings
-        embedder.settings = replace(saved, query_instruction=instruction)
-        try:
-            yield
-        finally:
-            embedder.settings = saved
-
     def encode(
         self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type: PromptType | None = None, **kwargs: Any
     ) -> np.ndarray:
@@ -146,7 +133,7 @@ class FlagopsEncoder(AbsEncoder):
         is_query = prompt_type == PromptType.query
         instruction = self.query_instruction(task_metadata, hf_subset) if is_query else ""
         progress = f"{task_metadata.name} {prompt_type.value if prompt_type else 'texts'}" if kwargs.get("show_progress_bar") else None
-        with self._instruction(instruction):
+        with with_instruction(self._embedder, instruction):
             return self.model.encode(texts, is_query=is_query, batch_size=kwargs.get("batch_size", 32), progress=progress)
 
 

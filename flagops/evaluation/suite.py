@@ -408,7 +408,7 @@ def query_instruction(task: Task, source: str, saved: str) -> tuple[str, str]:
 
 
 @contextmanager
-def _instruction(embedder, instruction: str):
+def with_instruction(embedder, instruction: str):
     """The embedder's query instruction set to ``instruction`` for one task, then restored."""
     saved = embedder.settings
     embedder.settings = replace(saved, query_instruction=instruction)
@@ -471,7 +471,7 @@ def _score(task: Task, source: str, model, is_reranker: bool, batch_size: int) -
         return {f"{source} [dense]" if m3 else source: score_task(task, model, is_reranker, batch_size)}
     instruction, origin = query_instruction(task, source, model.settings.query_instruction)
     print(f"eval: {source} on {task.name}: query instruction {instruction!r} ({origin})")
-    with _instruction(model.embedder if m3 else model, instruction):
+    with with_instruction(model.embedder if m3 else model, instruction):
         if m3 and task.type == "retrieval":
             return {f"{source} [{mode}]": metrics for mode, metrics in _m3_modes(task, model, batch_size).items()}
         return {f"{source} [dense]" if m3 else source: score_task(task, model, is_reranker, batch_size)}

@@ -250,17 +250,8 @@ class RetroMAEForPretraining(nn.Module):
         return {"loss": retromae_loss(out.logits, encoder_labels, decoder_logits, decoder_labels)}
 
     def state_dict(self, *args, **kwargs):
-        """As ``nn.Module``'s, with its own copy for each further name of a tied tensor (the MLM
-        head's decoder is the word embedding matrix): the Trainer writes checkpoints of a plain
-        module with safetensors, which refuses shared memory. A resume fills both names alike."""
-        state = super().state_dict(*args, **kwargs)
-        seen = set()
-        for key, tensor in state.items():
-            ident = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-            if tensor.numel() and ident in seen:
-                state[key] = tensor.detach().clone()
-            seen.add(ident)
-        return state
+        """As ``nn.Module``'s, the tied MLM head (the word embedding matrix) as its own copy (``common.untied``)."""
+        return common.untied(super().state_dict(*args, **kwargs))
 
     def save(self, dest: Path) -> None:
         """The encoder alone (its MLM head included) and the tokenizer: an HF directory that

@@ -250,6 +250,19 @@ def loss_summary(trainer: Trainer, result) -> dict[str, float]:
     }
 
 
+def untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its own copy for each further name of a tied tensor (an MLM or LM head that
+    is the embedding matrix): the Trainer writes checkpoints of a plain module with safetensors,
+    which refuses tensors that share memory. A resume fills both names alike."""
+    seen = set()
+    for key, tensor in state.items():
+        ident = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        if tensor.numel() and ident in seen:
+            state[key] = tensor.detach().clone()
+        seen.add(ident)
+    return state
+
+
 def with_base_model(cfg, inputs):
     """``cfg`` with ``model.base`` set to the ``base_model`` input when the pipeline hands one
     over (pretrain_retromae's encoder); the profile's own base otherwise. Only the trainers see

@@ -94,17 +94,8 @@ class RerankerForTraining(nn.Module):
         return {"loss": self.loss(scores, teacher_scores)}
 
     def state_dict(self, *args, **kwargs):
-        """As ``nn.Module``'s, with a copy for each further name of a tied tensor (many decoders'
-        LM head is their embedding matrix). The Trainer writes checkpoints of a plain module with
-        safetensors, which refuses tensors that share memory; a resume fills both names alike."""
-        state = super().state_dict(*args, **kwargs)
-        seen = set()
-        for key, tensor in state.items():
-            ident = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-            if tensor.numel() and ident in seen:
-                state[key] = tensor.detach().clone()
-            seen.add(ident)
-        return state
+        """As ``nn.Module``'s, a tied LM head (many decoders' embedding matrix) as its own copy (``common.untied``)."""
+        return common.untied(super().state_dict(*args, **kwargs))
 
     def save(self, dest: Path) -> None:
         """The reranker's directory (weights, tokenizer) plus ``RERANKER_FILE``, renamed into place
