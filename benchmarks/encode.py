@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from flagops.data.corpus import stdlib_passages
-from flagops.models.embedder import Embedder
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _flops import EncoderDims, encoder_flops, gemm_peak, utilisation  # noqa: E402
+
+from flagops.data.corpus import stdlib_passages  # noqa: E402
+from flagops.models.embedder import Embedder  # noqa: E402
 
 
 def benchmark_texts(n: int) -> list[str]:
@@ -75,6 +78,17 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1)  # (n,)
 
 
+def print_utilisation(dims: EncoderDims, tokens: list[int], best: dict[str, float]) -> None:
+    """Each encoder's achieved GFLOP/s on the real (unpadded) tokens, against this machine's GEMM peaks now."""
+    work = encoder_flops(dims, tokens)
+    fp32, how = gemm_peak("fp32")
+    int8, _ = gemm_peak("int8")
+    print(f"{'GEMM peak':>22}: fp32 {fp32:.1f} GFLOP/s, int8 {int8:.1f} GOP/s ({how.split(', ', 1)[1]})")
+    print(f"{'work':>22}: {work / 1e9:.1f} GFLOP ({work / sum(tokens) / 1e6:.1f} MFLOP per real token)")
+    for name, seconds in best.items():
+        print(f"{name:>22}: {utilisation(work, seconds, fp32)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="number of texts")
@@ -116,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>22}: {rate:7.1f} sentences/s (wall best {best[name]:.1f} s, worst {worst[name]:.1f} s; cpu {cpu[name]:.1f} s)")
     ratio_cpu = cpu["sentence-transformers"] / cpu["flagops"]
     print(f"{'ratio flagops/ST':>22}: {rates['flagops'] / rates['sentence-transformers']:.3f} (by cpu time: {ratio_cpu:.3f})")
+    print_utilisation(EncoderDims.from_config(ours.model.config), tokens, best)
 
     cos = row_cosines(vectors["flagops"], vectors["sentence-transformers"])
     ok = bool(cos.min() >= args.min_cos)

@@ -11,8 +11,10 @@ embedding requests to each server from an async client. A cell runs in ``--round
 slices, and the servers take turns going first by cell and by slice, so both see the
 same machine load. Per cell and server it prints p50/p95/p99 latency, texts/s, errors
 and the server's CPU milliseconds per text (less swayed by other jobs than wall time),
-and the ratio flagops/infinity of each. Needs ``.venv-infinity``
-(``benchmarks/setup_infinity_venv.sh``).
+and the ratio flagops/infinity of each, then each server's achieved GFLOP/s (``_flops.py``:
+the model's forward FLOPs for ``--tokens``-token texts x texts/s) against a GEMM peak
+measured here before the servers start. ``--device cuda`` serves both in fp16 on the GPU
+(``benchmarks/gpu.sh``). Needs ``.venv-infinity`` (``benchmarks/setup_infinity_venv.sh``).
 Exits 1 if the vectors differ or flagops answered any request with an error.
 """
 
@@ -37,7 +39,10 @@ import httpx
 import numpy as np
 import psutil
 
-from flagops.serving.smoke import LOOPBACK, free_port  # loopback: load goes to this machine only
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _flops import EncoderDims, encoder_flops, gemm_peak  # noqa: E402
+
+from flagops.serving.smoke import LOOPBACK, free_port  # noqa: E402  (loopback: load goes to this machine only)
 
 REPO = Path(__file__).resolve().parent.parent
 INFINITY_ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
@@ -159,7 +164,14 @@ class Server:
         return json.dumps({"input": texts, "model": SERVED_NAME}).encode()
 
 
-def flagops_server(model_dir: Path, logs: Path) -> Server:
+# fp16 on CUDA for both servers (flagops' serve.dtype=auto and infinity's --dtype auto pick it too; said
+# outright so the table states what ran); on CPU both stay at their fp32 defaults.
+FLAGOPS_PLACEMENT = {"cpu": ["serve.device=cpu"], "cuda": ["serve.device=cuda", "serve.dtype=float16"]}
+INFINITY_PLACEMENT = {"cpu": ["--device", "cpu"], "cuda": ["--device", "cuda", "--dtype", "float16"]}
+
+
+def flagops_server(model_dir: Path, logs: Path, device: str | None = None) -> Server:
+    """``device`` None leaves the placement to ``serve.device=auto`` (soak.py); cpu or cuda pins it."""
     port = free_port()
     argv = [
         sys.executable,
@@ -174,11 +186,12 @@ def flagops_server(model_dir: Path, logs: Path) -> Server:
         str(port),
         "--name",
         SERVED_NAME,
+        *(FLAGOPS_PLACEMENT[device] if device else []),
     ]
     return Server("flagops", argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings", f"/v2/models/{SERVED_NAME}/ready", logs / "flagops.log")
 
 
-def infinity_server(model_dir: Path, logs: Path, venv: Path) -> Server:
+def infinity_server(model_dir: Path, logs: Path, venv: Path, device: str = "cpu") -> Server:
     port = free_port()
     exe = venv / "bin" / "infinity_emb"
     if not exe.is_file():
@@ -192,8 +205,7 @@ def infinity_server(model_dir: Path, logs: Path, venv: Path) -> Server:
         SERVED_NAME,
         "--engine",
         "torch",
-        "--device",
-        "cpu",
+        *INFINITY_PLACEMENT[device],
         "--host",
         LOOPBACK,
         "--port",
@@ -333,7 +345,7 @@ def request_bodies(server: Server, texts: list[str], batch: int, n: int, offset:
     return out
 
 
-async def run_cells(servers: Sequence[Server], texts: list[str], args: argparse.Namespace) -> list[Cell]:
+async def run_cells(servers: Sequence[Server], texts: list[str], args: argparse.Namespace, util: Utilisation) -> list[Cell]:
     """Every payload x concurrency cell on every server, interleaved slice by slice."""
     payloads = {"single": 1, f"batch{args.batch}": args.batch}
     cells: list[Cell] = []
@@ -357,7 +369,7 @@ async def run_cells(servers: Sequence[Server], texts: list[str], args: argparse.
                     cell.texts += batch * sum(o.error is None for o in outcomes)
             i += 1
             cells += mine.values()
-            print_cell_group([c.summary() for c in mine.values()])
+            print_cell_group([c.summary() for c in mine.values()], util)
     return cells
 
 
@@ -369,7 +381,16 @@ HEADER = (
 )
 
 
-def print_cell_group(rows: list[dict]) -> None:
+@dataclass(frozen=True)
+class Utilisation:
+    """The model's forward FLOPs per text of the benchmark's length, and the machine's GEMM peak."""
+
+    flops_per_text: int
+    peak_gflops: float
+    peak_label: str  # e.g. "fp32 peak"
+
+
+def print_cell_group(rows: list[dict], util: Utilisation | None = None) -> None:
     for s in rows:
         print(
             f"{s['payload']:<8} {s['concurrency']:>4} {s['server']:<9} {s['requests']:>5} {s['errors']:>4} "
@@ -387,6 +408,10 @@ def print_cell_group(rows: list[dict]) -> None:
             f"{r['texts_per_s']:>8.2f} {r['cpu_ms_per_text']:>11.2f}",
             flush=True,
         )
+    if util:
+        achieved = {s["server"]: s["texts_per_s"] * util.flops_per_text / 1e9 for s in rows}
+        shares = [f"{name} {g:.1f} ({100 * g / util.peak_gflops:.1f}% of the {util.peak_label})" for name, g in achieved.items()]
+        print(f"{'':<14}GFLOP/s: " + ", ".join(shares), flush=True)
 
 
 def check_vectors(servers: Sequence[Server], texts: list[str], min_cos: float) -> tuple[bool, float]:
@@ -436,6 +461,19 @@ def add_server_args(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def measure_utilisation(model_dir: Path, tokens: int, device: str) -> Utilisation:
+    """Measure the GEMM peak (fp32 on CPU, fp16 on CUDA: what the servers compute in) before the servers start."""
+    from transformers import AutoConfig
+
+    dtype = "fp16" if device == "cuda" else "fp32"
+    peak, how = gemm_peak(dtype, device=device)
+    dims = EncoderDims.from_config(AutoConfig.from_pretrained(model_dir))
+    util = Utilisation(encoder_flops(dims, [tokens]), peak, f"{dtype} peak")
+    int8 = "" if device == "cuda" else f", int8 {gemm_peak('int8')[0]:.1f} GOP/s"
+    print(f"GEMM peak: {dtype} {peak:.1f} GFLOP/s ({how}){int8}; {util.flops_per_text / 1e6:.0f} MFLOP per {tokens}-token text")
+    return util
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200, help="timed requests per cell and server")
@@ -445,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved slices per cell (servers alternate first)")
     ap.add_argument("--budget", type=float, default=300, help="seconds per cell and server at most")
     add_server_args(ap)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: both servers on the GPU in fp16")
     ap.add_argument("--min-cos", type=float, default=0.999)
     ap.add_argument("--check-only", action="store_true", help="compare the vectors, skip the load")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
@@ -454,9 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         model_dir = save_model(args.model, args.pooling, tmp / "model")
         texts = docstring_texts(model_dir, args.tokens, n=args.requests * args.batch)
-        servers = [flagops_server(model_dir, tmp), infinity_server(model_dir, tmp, args.infinity_venv)]
+        servers = [flagops_server(model_dir, tmp, args.device), infinity_server(model_dir, tmp, args.infinity_venv, args.device)]
         for s in servers:
             s.env.update(env_pairs(args.env))
+        util = measure_utilisation(model_dir, args.tokens, args.device)
         print(
             f"texts: {len(texts)} stdlib docstrings cut to {args.tokens} tokens; model {args.model}, "
             f"pooling {args.pooling}; {versions(args.infinity_venv)}; "
@@ -473,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"ratios are flagops/infinity (latency and cpu: < 1 is flagops ahead; texts/s: > 1)"
                 )
                 print(HEADER, flush=True)
-                cells = asyncio.run(run_cells(servers, texts, args))
+                cells = asyncio.run(run_cells(servers, texts, args, util))
         finally:
             logs = {s.name: s.log_tail(200) for s in servers}
             stop_all(servers)
