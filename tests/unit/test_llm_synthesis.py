@@ -149,13 +149,17 @@ class FlakyServer(BaseHTTPRequestHandler):
 
     statuses: list[int] = []
     seen = 0
+    lock = threading.Lock()
+    answer = staticmethod(lambda prompt: '{"query": "q"}')  # the reply's content for a prompt
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][0]["content"]
         cls = type(self)
-        status = cls.statuses[cls.seen] if cls.seen < len(cls.statuses) else 200
-        cls.seen += 1
-        reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": '{"query": "q"}'}}]}
+        with cls.lock:  # the server answers concurrent requests on threads
+            status = cls.statuses[cls.seen] if cls.seen < len(cls.statuses) else 200
+            cls.seen += 1
+        message = {"role": "assistant", "content": cls.answer(prompt)}
+        reply = {"choices": [{"index": 0, "finish_reason": "stop", "message": message}]}
         reply |= {
             "id": "x",
             "object": "chat.completion",
@@ -180,6 +184,8 @@ def flaky(monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     FlakyServer.seen = 0
+    FlakyServer.statuses = []
+    monkeypatch.setattr(FlakyServer, "answer", staticmethod(lambda prompt: '{"query": "q"}'))
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
 
@@ -200,6 +206,22 @@ def test_5xx_past_max_retries_is_a_clear_error(flaky, tmp_path):
     with pytest.raises(ls.LLMError, match=r"^passage a: http://.* answered HTTP 500 after 2 tries; lower concurrency or retry later$"):
         client.ask_json(ls.load_template("query_v1"), "p", ls.QUERY_SCHEMA, "passage a")
     assert not list(Path(tmp_path).iterdir())  # nothing cached
+
+
+def test_generate_queries_with_negatives_keeps_passage_order(flaky, tmp_path, monkeypatch):
+    def answer(prompt: str) -> str:
+        body = prompt.split("Passage:\n")[-1].split("\n")[0]
+        if "hard negative" in prompt:
+            return json.dumps({"negatives": [f"not {prompt.split('Query: ')[1].split(chr(10))[0]}", " "]})
+        return json.dumps({"query": f"about {body}"})
+
+    monkeypatch.setattr(FlakyServer, "answer", staticmethod(answer))
+    passages = [Passage(str(i), f"t{i}", f"body {i}") for i in range(6)]
+    cfg = LLMSynthesisConfig(base_url=flaky, model="m", concurrency=3, negatives=True)
+    made, usage = ls.generate_queries(passages, cfg, tmp_path)
+    assert [g.query for g in made] == [f"about body {i}" for i in range(6)]
+    assert [g.negatives for g in made] == [(f"not about body {i}",) for i in range(6)]  # blank ones dropped
+    assert usage.calls == 12 == FlakyServer.seen and usage.prompt_tokens == 12 * 7
 
 
 # ---------------------------------------------------------------- round trip and split
