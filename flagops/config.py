@@ -53,8 +53,31 @@ class CorpusConfig(Section):
     min_chars: int = Field(150, ge=0)  # docstring bodies shorter than this carry too little signal
 
 
+class LLMSynthesisConfig(Section):
+    """``synthesis.generator: llm``: any OpenAI-compatible chat-completions endpoint (docs/synthesis.md).
+    The API key is read from the environment variable ``api_key_env`` only, never from a config."""
+
+    base_url: str | None = None  # e.g. http://vllm.<ns>.svc:8000/v1; None: $FLAGOPS_LLM_BASE_URL
+    model: str | None = None  # the served model's name; None: $FLAGOPS_LLM_MODEL
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0: greedy, so a cache miss still reproduces
+    max_tokens: int = Field(256, ge=1)  # per reply; a query needs ~30, negatives ~300
+    concurrency: int = Field(4, ge=1, le=256)  # requests in flight; a hosted API's rate limit caps it
+    max_retries: int = Field(2, ge=0, le=10)  # per passage: malformed replies, and 429/5xx (with backoff)
+    timeout_s: float = Field(60.0, gt=0.0)  # per request
+    templates_dir: str | None = None  # a folder whose <name>_v<N>.txt files override the shipped ones
+    query_template: str = "query_v1"
+    negatives_template: str = "negatives_v1"
+    negatives: bool = False  # also ask for hard negatives (training neg); doubles the calls
+    filter_top_k: int | None = Field(20, ge=1)  # keep a query only if its passage is in the base model's top-k; None: keep all
+    cache_dir: str | None = None  # replies cache; None: $FLAGOPS_CACHE/llm-synthesis
+    price_per_1k_prompt: float = Field(0.0, ge=0.0)  # for the llm_cost metric, in your currency
+    price_per_1k_completion: float = Field(0.0, ge=0.0)
+
+
 class SynthesisConfig(Section):
-    generator: Literal["heuristic"] = "heuristic"
+    generator: Literal["heuristic", "llm"] = "heuristic"  # llm: see the llm section
+    llm: LLMSynthesisConfig = LLMSynthesisConfig()
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # share of groups (modules) held out
     seed: int = 42
 

@@ -2,14 +2,15 @@
 
 The built-in ``heuristic`` generator takes a passage's first line (a docstring's summary)
 as the query and keeps the rest, with the title, as the relevant passage. An LLM-backed
-generator plugs in through the same ``QueryGenerator`` protocol.
+generator (``flagops.data.llm_synthesis``) makes its pairs concurrently and hands them to
+``split_pairs``, with any LLM-written negatives.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,8 +57,17 @@ def split_groups(groups: Sequence[str], test_fraction: float, seed: int) -> set[
 
 
 def synthesize(passages: Sequence[Passage], generator: QueryGenerator, test_fraction: float, seed: int) -> Synthesized:
-    """Generate queries, drop ambiguous ones (the same query for two passages), split by group."""
-    pairs = [(q, p) for q, p in (generator(p) or (None, None) for p in passages) if q is not None]
+    """Generate a query per passage with ``generator``, then ``split_pairs``."""
+    return split_pairs([made for made in map(generator, passages) if made is not None], test_fraction, seed)
+
+
+def split_pairs(
+    pairs: Sequence[tuple[str, Passage]], test_fraction: float, seed: int, negatives: Mapping[str, Sequence[str]] | None = None
+) -> Synthesized:
+    """Drop ambiguous queries (the same query for two passages), split by group.
+
+    ``negatives`` (by passage id) become the training examples' ``neg``."""
+    negatives = negatives or {}
     counts = Counter(q.casefold() for q, _ in pairs)
     corpus = [p for _, p in pairs]
     unique = [(q, p) for q, p in pairs if counts[q.casefold()] == 1]
@@ -72,5 +82,5 @@ def synthesize(passages: Sequence[Passage], generator: QueryGenerator, test_frac
             queries[qid] = q
             qrels[qid] = {p.id: 1}
         else:
-            train.append(TrainExample(query=q, pos=[p.full_text]))
+            train.append(TrainExample(query=q, pos=[p.full_text], neg=list(negatives.get(p.id, ()))))
     return Synthesized(train, EvalSet(corpus, queries, qrels), sorted(test_groups))
