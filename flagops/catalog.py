@@ -223,7 +223,7 @@ STEPS: tuple[Step, ...] = (
         ("ood_eval", "synthesis"),
         (),
         (Artifact("ood_eval_set", "data/eval_ood", is_dir=True),),
-        summary="A second, untrained domain for evaluate: numpy/scipy docstrings with the same query synthesis.",
+        summary="A second, untrained domain for evaluate: numpy/scipy docstrings, queries by the heuristic synthesis.",
         when=(("ood_eval.enabled", (True,)),),
     ),
     Step(
