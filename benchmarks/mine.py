@@ -175,23 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(python).is_file():
             ap.error(f"{python} not found (peer venv: benchmarks/setup_peer_venv.sh)")
 
-    from transformers.utils import logging as hf_logging
-
-    from flagops.models.embedder import Embedder
-
-    hf_logging.disable_progress_bar()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="flagops-bench-mine-") as tmp:
         tmp = Path(tmp)
         if args.pairs is None:
             args.pairs = DEMO_PAIRS if DEMO_PAIRS.is_file() else build_pairs(tmp / "pairs.jsonl", args.build)
         model_dir = tmp / "model"
-        Embedder.load(args.model).save(model_dir)
-        s = Embedder.load(model_dir).settings
+        # In a child: Linux carries a process's peak RSS across fork and exec, so a model loaded
+        # in this process would set the floor of both sides' peaks.
+        save = "import sys; from flagops.models.embedder import Embedder; Embedder.load(sys.argv[1]).save(sys.argv[2])"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        subprocess.run([args.main_python, "-c", save, args.model, str(model_dir)], env=env, check=True, capture_output=True)
+        s = json.loads((model_dir / "flagops_embedder.json").read_text())
         rows = [json.loads(line) for line in args.pairs.read_text().splitlines() if line.strip()]
         pool = {t for r in rows for t in (*r["pos"], *r.get("neg", []))}
-        print(f"pairs {args.pairs}: {len(rows)} queries, pool {len(pool)} passages; model {args.model}: pooling {s.pooling}, ")
-        print(f"  max len q{s.query_max_len}/p{s.passage_max_len}; fp32, cpu, {args.threads} threads, batch {args.batch_size}, ")
+        print(f"pairs {args.pairs}: {len(rows)} queries, pool {len(pool)} passages; model {args.model}: pooling {s['pooling']}, ")
+        print(f"  max len q{s['query_max_len']}/p{s['passage_max_len']}; fp32, cpu, {args.threads} threads, batch {args.batch_size}, ")
         print(f"  ranks {args.range}, {args.negatives} negatives; best of {args.repeats}")
         base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
         base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base_env.get("PYTHONPATH")]))  # this checkout's flagops
