@@ -83,6 +83,11 @@ def index_settings(settings: IndexSettings) -> Iterator[None]:
         _SETTINGS.reset(token)
 
 
+def current_settings() -> IndexSettings:
+    """The settings of the enclosing ``index_settings`` block, else the defaults."""
+    return _SETTINGS.get() or IndexSettings()
+
+
 # --------------------------------------------------------------------------- cache keys
 
 
@@ -113,7 +118,8 @@ def model_hash(encoder: TextEncoder) -> str | None:
 def corpus_hash(corpus: Sequence[Passage], encoder: TextEncoder) -> str:
     """sha256 of the passages as encoded and of the settings that shape their vectors."""
     s = encoder.settings
-    shape = {"encoder": type(encoder).__name__, "pooling": s.pooling, "normalize": s.normalize, "max_length": s.passage_max_len}
+    kind = getattr(encoder, "cache_kind", type(encoder).__name__)  # a view that batches differently keys as what it views
+    shape = {"encoder": kind, "pooling": s.pooling, "normalize": s.normalize, "max_length": s.passage_max_len}
     shape["flagops"] = __version__  # a release may encode differently: its vectors are not reused
     shape["m3"] = repr(getattr(encoder, "m3_settings", None))  # M3's dense vector depends on MCLS
     h = hashlib.sha256(json.dumps(shape).encode())
@@ -205,7 +211,7 @@ def recall_at_k(found_scores: np.ndarray, exact_scores: np.ndarray) -> float:
 
 def corpus_search(eval_set: EvalSet, encoder: TextEncoder, batch_size: int, *, top_k: int, label: str = "") -> tuple[Run, dict[str, float]]:
     """(run, extra metrics): each query's ``top_k`` passages; ``{"ivf_recall@10": r}`` when IVF searched."""
-    settings = _SETTINGS.get() or IndexSettings()
+    settings = current_settings()
     tag = f"{label} " if label else ""
     corpus = eval_set.corpus
     query_ids = list(eval_set.queries)

@@ -6,6 +6,13 @@ pool for each query; negatives are sampled from the rank window [range_start, ra
 skipping the query's positives by index and by exact text, and topped up with random pool
 passages when the window holds too few.
 
+Speed and scale (``flagops.evaluation.index``, settings from ``index_settings``): passages and
+queries are encoded tokenized once and sorted by token count (``flagops.mining.encode``); the
+pool's vectors go through the embedding cache keyed by model and pool hash, so a re-run with
+another window or filter does not encode again; a pool above ``ivf_above`` passages is searched
+with IVF, and its recall@10 against exact search is returned in ``Mined.search``. Up to
+``ivf_above`` the search is exact and the output the same as a plain ``IndexFlatIP``'s.
+
 The window starts below the top ranks because the passages nearest a query are often
 relevant too (an alias's docstring, an overload's). A window still holds some: the filter
 drops window candidates the teacher scores too close to the query, using the similarities
@@ -21,13 +28,26 @@ from __future__ import annotations
 import logging
 import math
 import random
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from flagops.data.formats import TrainExample
+from flagops.data.formats import Passage, TrainExample
+from flagops.evaluation.index import (
+    RECALL_K,
+    RECALL_QUERIES,
+    IndexSettings,
+    build_index,
+    current_settings,
+    exact_top_k,
+    passage_embeddings,
+    recall_at_k,
+)
+from flagops.mining.encode import token_sorted
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +79,7 @@ class MiningStats:
 class Mined:
     examples: list[TrainExample]
     stats: MiningStats
+    search: dict[str, float] = field(default_factory=dict)  # {"ivf_recall@10": r} when the pool was searched with IVF
 
 
 def clamp_window(start: int, end: int, pool_size: int, negatives: int) -> Window:
@@ -80,12 +101,26 @@ def candidate_pool(examples: Sequence[TrainExample]) -> list[str]:
     return list(dict.fromkeys(t for ex in examples for t in (*ex.pos, *ex.neg)))
 
 
-def search(query_emb: np.ndarray, pool_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k inner products and pool indices per query, both (n_queries, k), best first."""
-    index = faiss.IndexFlatIP(pool_emb.shape[1])
-    index.add(np.ascontiguousarray(pool_emb, dtype=np.float32))
-    scores, ranked = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
-    return scores, ranked
+def search(
+    query_emb: np.ndarray, pool_emb: np.ndarray, k: int, settings: IndexSettings | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(scores, pool indices, extra): top-k inner products per query, both (n_queries, k), best first.
+
+    Exact up to ``settings.ivf_above`` pool passages, IVF above (index -1 where it found fewer
+    than k); ``extra`` is then ``{"ivf_recall@10": r}``, measured against exact search on a sample.
+    """
+    settings = settings or current_settings()
+    queries = np.ascontiguousarray(query_emb, dtype=np.float32)
+    index = build_index(pool_emb, settings, "mining: ")
+    scores, ranked = index.search(queries, k)
+    extra: dict[str, float] = {}
+    if isinstance(index, faiss.IndexIVF):
+        sample = np.sort(np.random.default_rng(0).choice(len(queries), min(len(queries), RECALL_QUERIES), replace=False))
+        kk = min(RECALL_K, k)
+        found = np.where(ranked[sample, :kk] >= 0, scores[sample, :kk], -np.inf)
+        extra["ivf_recall@10"] = recall_at_k(found, exact_top_k(queries[sample], pool_emb, kk, settings.chunk))
+        log.info("mining: IVF recall@10 against exact search on %d queries: %.4f", len(sample), extra["ivf_recall@10"])
+    return scores, ranked, extra
 
 
 def false_negative_ceiling(mode: str, positive_scores: np.ndarray, threshold: float, margin: float) -> float:
@@ -149,13 +184,18 @@ def mine_with_stats(
     pool = candidate_pool(examples)
     position = {text: i for i, text in enumerate(pool)}
     window = clamp_window(range_start, range_end, len(pool), negative_number)
-    pool_emb = teacher.encode(pool, is_query=False, batch_size=batch_size, progress="mining: encode pool")
-    query_emb = teacher.encode([ex.query for ex in examples], is_query=True, batch_size=batch_size, progress="mining: encode queries")
-    scores, ranked = search(query_emb, pool_emb, window.end)
+    encoder = token_sorted(teacher)
+    query_emb = encoder.encode([ex.query for ex in examples], is_query=True, batch_size=batch_size, progress="mining: encode queries")
+    settings = current_settings()
+    with tempfile.TemporaryDirectory(prefix="flagops-mining-") as scratch:
+        passages = [Passage(str(i), "", text) for i, text in enumerate(pool)]  # full_text is the text itself
+        pool_emb = passage_embeddings(passages, encoder, batch_size, settings, Path(scratch), "mining: ")  # (n_pool, dim) memmap
+        scores, ranked, extra = search(query_emb, pool_emb, window.end, settings)
+        positives = [np.asarray(pool_emb[[position[p] for p in ex.pos]]) @ q for ex, q in zip(examples, query_emb, strict=True)]
+        del pool_emb  # the memmap, before its scratch file goes
     rng = random.Random(seed)
     mined, dropped, affected, topped_up = [], 0, 0, 0
-    for ex, q, row_scores, row in zip(examples, query_emb, scores, ranked, strict=True):
-        positive_scores = pool_emb[[position[p] for p in ex.pos]] @ q  # (n_pos,)
+    for ex, positive_scores, row_scores, row in zip(examples, positives, scores, ranked, strict=True):
         ceiling = false_negative_ceiling(false_negatives, positive_scores, fn_threshold, fn_margin)
         # Every searched rank above the ceiling is excluded, the top ranks before the window
         # too, so that the random top-up cannot bring one back. Unsearched passages score at
@@ -168,7 +208,7 @@ def mine_with_stats(
             affected += n_dropped > 0
         topped_up += len(allowed) < negative_number
         mined.append(replace(ex, neg=draw(allowed, pool, ex, negative_number, rng, excluded), neg_scores=None))
-    return Mined(mined, MiningStats(dropped, affected, topped_up))
+    return Mined(mined, MiningStats(dropped, affected, topped_up), extra)
 
 
 def mine(examples: Sequence[TrainExample], teacher, **options) -> list[TrainExample]:

@@ -32,5 +32,7 @@ def run(cfg, inputs, outputs):
             f"mine_hard_negatives: false negatives ({m.false_negatives}, {rule}): dropped {s.false_negatives_dropped} "
             f"window candidates in {s.queries_with_false_negatives} queries; {s.queries_topped_up} queries topped up at random"
         )
-    tracking.log_metrics({"queries": n, "negatives_per_query": m.negative_number, **s.metrics()})
+    if mined.search:
+        print(f"mine_hard_negatives: IVF search, recall@10 against exact search {mined.search['ivf_recall@10']:.4f}")
+    tracking.log_metrics({"queries": n, "negatives_per_query": m.negative_number, **s.metrics(), **mined.search})
     return outputs

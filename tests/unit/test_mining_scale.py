@@ -1,0 +1,102 @@
+"""Mining at scale: token-sorted encoding, the pool's embedding cache, IVF above a pool size with its recall."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from flagops.data.formats import TrainExample
+from flagops.evaluation.index import IndexSettings, index_settings
+from flagops.mining.encode import TokenSorted, token_sorted
+from flagops.mining.hard_negatives import mine_with_stats, search
+
+
+class RandomTeacher:
+    """Each text a fixed random unit vector (seeded by its hash); query ``qK`` is near passage ``pK``."""
+
+    dim = 16
+
+    def vector(self, text: str) -> np.ndarray:
+        seed = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16)
+        v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def encode(self, texts, *, is_query=False, batch_size=32, progress=None):
+        rows = [self.vector("p" + t[1:]) + 0.3 * self.vector(t) if is_query else self.vector(t) for t in texts]
+        return np.stack([r / np.linalg.norm(r) for r in rows])
+
+
+def _examples(n: int):
+    return [TrainExample(query=f"q{i}", pos=[f"p{i}"]) for i in range(n)]
+
+
+TEXTS = ["short", "a much longer text " * 12, "mid length text here", "x", "two words", "the " * 40 + "end"]
+
+
+@pytest.mark.parametrize("is_query", [False, True])
+def test_token_sorted_encode_matches_embedder_encode_in_input_order(tiny_embedder, is_query):
+    want = tiny_embedder.encode(TEXTS, is_query=is_query, batch_size=2)
+    got = TokenSorted(tiny_embedder).encode(TEXTS, is_query=is_query, batch_size=2)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got[0] - got[1]).max() > 1e-3  # distinct texts: rows are not all the same
+
+
+def test_token_sorted_applies_the_query_instruction(tiny_embedder):
+    from dataclasses import replace
+
+    instructed = TokenSorted(tiny_embedder)
+    tiny_embedder.settings, saved = replace(tiny_embedder.settings, query_instruction="Represent: "), tiny_embedder.settings
+    try:
+        got = instructed.encode(TEXTS[:3], is_query=True, batch_size=4)
+    finally:
+        tiny_embedder.settings = saved
+    want = tiny_embedder.encode(["Represent: " + t for t in TEXTS[:3]], is_query=True, batch_size=4)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_token_sorted_wraps_only_embedders(tiny_embedder):
+    teacher = RandomTeacher()
+    assert token_sorted(teacher) is teacher
+    assert isinstance(token_sorted(tiny_embedder), TokenSorted)
+
+
+def test_second_mining_run_reads_the_pool_from_the_cache(tmp_path, tiny_embedder, monkeypatch):
+    examples = [TrainExample(query=f"query {i}", pos=[f"passage number {i} " * (1 + i % 5)]) for i in range(40)]
+    options = dict(range_start=2, range_end=20, negative_number=4, seed=3)
+    calls = []
+    real = TokenSorted.encode
+
+    def spy(self, texts, *, is_query=False, **kw):
+        calls.append((is_query, len(texts)))
+        return real(self, texts, is_query=is_query, **kw)
+
+    monkeypatch.setattr(TokenSorted, "encode", spy)
+    with index_settings(IndexSettings(cache_dir=tmp_path / "cache")):
+        first = mine_with_stats(examples, tiny_embedder, **options)
+        second = mine_with_stats(examples, tiny_embedder, **options)
+    assert calls == [(True, 40), (False, 40), (True, 40)]  # the pool once, the queries each time
+    assert first == second and len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+def test_flat_search_reports_no_recall_and_ivf_with_every_list_is_the_flat_output():
+    examples = _examples(400)
+    options = dict(range_start=5, range_end=60, negative_number=6, seed=1)
+    with index_settings(IndexSettings(cache_dir=None)):
+        flat = mine_with_stats(examples, RandomTeacher(), **options)
+    with index_settings(IndexSettings(cache_dir=None, ivf_above=100, nprobe=10_000)):  # nprobe clamps to nlist: exhaustive
+        ivf = mine_with_stats(examples, RandomTeacher(), **options)
+    assert flat.search == {}
+    assert ivf.search == {"ivf_recall@10": pytest.approx(1.0)}
+    assert ivf.examples == flat.examples
+
+
+def test_ivf_with_one_probe_loses_recall_and_says_so():
+    teacher = RandomTeacher()
+    pool = teacher.encode([f"p{i}" for i in range(400)])
+    queries = teacher.encode([f"q{i}" for i in range(100)], is_query=True)
+    _, _, extra = search(queries, pool, 30, IndexSettings(cache_dir=None, ivf_above=100, nprobe=1))
+    assert 0.0 < extra["ivf_recall@10"] < 0.9
+    scores, ranked, extra = search(queries, pool, 30, IndexSettings(cache_dir=None))
+    exact = np.argsort(-(queries @ pool.T), axis=1, kind="stable")[:, :30]
+    assert extra == {} and (ranked == exact).mean() > 0.999
