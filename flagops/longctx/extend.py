@@ -132,7 +132,8 @@ def extend_context(cfg, base_dir: Path, passages: Sequence[Passage], output: Pat
     samples = training_samples(
         tokenizer, passages, cfg.samples, (cfg.base_context, top), cfg.base_context, cfg.short_fraction, cfg.seed + 1
     )
-    stamp = data_fingerprint(cfg, [p.to_json() for p in passages], str(base_dir))
+    weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(base_dir).glob("*.safetensors"))
+    stamp = data_fingerprint(cfg, [p.to_json() for p in passages], weights)  # a retrained base never resumes old checkpoints
 
     # ---- train
     trainer, summary, ckpt = train_lm(model, tokenizer, samples, cfg.extend_train, output, stamp, "extend_context")
