@@ -470,6 +470,75 @@ class PretrainConfig(Section):
     seed: int = 42
 
 
+class LongContextTrainConfig(Section):
+    """One Trainer run of the long-context branch (the base LM, or the extension); the fields
+    ``flagops.training.common.training_arguments`` reads."""
+
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)  # a from-scratch tiny LM wants ~1e-3; LoRA on a real 8B ~2e-5..1e-4
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(200, ge=-1)  # -1: run `epochs`
+    batch_size: int = Field(8, ge=1)  # samples per device per step
+    warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    save_steps: int = Field(100, ge=1)  # checkpoint every N optimizer steps
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
+    resume_from_checkpoint: bool = True
+    seed: int = 42
+
+
+class LongContextConfig(Section):
+    """The long-context branch (docs/long-context.md): train_base_lm (a tiny Llama from scratch at
+    ``base_context``; no pretrained causal LM is available offline), extend_context (RoPE rescaling by
+    ``factor`` + LoRA, QLoRA on CUDA), evaluate_long_context. Off by default."""
+
+    enabled: bool = False
+    # The base LM (train_base_lm): a byte-level BPE trained on the corpus, a Llama of this size.
+    base_context: int = Field(128, ge=64, le=8192)  # tokens; the base's max_position_embeddings (>= 64: a needle QA fits)
+    vocab_size: int = Field(2048, ge=300, le=65536)
+    hidden_size: int = Field(64, ge=16)  # wider and deeper learns faster per step, costs time per step
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)  # grouped-query attention, as Llama-3 (8 KV heads for 32 query heads)
+    base_train: LongContextTrainConfig = LongContextTrainConfig(learning_rate=3e-3, max_steps=300, batch_size=16)
+    # The extension (extend_context).
+    factor: int = Field(4, ge=2, le=64)  # new context = base_context x factor
+    # theta: raise rope_theta to `rope_theta` (FlagEmbedding's 80K Llama-3: 500e3 -> 200e6); linear, dynamic,
+    # yarn: transformers' rope_parameters types, scaled by `factor`, theta kept.
+    rope_scaling: Literal["theta", "linear", "dynamic", "yarn"] = "theta"
+    rope_theta: float = Field(160000.0, gt=0.0)  # theta only; 10000 x factor^2 here
+    lora_r: int = Field(32, ge=1)  # FlagEmbedding's long-context LoRA: r 32, alpha 16, q/k/v/o
+    lora_alpha: float = Field(16.0, gt=0.0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    train_embeddings: bool = False  # also train embed_tokens in full (peft modules_to_save)
+    qlora: bool = True  # 4-bit NF4 base weights (bitsandbytes) when CUDA is present; ignored on CPU
+    gradient_checkpointing: bool = True  # recompute each layer's activations in backward: memory ~ layers x seq x hidden
+    extend_train: LongContextTrainConfig = LongContextTrainConfig(learning_rate=1e-3, max_steps=100, batch_size=4)
+    samples: int = Field(400, ge=4)  # synthetic training samples (needle QA + short text)
+    short_fraction: float = Field(0.3, ge=0.0, le=1.0)  # share of plain short-context text samples (keeps short ability)
+    # Evaluation: needle-in-a-haystack over lengths x depths (tokens; up to base_context x factor).
+    needle_lengths: tuple[int, ...] = Field((128, 256, 384, 512), min_length=1)
+    needle_depths: tuple[float, ...] = Field((0.0, 0.25, 0.5, 0.75, 1.0), min_length=1)
+    needle_trials: int = Field(4, ge=1)  # needles per (length, depth) cell
+    topic_samples: int = Field(20, ge=1)  # topic retrieval questions
+    topic_passages: int = Field(4, ge=2)  # passages (modules) per topic question; chance is 1 / this
+    held_out_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # corpus passages kept out of training, for perplexity
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _lengths(self) -> LongContextConfig:
+        top = self.base_context * self.factor
+        if max(self.needle_lengths) > top:
+            raise ValueError(f"needle_lengths go up to {max(self.needle_lengths)} but base_context x factor is {top}; lower them")
+        if min(self.needle_lengths) < 64:
+            raise ValueError("needle_lengths must be 64 tokens or more (room for the needle, the question and the answer)")
+        if any(not 0.0 <= d <= 1.0 for d in self.needle_depths):
+            raise ValueError(f"needle_depths {list(self.needle_depths)}: each must lie in [0, 1]")
+        return self
+
+
 class FlagopsConfig(Section):
     profile: str = "custom"
     model: ModelConfig = ModelConfig()
@@ -487,6 +556,7 @@ class FlagopsConfig(Section):
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
     deploy: DeployConfig = DeployConfig()
+    longctx: LongContextConfig = LongContextConfig()
 
     @model_validator(mode="after")
     def _branches(self) -> FlagopsConfig:
