@@ -3,8 +3,8 @@
 Each Linear's weight becomes int8, one scale per output row (per channel, symmetric); each
 call quantises its input to uint8 with one scale for the whole tensor, multiplies in int8 with
 int32 sums and returns float. Everything else (embeddings, LayerNorm, softmax, pooling) stays
-fp32. On the demo's MiniLM it ran at about 1.2–1.6× the fp32 texts/s on this loaded 2-core
-machine, with embeddings at cosine min 0.987, mean 0.994 of fp32. The accuracy rule (held-out
+fp32. On the demo's MiniLM it ran at 1.83× the fp32 texts/s on this 2-core VNNI machine
+(benchmarks/int8.py, load about 3), with embeddings at cosine min 0.987, mean 0.994 of fp32. The accuracy rule (held-out
 nDCG@10 within 0.005 of fp32) it passes for the demo's fine-tuned candidate (+0.004) but fails
 for the base MiniLM (-0.013): whether to use it is a per-model choice, measured by
 benchmarks/int8.py (benchmarks/README.md has the figures).
