@@ -43,6 +43,15 @@ class ModelConfig(Section):
     # auto: cuda:0 when torch sees CUDA, else cpu; or cpu, cuda, cuda:N (cuda without CUDA is an error).
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     dtype: InferenceDType = "auto"  # auto: float16 on CUDA (half the memory, faster), float32 on CPU; float16 on CPU is refused
+    # int8: the bge embedder's Linears run in int8 at inference (evaluate, mining; CPU in float32 only); the
+    # model directory stays fp32 and training is exact. See flagops/models/quantize.py for the accuracy it costs.
+    quantize: Literal["none", "int8"] = "none"
+
+    @model_validator(mode="after")
+    def _quantize_bge_only(self) -> ModelConfig:
+        if self.quantize != "none" and self.kind != "bge":
+            raise ValueError(f"quantize={self.quantize} covers kind=bge only; set model.quantize=none for kind={self.kind}")
+        return self
 
 
 class CorpusConfig(Section):

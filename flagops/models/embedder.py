@@ -95,7 +95,7 @@ class Embedder(nn.Module):
         A model flagops saved carries its own pooling, instruction and lengths, and those
         win; any other model (a base checkpoint) takes them from the profile. ``inference``
         places it on ``model.device`` in ``model.dtype`` (float16 on CUDA); training leaves
-        that to the Trainer.
+        that to the Trainer, and there ``model.quantize=int8`` makes its Linears int8.
         """
         path = resolve_model_source(str(source or model_cfg.base))
         if (path / SETTINGS_FILE).is_file():
@@ -109,7 +109,14 @@ class Embedder(nn.Module):
                 query_max_len=model_cfg.query_max_len,
                 passage_max_len=model_cfg.passage_max_len,
             )
-        return place(embedder, inference_placement(model_cfg)) if inference else embedder
+        if not inference:
+            return embedder
+        embedder = place(embedder, inference_placement(model_cfg))
+        if model_cfg.quantize == "int8":
+            from flagops.models.quantize import quantize_int8  # imports torch's quantisation modules only when asked
+
+            embedder = quantize_int8(embedder)
+        return embedder
 
     # ------------------------------------------------------------------ encoding
 

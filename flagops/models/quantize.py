@@ -1,0 +1,98 @@
+"""int8 inference for the embedder on CPU: torch's dynamic quantisation of every ``nn.Linear``.
+
+Each Linear's weight becomes int8, one scale per output row (per channel, symmetric); each
+call quantises its input to uint8 with one scale for the whole tensor, multiplies in int8 with
+int32 sums and returns float. Everything else (embeddings, LayerNorm, softmax, pooling) stays
+fp32. On the demo's MiniLM it ran at 1.83× the fp32 texts/s on this 2-core VNNI machine
+(benchmarks/int8.py, load about 3), with embeddings at cosine min 0.987, mean 0.994 of fp32. The accuracy rule (held-out
+nDCG@10 within 0.005 of fp32) it passes for the demo's fine-tuned candidate (+0.004) but fails
+for the base MiniLM (-0.013): whether to use it is a per-model choice, measured by
+benchmarks/int8.py (benchmarks/README.md has the figures).
+
+Two choices differ from ``quantize_dynamic``'s defaults, both for accuracy:
+
+- Weights per channel, not per tensor: per tensor drops the mean cosine to fp32 to 0.94.
+- Activations over the full 8-bit range. torch's dynamic Linear keeps them to 7 bits
+  (``reduce_range``) because CPUs without VNNI add pairs of u8×s8 products in int16, which
+  can saturate; at 7 bits the mean cosine is 0.98. VNNI (AVX512-VNNI or AVX-VNNI) adds into
+  int32 and cannot saturate, so there the full range is used (mean cosine 0.994).
+
+The model directory on disk is untouched: quantisation happens after loading, for inference
+only (``model.quantize``: evaluation and mining). Training never comes here.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+import torch.ao.nn.quantized.dynamic as nnqd
+from torch import nn
+from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+from flagops.config import ConfigError
+from flagops.models.device import current_placement
+
+
+@functools.cache
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU flags name a VNNI extension; False where they cannot be read."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni"))
+
+
+class Int8Linear(nnqd.Linear):
+    """torch's dynamic int8 Linear, with 7-bit activations only where the CPU lacks VNNI."""
+
+    reduce_range = True  # set per class by ``int8_linear_class``
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=self.reduce_range)
+        return y.to(x.dtype)
+
+    def _get_name(self) -> str:
+        return f"Int8Linear(reduce_range={self.reduce_range})"
+
+
+class FullRangeInt8Linear(Int8Linear):
+    reduce_range = False
+
+
+def int8_linear_class() -> type[Int8Linear]:
+    return FullRangeInt8Linear if cpu_has_vnni() else Int8Linear
+
+
+def quantize_int8(embedder):
+    """Replace ``embedder.model``'s Linears by int8 ones, in place, and return the embedder.
+
+    The embedder must sit on CPU in float32 (torch's int8 kernels are CPU-only); anything
+    else is a ConfigError naming ``model.quantize``.
+    """
+    placement = current_placement(embedder.model)
+    if placement.device.type != "cpu" or placement.dtype != torch.float32:
+        raise ConfigError(
+            f"model.quantize=int8 runs on CPU in float32, but the model is on {placement}; set model.device=cpu "
+            "and model.dtype=auto (or float32), or model.quantize=none"
+        )
+    with warnings.catch_warnings():
+        # torch 2.13 points eager quantisation users to torchao; the eager API still works.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        embedder.model = quantize_dynamic(
+            embedder.model,
+            {nn.Linear: per_channel_dynamic_qconfig},
+            dtype=torch.qint8,
+            mapping={nn.Linear: int8_linear_class()},
+            inplace=True,
+        )
+    embedder.model.eval()
+    return embedder
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return any(isinstance(m, nnqd.Linear) for m in module.modules())
