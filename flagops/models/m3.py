@@ -410,7 +410,7 @@ class M3Embedder(nn.Module):
         max_length: int | None = None,
         progress: str | None = None,
     ) -> M3Encoded:
-        """Encode with every mode the model has (or ``modes``). Sorted by length so batches pad little."""
+        """Encode with every mode the model has (or ``modes``), in batches of similar token counts."""
         if isinstance(texts, str):
             raise TypeError("encode_m3 expects a list of strings, not a single string")
         modes = tuple(modes or self.modes)
@@ -418,21 +418,14 @@ class M3Embedder(nn.Module):
         if unknown:
             raise ValueError(f"this model has no {'/'.join(sorted(unknown))} head; it has {', '.join(self.modes)}")
         self.eval()
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        dense, sparse, colbert = [], [], []
-        starts = range(0, len(texts), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=progress, unit="batch", leave=False)
+        dense, sparse, colbert, positions = [], [], [], []
         mcls = self.m3_settings.mcls and "dense" in modes
         token_modes = tuple(m for m in modes if not (mcls and m == "dense"))  # MCLS has its own forward
-        for start in starts:
-            batch = [texts[i] for i in order[start : start + batch_size]]
+        batches = self.embedder.sorted_batches(texts, is_query=is_query, batch_size=batch_size, max_length=max_length, progress=progress)
+        for idx, enc in batches:
+            positions.append(idx)
             if token_modes:
-                enc = self.tokenize(batch, is_query=is_query, max_length=max_length)
-                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                out = self(**enc, modes=token_modes)
+                out = self(**{k: v.to(self.device) for k, v in enc.items()}, modes=token_modes)
                 if "dense" in token_modes:
                     dense.append(out.dense.float().cpu().numpy())
                 if "sparse" in token_modes:
@@ -441,9 +434,10 @@ class M3Embedder(nn.Module):
                     vecs, masks = out.colbert.float().cpu().numpy(), out.colbert_mask.bool().cpu().numpy()
                     colbert += [v[m] for v, m in zip(vecs, masks, strict=True)]  # drop padding rows
             if mcls:
-                enc, cls_pos = self.tokenize_mcls(batch, is_query=is_query, max_length=max_length)
+                enc, cls_pos = self.tokenize_mcls([texts[i] for i in idx], is_query=is_query, max_length=max_length)
                 enc = {k: v.to(self.device) for k, v in enc.items()}
                 dense.append(self.mcls_dense(enc["input_ids"], enc["attention_mask"], cls_pos.to(self.device)).float().cpu().numpy())
+        order = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
         inverse = np.argsort(order, kind="stable")  # back to the caller's order
         result = M3Encoded(None, None, None)
         if "dense" in modes:
