@@ -118,8 +118,7 @@ def model_hash(encoder: TextEncoder) -> str | None:
 def corpus_hash(corpus: Sequence[Passage], encoder: TextEncoder) -> str:
     """sha256 of the passages as encoded and of the settings that shape their vectors."""
     s = encoder.settings
-    kind = getattr(encoder, "cache_kind", type(encoder).__name__)  # a view that batches differently keys as what it views
-    shape = {"encoder": kind, "pooling": s.pooling, "normalize": s.normalize, "max_length": s.passage_max_len}
+    shape = {"encoder": type(encoder).__name__, "pooling": s.pooling, "normalize": s.normalize, "max_length": s.passage_max_len}
     shape["flagops"] = __version__  # a release may encode differently: its vectors are not reused
     shape["m3"] = repr(getattr(encoder, "m3_settings", None))  # M3's dense vector depends on MCLS
     h = hashlib.sha256(json.dumps(shape).encode())

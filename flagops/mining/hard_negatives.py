@@ -7,7 +7,7 @@ skipping the query's positives by index and by exact text, and topped up with ra
 passages when the window holds too few.
 
 Speed and scale (``flagops.evaluation.index``, settings from ``index_settings``): passages and
-queries are encoded tokenized once and sorted by token count (``flagops.mining.encode``); the
+queries are encoded tokenized once and sorted by token count (``Embedder.encode``); the
 pool's vectors go through the embedding cache keyed by model and pool hash, so a re-run with
 another window or filter does not encode again; a pool above ``ivf_above`` passages is searched
 with IVF, and its recall@10 against exact search is returned in ``Mined.search``. Up to
@@ -47,7 +47,6 @@ from flagops.evaluation.index import (
     passage_embeddings,
     recall_at_k,
 )
-from flagops.mining.encode import token_sorted
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,7 @@ def mine_with_stats(
     pool = candidate_pool(examples)
     position = {text: i for i, text in enumerate(pool)}
     window = clamp_window(range_start, range_end, len(pool), negative_number)
-    encoder = token_sorted(teacher)
+    encoder = teacher
     query_emb = encoder.encode([ex.query for ex in examples], is_query=True, batch_size=batch_size, progress="mining: encode queries")
     settings = current_settings()
     with tempfile.TemporaryDirectory(prefix="flagops-mining-") as scratch:

@@ -1,4 +1,4 @@
-"""Mining at scale: token-sorted encoding, the pool's embedding cache, IVF above a pool size with its recall."""
+"""Mining at scale: the pool's embedding cache, IVF above a pool size with its recall."""
 
 import hashlib
 
@@ -7,8 +7,8 @@ import pytest
 
 from flagops.data.formats import TrainExample
 from flagops.evaluation.index import IndexSettings, index_settings
-from flagops.mining.encode import TokenSorted, token_sorted
 from flagops.mining.hard_negatives import mine_with_stats, search
+from flagops.models.embedder import Embedder
 
 
 class RandomTeacher:
@@ -30,48 +30,17 @@ def _examples(n: int):
     return [TrainExample(query=f"q{i}", pos=[f"p{i}"]) for i in range(n)]
 
 
-TEXTS = ["short", "a much longer text " * 12, "mid length text here", "x", "two words", "the " * 40 + "end"]
-
-
-@pytest.mark.parametrize("is_query", [False, True])
-def test_token_sorted_encode_matches_embedder_encode_in_input_order(tiny_embedder, is_query):
-    want = tiny_embedder.encode(TEXTS, is_query=is_query, batch_size=2)
-    got = TokenSorted(tiny_embedder).encode(TEXTS, is_query=is_query, batch_size=2)
-    assert got.shape == want.shape and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    assert np.abs(got[0] - got[1]).max() > 1e-3  # distinct texts: rows are not all the same
-
-
-def test_token_sorted_applies_the_query_instruction(tiny_embedder):
-    from dataclasses import replace
-
-    instructed = TokenSorted(tiny_embedder)
-    tiny_embedder.settings, saved = replace(tiny_embedder.settings, query_instruction="Represent: "), tiny_embedder.settings
-    try:
-        got = instructed.encode(TEXTS[:3], is_query=True, batch_size=4)
-    finally:
-        tiny_embedder.settings = saved
-    want = tiny_embedder.encode(["Represent: " + t for t in TEXTS[:3]], is_query=True, batch_size=4)
-    np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-def test_token_sorted_wraps_only_embedders(tiny_embedder):
-    teacher = RandomTeacher()
-    assert token_sorted(teacher) is teacher
-    assert isinstance(token_sorted(tiny_embedder), TokenSorted)
-
-
 def test_second_mining_run_reads_the_pool_from_the_cache(tmp_path, tiny_embedder, monkeypatch):
     examples = [TrainExample(query=f"query {i}", pos=[f"passage number {i} " * (1 + i % 5)]) for i in range(40)]
     options = dict(range_start=2, range_end=20, negative_number=4, seed=3)
     calls = []
-    real = TokenSorted.encode
+    real = Embedder.encode
 
     def spy(self, texts, *, is_query=False, **kw):
         calls.append((is_query, len(texts)))
         return real(self, texts, is_query=is_query, **kw)
 
-    monkeypatch.setattr(TokenSorted, "encode", spy)
+    monkeypatch.setattr(Embedder, "encode", spy)
     with index_settings(IndexSettings(cache_dir=tmp_path / "cache")):
         first = mine_with_stats(examples, tiny_embedder, **options)
         second = mine_with_stats(examples, tiny_embedder, **options)
