@@ -78,9 +78,11 @@ def _scaled(quantity: str, factor: int) -> str:
     return f"{int(m.group(1)) * factor}{m.group(2)}"
 
 
-def _command(nodes: int, gpus: int, step: catalog.Step) -> list[str]:
-    ins = [arg for name in step.inputs for arg in ("--in", f"{name}={catalog.ARTIFACTS[name].path}")]
-    outs = [arg for a in step.outputs for arg in ("--out", f"{a.name}={a.path}")]
+def _command(nodes: int, gpus: int, task: catalog.Task) -> list[str]:
+    """torchrun of the step as the DAG wires it: its inputs from the artifacts feeding them (an
+    optional input the pipeline does not produce, such as a pretrained base, is left out)."""
+    ins = [arg for name, art in task.wiring for arg in ("--in", f"{name}={art.path}")]
+    outs = [arg for a in task.step.outputs for arg in ("--out", f"{a.name}={a.path}")]
     return [
         "torchrun",
         f"--nnodes={nodes}",
@@ -91,7 +93,7 @@ def _command(nodes: int, gpus: int, step: catalog.Step) -> list[str]:
         "-m",
         "flagops.cli",
         "step",
-        step.name,
+        task.name,
         "--params",
         f"{PARAMS_DIR}/params.yaml",
         *ins,
@@ -99,7 +101,8 @@ def _command(nodes: int, gpus: int, step: catalog.Step) -> list[str]:
     ]
 
 
-def _replica(replicas: int, image: str, nodes: int, gpus: int, params_configmap: str, pvc: str, step: catalog.Step) -> dict:
+def _replica(replicas: int, image: str, nodes: int, gpus: int, params_configmap: str, pvc: str, task: catalog.Task) -> dict:
+    step = task.step
     per_gpu = max(gpus, 1)
     resources = {"cpu": _scaled(step.resources.cpu, per_gpu), "memory": _scaled(step.resources.memory, per_gpu)}
     if gpus:
@@ -107,7 +110,7 @@ def _replica(replicas: int, image: str, nodes: int, gpus: int, params_configmap:
     container = {
         "name": CONTAINER,
         "image": image,
-        "command": _command(nodes, max(gpus, 1), step),
+        "command": _command(nodes, max(gpus, 1), task),
         "workingDir": WORKDIR,
         "env": [
             {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -171,14 +174,15 @@ def render_pytorchjob(
         raise ConfigError(f"PyTorchJob name {name!r}: use lowercase letters, digits and '-' (at most 63)")
     if workers < 0:
         raise ConfigError(f"workers={workers}: must be 0 or more (Worker pods besides the Master)")
-    step = catalog.get(training_step_name(cfg))
+    task = catalog.pipeline(cfg).task(training_step_name(cfg))
+    step = task.step
     gpus = step.resources.gpus if gpus_per_worker is None else gpus_per_worker
     if gpus < 0:
         raise ConfigError(f"gpus_per_worker={gpus}: must be 0 or more")
     image = image or catalog.image()
-    specs = {"Master": _replica(1, image, workers + 1, gpus, params_configmap, pvc, step)}
+    specs = {"Master": _replica(1, image, workers + 1, gpus, params_configmap, pvc, task)}
     if workers:
-        specs["Worker"] = _replica(workers, image, workers + 1, gpus, params_configmap, pvc, step)
+        specs["Worker"] = _replica(workers, image, workers + 1, gpus, params_configmap, pvc, task)
     metadata: dict[str, Any] = {
         "name": name,
         "labels": {"app.kubernetes.io/part-of": "flagops", "flagops/step": step.name},

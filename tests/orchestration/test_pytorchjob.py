@@ -152,6 +152,18 @@ def test_m3_profile_renders_train_m3():
         assert argv[argv.index("--out") + 1] == f"model={step.outputs[0].path}"
 
 
+def test_the_job_trains_from_the_pretrained_base_when_the_pipeline_pretrains():
+    """The torchrun command takes its inputs as the DAG wires them: with pretrain.enabled the
+    trainer's optional base_model input is the RetroMAE output, and without it the input is absent."""
+    for profile, expected in (
+        ("tiny_pretrain", ["train_data=data/train.jsonl", "base_model=models/pretrained"]),
+        ("tiny", ["train_data=data/train.jsonl"]),
+    ):
+        job = pytorchjob.render_pytorchjob(load_config(profile), workers=0, gpus_per_worker=1)
+        command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+        assert [command[i + 1] for i, a in enumerate(command) if a == "--in"] == expected
+
+
 # --------------------------------------------------------------------------- submitting with kubectl
 
 # No cluster exists here: a fake `kubectl` on PATH stands in for it. It logs its argv and

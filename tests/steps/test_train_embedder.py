@@ -164,6 +164,6 @@ def test_train_step_via_execute(tmp_path):
     data = tmp_path / "train.jsonl"
     write_train_jsonl(data, _examples())
     cfg = _cfg("train.max_steps=2")
-    execute("train_embedder", cfg, {"train_data": data}, {"model": tmp_path / "m"}, track=False)
+    execute("train_embedder", cfg, {"train_data": data}, {"model": tmp_path / "m", "loss_curve": tmp_path / "loss.json"}, track=False)
     assert Embedder.load(tmp_path / "m").settings.pooling == cfg.model.pooling
     torch.manual_seed(0)

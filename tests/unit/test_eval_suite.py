@@ -370,6 +370,9 @@ class TokenizerSpy:
         self.texts.extend(texts)
         return self.tokenizer(texts, **kwargs)
 
+    def __getattr__(self, name):  # pad_token_id, padding_side, ...: the real tokenizer's
+        return getattr(self.tokenizer, name)
+
 
 def test_instruction_per_task_reaches_the_encoder(tmp_path, tiny_embedder, monkeypatch, capsys):
     folder = tmp_path / "zh_instructed"
