@@ -1,6 +1,6 @@
 """KFP: components and the retraining pipeline agree with the catalog, the committed IR is
-fresh, the whole pipeline runs in kfp.local on the tiny_reranker profile (the embedder and
-the reranker branch, two registered models), and `flagops kfp
+fresh, the whole pipeline runs in kfp.local on the tiny_all profile (every branch: pretraining,
+the reranker, the merge and the second domain; two registered models), and `flagops kfp
 submit|schedule` send the right requests to a KFP API server (a mock stands in for the
 server: none can run on this machine).
 """
@@ -36,7 +36,7 @@ pytestmark = [
 ]
 
 
-LOCAL = "tiny_reranker"  # the profile kfp.local runs: the tiny loop with the reranker branch
+LOCAL = "tiny_all"  # the profile kfp.local runs: the tiny loop with every branch (pretraining, reranker, merge, second domain)
 TINY = catalog.pipeline(load_config(LOCAL))
 
 
@@ -182,7 +182,7 @@ def test_default_params_are_the_profiles(ir, profile):
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, pytestconfig):
-    """The whole pipeline once in kfp.local (subprocesses of this venv) on the tiny_reranker profile."""
+    """The whole pipeline once in kfp.local (subprocesses of this venv) on the tiny_all profile."""
     from kfp import local
 
     root = tmp_path_factory.mktemp("kfp_local")
