@@ -195,6 +195,7 @@ GPU = Resources(cpu="8", memory="32Gi", gpus=1)
 # scores first, an external teacher's next, else the mined data as it is.
 SCORED = ("reranker_scored_data", "scored_data", "train_data")
 RERANKER = (("reranker.enabled", (True,)),)
+LONGCTX = (("longctx.enabled", (True,)),)
 EVAL = Resources(cpu="2", memory="8Gi", gpus=1)
 # Every logged training loss, [{"step", "loss"}]: a `dvc plots` line plot beside the comparison chart.
 LOSS_CURVE = Artifact("loss_curve", "plots/train_loss.json", kind="plot")
@@ -356,6 +357,40 @@ STEPS: tuple[Step, ...] = (
             Artifact("deployment", "registry/deployment.json", kind="record"),
         ),
         summary="Render (and apply) the champion's KServe InferenceService; a new champion starts as a canary.",
+    ),
+    # The long-context branch (docs/long-context.md): a base LM, its extension, their evaluation.
+    Step(
+        "train_base_lm",
+        "flagops.steps.train_base_lm",
+        ("longctx",),
+        ("corpus",),
+        (Artifact("base_lm", "models/base_lm", kind="model", is_dir=True),),
+        GPU,
+        summary="Train a tiny Llama and its BPE tokenizer from scratch on the corpus at a short context.",
+        when=LONGCTX,
+    ),
+    Step(
+        "extend_context",
+        "flagops.steps.extend_context",
+        ("longctx",),
+        ("base_lm", "corpus"),
+        (Artifact("extended_lm", "models/extended_lm", kind="model", is_dir=True),),
+        GPU,
+        summary="Extend the LM's context by RoPE rescaling, LoRA-trained (QLoRA on CUDA) on needle QA and short text.",
+        when=LONGCTX,
+    ),
+    Step(
+        "evaluate_long_context",
+        "flagops.steps.evaluate_long_context",
+        ("longctx",),
+        ("base_lm", "extended_lm", "corpus"),
+        (
+            Artifact("longctx_metrics", "metrics/longctx.json", kind="metrics"),
+            Artifact("needle_heatmap", "plots/needle_heatmap.png", kind="plot"),
+        ),
+        EVAL,
+        summary="Needle-in-a-haystack over lengths x depths, topic retrieval and short-context perplexity, before and after.",
+        when=LONGCTX,
     ),
     # The reranker family: the same three modules, its own registered model, gate and service.
     Step(

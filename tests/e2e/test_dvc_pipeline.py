@@ -203,3 +203,20 @@ def test_merge_pipeline_scores_two_domains_and_registers_its_pick(tmp_path_facto
     directory = wd / ("models/merged" if picked == "merged" else "models/candidate")
     assert champion.tags["model_sha256"] == dir_sha256(directory)
     assert ("flagops.merge.ingredients" in champion.tags) == (picked == "merged")
+
+
+def test_long_context_pipeline_extends_the_window_and_scores_both(tmp_path_factory, repo_root):
+    """Profile tiny_longctx under `dvc repro`: a tiny Llama trained from scratch at 64 tokens, its
+    context extended 4x (rope_theta raised, LoRA), and both scored by evaluate_long_context."""
+    wd = tmp_path_factory.mktemp("e2e-longctx") / "ws"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = _run([*FLAGOPS, "pipeline", "--profile", "tiny_longctx", "--workdir", str(wd)], repo_root, env)
+    assert {"train_base_lm", "extend_context", "evaluate_long_context"} <= set(_ran(out))
+    config = json.loads((wd / "models/extended_lm/config.json").read_text())
+    assert config["max_position_embeddings"] == 4 * 64 and config["rope_parameters"]["rope_theta"] == 160000.0
+    assert (wd / "models/extended_lm/adapter").is_dir()
+    metrics = json.loads((wd / "metrics/longctx.json").read_text())
+    for model in ("base", "extended"):
+        assert 0.0 <= metrics[f"{model}/needle_rouge_l"] <= 1.0 and metrics[f"{model}/short_ppl"] > 1.0
+        assert f"{model}/needle_rouge_l/len256/depth0.5" in metrics  # a cell beyond the base's window
+    assert (wd / "plots/needle_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
