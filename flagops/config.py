@@ -456,19 +456,14 @@ class DeployConfig(Section):
         return self
 
 
-class PretrainConfig(Section):
-    """pretrain_retromae: RetroMAE pretraining of the embedder's base (FlagEmbedding's recipe). Off by default."""
+class TrainerRunConfig(Section):
+    """The optimiser, schedule and checkpoint fields ``flagops.training.common.training_arguments``
+    reads, for the recipes without a section of their own (RetroMAE, the long-context runs)."""
 
-    enabled: bool = False
-    base: str | None = None  # a model source; None: model.base (the output then becomes train_embedder's base)
-    texts: str | None = None  # a {"text": ...} JSONL; None: the pipeline corpus + stdlib docstrings that are no passage
-    max_length: int = Field(512, ge=8, le=8192)  # tokens per text; the decoder's mask is length x length per text
-    encoder_mlm_probability: float = Field(0.3, gt=0.0, lt=1.0)  # whole words masked in the encoder's input
-    decoder_mlm_probability: float = Field(0.5, gt=0.0, lt=1.0)  # whole words each decoder row cannot see
     learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
-    epochs: float = Field(2.0, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
     max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
-    batch_size: int = Field(8, ge=1)  # texts per device per step
+    batch_size: int = Field(8, ge=1)  # samples (texts) per device per step
     warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     save_steps: int = Field(500, ge=1)  # checkpoint every N optimizer steps
@@ -479,22 +474,27 @@ class PretrainConfig(Section):
     seed: int = 42
 
 
-class LongContextTrainConfig(Section):
-    """One Trainer run of the long-context branch (the base LM, or the extension); the fields
-    ``flagops.training.common.training_arguments`` reads."""
+class PretrainConfig(TrainerRunConfig):
+    """pretrain_retromae: RetroMAE pretraining of the embedder's base (FlagEmbedding's recipe). Off by default."""
+
+    enabled: bool = False
+    base: str | None = None  # a model source; None: model.base (the output then becomes train_embedder's base)
+    texts: str | None = None  # a {"text": ...} JSONL; None: the pipeline corpus + stdlib docstrings that are no passage
+    max_length: int = Field(512, ge=8, le=8192)  # tokens per text; the decoder's mask is length x length per text
+    encoder_mlm_probability: float = Field(0.3, gt=0.0, lt=1.0)  # whole words masked in the encoder's input
+    decoder_mlm_probability: float = Field(0.5, gt=0.0, lt=1.0)  # whole words each decoder row cannot see
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    epochs: float = Field(2.0, gt=0.0)
+    save_steps: int = Field(500, ge=1)  # checkpoint every N optimizer steps
+
+
+class LongContextTrainConfig(TrainerRunConfig):
+    """One Trainer run of the long-context branch (the base LM, or the extension)."""
 
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)  # a from-scratch tiny LM wants ~1e-3; LoRA on a real 8B ~2e-5..1e-4
-    epochs: float = Field(1.0, gt=0.0)
     max_steps: int = Field(200, ge=-1)  # -1: run `epochs`
-    batch_size: int = Field(8, ge=1)  # samples per device per step
     warmup_ratio: float = Field(0.05, ge=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
     save_steps: int = Field(100, ge=1)  # checkpoint every N optimizer steps
-    save_total_limit: int = Field(2, ge=1)
-    logging_steps: int = Field(10, ge=1)
-    deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
-    resume_from_checkpoint: bool = True
-    seed: int = 42
 
 
 class LongContextConfig(Section):
