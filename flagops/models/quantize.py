@@ -24,7 +24,9 @@ only (``model.quantize``: evaluation and mining). Training never comes here.
 from __future__ import annotations
 
 import functools
+import json
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -96,3 +98,82 @@ def quantize_int8(embedder):
 
 def is_quantized(module: nn.Module) -> bool:
     return any(isinstance(m, nnqd.Linear) for m in module.modules())
+
+
+# ---------------------------------------------------------------- the accuracy check a model carries
+
+QUANT_CHECK_FILE = "flagops_quantization.json"
+
+# The issue's rule for a lossy path: held-out nDCG@10 within 0.005 of fp32. The cosine floor is
+# the one stated beside it (int8 measured min 0.987 on MiniLM); a model below it fails too.
+MAX_NDCG_DROP = 0.005
+MIN_COSINE = 0.98
+
+
+@dataclass(frozen=True)
+class QuantCheck:
+    """The measured cost of serving a model in int8 instead of fp32, saved beside its weights.
+
+    The quantised model is not a second set of weights: torch's dynamic int8 is applied at load
+    time. What travels with the model (and into the registry) is this record, which says on which
+    held-out set it was measured and whether it kept within the rule; ``model.quantize=auto`` and
+    ``serve.quantize=auto`` use int8 only where it passed.
+    """
+
+    method: str  # "int8-dynamic"
+    eval_set: str  # what the nDCG was measured on, e.g. "heldout (737 queries)"
+    ndcg_fp32: float
+    ndcg_quant: float
+    min_cosine: float
+    mean_cosine: float
+    speedup: float | None = None  # texts/s quantised / fp32 on the machine that checked, when timed
+
+    @property
+    def ndcg_delta(self) -> float:
+        return self.ndcg_quant - self.ndcg_fp32
+
+    @property
+    def passed(self) -> bool:
+        return -self.ndcg_delta <= MAX_NDCG_DROP and self.min_cosine >= MIN_COSINE
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        speed = f", {self.speedup:.2f}x fp32 texts/s" if self.speedup else ""
+        return (
+            f"{self.method} on {self.eval_set}: nDCG@10 {self.ndcg_fp32:.4f} -> {self.ndcg_quant:.4f} "
+            f"({self.ndcg_delta:+.4f}, allowed -{MAX_NDCG_DROP}), cosine to fp32 min {self.min_cosine:.4f} "
+            f"mean {self.mean_cosine:.4f} (floor {MIN_COSINE}){speed}: {verdict}"
+        )
+
+    def save(self, model_dir: str | Path) -> Path:
+        from flagops.data.formats import atomic_path
+
+        path = Path(model_dir) / QUANT_CHECK_FILE
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({**asdict(self), "passed": self.passed}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> QuantCheck | None:
+        """The record in ``model_dir``, or None when the model was never checked."""
+        path = Path(model_dir) / QUANT_CHECK_FILE
+        if not path.is_file():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            raw.pop("passed", None)  # derived, written for readers of the file
+            return cls(**raw)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a quantization check record ({exc}); delete it to check the model again") from None
+
+
+def resolve_quantize(setting: str, model_dir: str | Path) -> str:
+    """``none`` or ``int8`` for a ``quantize`` setting of none, int8 or auto.
+
+    auto is int8 only where the model carries a passing check (``QuantCheck``); a model never
+    checked, or one that failed, stays fp32.
+    """
+    if setting != "auto":
+        return setting
+    check = QuantCheck.load(model_dir)
+    return "int8" if check is not None and check.passed else "none"

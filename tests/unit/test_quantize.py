@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -126,3 +127,36 @@ def test_minilm_cosine_band():
     cos = cosines(Embedder.from_config(cfg, inference=True).encode(texts), fp32)
     lowest, mean = (0.98, 0.99) if cpu_has_vnni() else (0.94, 0.97)
     assert cos.min() > lowest and cos.mean() > mean, (cos.min(), cos.mean())
+
+
+# ---------------------------------------------------------------- the accuracy check record
+
+
+def _check(**kw):
+    base = dict(method="int8-dynamic", eval_set="heldout", ndcg_fp32=0.7000, ndcg_quant=0.6960, min_cosine=0.99, mean_cosine=0.995)
+    return quantize.QuantCheck(**{**base, **kw})
+
+
+def test_quant_check_rule_edges():
+    assert _check().passed  # -0.0040 is within 0.005
+    assert not _check(ndcg_quant=0.6940).passed  # -0.0060
+    assert _check(ndcg_quant=0.7100).passed  # a gain passes
+    assert not _check(min_cosine=0.97).passed  # below the cosine floor even with nDCG kept
+    assert "-0.0040" in _check().summary() and _check().summary().endswith("PASS")
+
+
+def test_quant_check_round_trip_and_auto(tmp_path):
+    assert quantize.QuantCheck.load(tmp_path) is None
+    assert quantize.resolve_quantize("auto", tmp_path) == "none"  # never checked: fp32
+    _check().save(tmp_path)
+    saved = json.loads((tmp_path / quantize.QUANT_CHECK_FILE).read_text())
+    assert saved["passed"] is True
+    assert quantize.QuantCheck.load(tmp_path) == _check()
+    assert quantize.resolve_quantize("auto", tmp_path) == "int8"
+    assert quantize.resolve_quantize("none", tmp_path) == "none"
+    _check(ndcg_quant=0.6).save(tmp_path)
+    assert quantize.resolve_quantize("auto", tmp_path) == "none"  # failed: fp32
+    assert quantize.resolve_quantize("int8", tmp_path) == "int8"  # asked for explicitly
+    (tmp_path / quantize.QUANT_CHECK_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match=r"flagops_quantization\.json: not a quantization check record"):
+        quantize.QuantCheck.load(tmp_path)
