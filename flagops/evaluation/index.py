@@ -103,7 +103,7 @@ def _files_digest(directory: Path, state: tuple[tuple[str, int, int], ...]) -> s
 
 
 def model_hash(encoder: TextEncoder) -> str | None:
-    """Content hash of the encoder's model directory, dtype and device kind; None when it has no directory."""
+    """Content hash of the encoder's model directory, numerics (dtype or int8) and device kind; None when it has no directory."""
     model = getattr(encoder, "model", None)
     name = getattr(model, "name_or_path", "")
     if not name or not Path(name).is_dir():
@@ -112,7 +112,12 @@ def model_hash(encoder: TextEncoder) -> str | None:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(directory).parts))
     state = tuple((str(p.relative_to(directory)), (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
     param = next(model.parameters())
-    return hashlib.sha256(f"{_files_digest(directory, state)} {param.dtype} {param.device.type}".encode()).hexdigest()
+    # int8 Linears keep no float weight among the parameters, so dtype alone cannot tell an int8
+    # model from its fp32 one: their vectors differ and must not share a cache entry.
+    from flagops.models.quantize import is_quantized  # torch's quantisation modules, only where a cache is used
+
+    numerics = "int8-dynamic" if is_quantized(model) else str(param.dtype)
+    return hashlib.sha256(f"{_files_digest(directory, state)} {numerics} {param.device.type}".encode()).hexdigest()
 
 
 def corpus_hash(corpus: Sequence[Passage], encoder: TextEncoder) -> str:

@@ -225,3 +225,12 @@ def test_ids_come_back_for_a_corpus_smaller_than_top_k(tmp_path, tiny_embedder):
     with index_settings(IndexSettings(cache_dir=tmp_path)):
         run, _ = corpus_search(eval_set, tiny_embedder, 8, top_k=100)
     assert set(run["q"]) == {"a", "b"}
+
+
+def test_model_hash_tells_int8_from_fp32():
+    """An int8 model's vectors differ from its fp32 ones: the two must not share cached passages."""
+    from flagops.models.embedder import Embedder
+    from flagops.models.quantize import quantize_int8
+
+    fp32 = model_hash(Embedder.load("tiny-bert"))
+    assert model_hash(quantize_int8(Embedder.load("tiny-bert"))) != fp32
