@@ -45,11 +45,13 @@ class ModelConfig(Section):
     dtype: InferenceDType = "auto"  # auto: float16 on CUDA (half the memory, faster), float32 on CPU; float16 on CPU is refused
     # int8: the bge embedder's Linears run in int8 at inference (evaluate, mining; CPU in float32 only); the
     # model directory stays fp32 and training is exact. See flagops/models/quantize.py for the accuracy it costs.
-    quantize: Literal["none", "int8"] = "none"
+    # auto: int8 where the model directory carries a passing check (flagops_quantization.json, which
+    # evaluate measures and register_model saves with the released model), else fp32.
+    quantize: Literal["none", "int8", "auto"] = "auto"
 
     @model_validator(mode="after")
     def _quantize_bge_only(self) -> ModelConfig:
-        if self.quantize != "none" and self.kind != "bge":
+        if self.quantize == "int8" and self.kind != "bge":
             raise ValueError(f"quantize={self.quantize} covers kind=bge only; set model.quantize=none for kind={self.kind}")
         return self
 
@@ -327,6 +329,9 @@ class EvaluateConfig(Section):
     # for the candidate and the base: keys <system>/suite/<task>/<metric>, <system>/suite/average.
     # Gate on them with registry.primary_metric, e.g. suite/average. See docs/eval.md.
     tasks: tuple[str, ...] = ()
+    # Measure the released model in int8 against fp32 (quant/int8/* keys): the accuracy check that
+    # lets serving and quantize=auto run it in int8. bge models on CPU only; see docs/performance.md.
+    quant_check: bool = True
 
 
 class OodEvalConfig(Section):

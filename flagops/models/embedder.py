@@ -115,7 +115,8 @@ class Embedder(nn.Module):
         A model flagops saved carries its own pooling, instruction and lengths, and those
         win; any other model (a base checkpoint) takes them from the profile. ``inference``
         places it on ``model.device`` in ``model.dtype`` (float16 on CUDA); training leaves
-        that to the Trainer, and there ``model.quantize=int8`` makes its Linears int8.
+        that to the Trainer, and there ``model.quantize`` makes its Linears int8 (int8: always; auto:
+        where the directory carries a passing int8 check).
         """
         path = resolve_model_source(str(source or model_cfg.base))
         if (path / SETTINGS_FILE).is_file():
@@ -132,11 +133,13 @@ class Embedder(nn.Module):
         if not inference:
             return embedder
         embedder = place(embedder, inference_placement(model_cfg))
-        if model_cfg.quantize == "int8":
-            from flagops.models.quantize import quantize_int8  # imports torch's quantisation modules only when asked
+        if model_cfg.quantize == "none" or model_cfg.kind != "bge":
+            return embedder
+        from flagops.models.quantize import auto_int8, quantize_int8  # torch's quantisation modules only when asked
 
-            embedder = quantize_int8(embedder)
-        return embedder
+        if model_cfg.quantize == "int8":
+            return quantize_int8(embedder)
+        return auto_int8(embedder, path)
 
     # ------------------------------------------------------------------ encoding
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,6 +109,8 @@ QUANT_CHECK_FILE = "flagops_quantization.json"
 # the one stated beside it (int8 measured min 0.987 on MiniLM); a model below it fails too.
 MAX_NDCG_DROP = 0.005
 MIN_COSINE = 0.98
+METHOD = "int8-dynamic"
+METRICS_PREFIX = "quant/int8"  # evaluate's keys for the check (as_metrics / from_metrics)
 
 
 @dataclass(frozen=True)
@@ -177,3 +180,41 @@ def resolve_quantize(setting: str, model_dir: str | Path) -> str:
         return setting
     check = QuantCheck.load(model_dir)
     return "int8" if check is not None and check.passed else "none"
+
+
+def auto_int8(embedder, model_dir: str | Path):
+    """``quantize=auto``: ``embedder`` in int8 where ``model_dir`` carries a passing check and it
+    sits on CPU in float32 (a GPU keeps its fp16/fp32 path), else unchanged."""
+    if resolve_quantize("auto", model_dir) == "none":
+        return embedder
+    placement = current_placement(embedder.model)
+    if placement.device.type != "cpu" or placement.dtype != torch.float32:
+        return embedder
+    return quantize_int8(embedder)
+
+
+def as_metrics(check: QuantCheck) -> dict[str, float]:
+    """``quant/int8/*`` keys for the metrics file (and MLflow)."""
+    found = {
+        "ndcg_fp32": check.ndcg_fp32,
+        "ndcg": check.ndcg_quant,
+        "ndcg_delta": check.ndcg_delta,
+        "min_cosine": check.min_cosine,
+        "mean_cosine": check.mean_cosine,
+        "passed": float(check.passed),
+    }
+    return {f"{METRICS_PREFIX}/{key}": value for key, value in found.items()}
+
+
+def from_metrics(metrics: Mapping[str, float], eval_set: str = "held-out (evaluate)") -> QuantCheck | None:
+    """The check the metrics carry (``as_metrics``' keys), or None when evaluate ran none."""
+    if f"{METRICS_PREFIX}/ndcg" not in metrics:
+        return None
+    return QuantCheck(
+        method=METHOD,
+        eval_set=eval_set,
+        ndcg_fp32=metrics[f"{METRICS_PREFIX}/ndcg_fp32"],
+        ndcg_quant=metrics[f"{METRICS_PREFIX}/ndcg"],
+        min_cosine=metrics[f"{METRICS_PREFIX}/min_cosine"],
+        mean_cosine=metrics[f"{METRICS_PREFIX}/mean_cosine"],
+    )

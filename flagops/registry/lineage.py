@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from flagops.models.quantize import QUANT_CHECK_FILE
 from flagops.registry.tracking import TEXT_LIMIT, mlflow_key
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # flagops/: its repo's commit, and shipped with each version
@@ -26,10 +27,14 @@ def file_md5(path: str | Path) -> str:
 
 
 def dir_sha256(directory: str | Path) -> str:
-    """Content hash of a directory: sha256 over sorted (relative path, file sha256) lines."""
+    """Content hash of a directory: sha256 over sorted (relative path, file sha256) lines.
+
+    The int8 check record (``QUANT_CHECK_FILE``) is left out: it describes the weights, registered
+    beside them, and the same weights are the same model with or without it.
+    """
     directory = Path(directory)
     h = hashlib.sha256()
-    files = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
+    files = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file() and p.name != QUANT_CHECK_FILE}
     for rel in sorted(files):
         with files[rel].open("rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()

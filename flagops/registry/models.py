@@ -8,7 +8,11 @@ Aliases and the champion gate are in ``registry.aliases``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from mlflow import MlflowClient
 from flagops.data.formats import DataError, read_json
 from flagops.models import layout
 from flagops.models.layout import RERANKER_FILE, SETTINGS_FILE, artifact_subdir
+from flagops.models.quantize import QUANT_CHECK_FILE, QuantCheck
 from flagops.registry import pyfunc, tracking
 from flagops.registry.card import CardFacts, render_card, render_reranker_card
 from flagops.registry.lineage import dir_sha256, lineage_tags, version_metrics
@@ -55,11 +60,20 @@ def find_version(client: MlflowClient, name: str, sha: str):
     return min(found, key=lambda mv: int(mv.version), default=None)
 
 
-def register(cfg, model_dir: str | Path, metrics: Mapping[str, float], train_data: str | Path, family: str = "embedder") -> dict[str, Any]:
+def register(
+    cfg,
+    model_dir: str | Path,
+    metrics: Mapping[str, float],
+    train_data: str | Path,
+    family: str = "embedder",
+    quant: QuantCheck | None = None,
+) -> dict[str, Any]:
     """Log ``model_dir`` as a pyfunc and register it, or reuse the version with the same content.
 
     ``cfg`` is the family's projection (``families.project``). Needs an active run (see
-    ``tracking.ensure_run``); metrics go to that run in either case.
+    ``tracking.ensure_run``); metrics go to that run in either case. ``quant``, evaluate's int8
+    check of this model, is logged beside the weights (``QUANT_CHECK_FILE``) and as a tag; the
+    content hash stays that of the weights alone.
     """
     tracking.configure_env()
     model_dir, train_data = Path(model_dir), Path(train_data)
@@ -79,10 +93,12 @@ def register(cfg, model_dir: str | Path, metrics: Mapping[str, float], train_dat
     if family == "reranker":
         info = pyfunc.log_reranker(model_dir)
     else:
-        info = pyfunc.log_embedder(model_dir, dim=int(read_json(model_dir / "config.json")["hidden_size"]))
+        with with_quant_check(model_dir, quant) as logged:
+            info = pyfunc.log_embedder(logged, dim=int(read_json(model_dir / "config.json")["hidden_size"]))
     # register_model (not log_model's registered_model_name) so the lineage tags, the
     # sha256 that makes re-runs idempotent among them, are written with the version itself.
     tags = lineage_tags(cfg, model_dir, metrics, train_data, sha, family=family)
+    tags |= {"flagops.quantization": quant.summary()[:TEXT_LIMIT]} if quant is not None else {}
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     facts = _card_facts(cfg, model_dir, mv.version, metrics, tags, info.flavors, family)
     card = render_reranker_card(facts) if family == "reranker" else render_card(facts)
@@ -92,6 +108,28 @@ def register(cfg, model_dir: str | Path, metrics: Mapping[str, float], train_dat
     client.update_model_version(name, mv.version, description=card)
     print(f"register_model: registered {name} v{mv.version} (sha256 {sha[:12]}, run {mv.run_id})")
     return _record(client.get_model_version(name, mv.version), dict(metrics), reused=False)
+
+
+@contextmanager
+def with_quant_check(model_dir: Path, check: QuantCheck | None) -> Iterator[Path]:
+    """``model_dir`` itself, or (with a check) a staged copy of it plus the check record: the
+    step's input directory, another step's output, stays as it was. Files are hard links where
+    the filesystem allows (MLflow refuses symbolic links out of the logged directory), else copies."""
+    if check is None:
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="flagops-register-") as tmp:
+        staged = Path(tmp) / model_dir.name
+        shutil.copytree(model_dir, staged, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(QUANT_CHECK_FILE))
+        check.save(staged)
+        yield staged
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
 
 
 def _card_facts(cfg, model_dir: Path, version: str, metrics, tags: Mapping[str, str], flavors, family: str) -> CardFacts:

@@ -28,6 +28,7 @@ from flagops.evaluation import (
     bm25_search,
     chart_rows,
     prefixed,
+    quant_check,
     result_rows,
     retrieval_metrics,
     sts_spearman,
@@ -39,6 +40,7 @@ from flagops.evaluation.plots import write_layer_chart
 from flagops.evaluation.report import png_bytes, render_html, write_html
 from flagops.evaluation.rerank import layer_rows, rerank_metrics
 from flagops.models.embedder import Embedder
+from flagops.models.quantize import as_metrics
 from flagops.registry import tracking
 
 DECIMALS = 6
@@ -94,6 +96,12 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     if merging:
         default = ("ndcg@10", "ood/ndcg@10") if ood is not None else ("ndcg@10",)
         metrics.update(select_release(cfg.merge.select, cfg.merge.select_on or default, metrics))
+    if ev.quant_check and cfg.model.kind == "bge":  # may the released model run in int8? (serving, quantize=auto)
+        released = sources["merged"] if metrics.get("candidate/merged") == 1.0 else sources[trained]
+        check = quant_check.check_int8(cfg.model, released, evaluator, metrics[f"candidate/{ev.primary_metric}"], primary=ev.primary_metric)
+        if check is not None:
+            print(f"evaluate: int8 check of the release: {check.summary()}")
+            metrics.update(as_metrics(check))
     layers_chart = None
     if rerank:
         metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"], tasks))

@@ -79,10 +79,13 @@ def test_metrics_json_has_every_system_and_metric(untracked):
     metrics = read_json(outputs["metrics"])
     expected = {f"{s}/{m}" for s in SYSTEMS for m in RETRIEVAL_METRICS}
     expected |= {"candidate/sts_spearman", "base/sts_spearman"}
+    expected |= {f"quant/int8/{k}" for k in ("ndcg_fp32", "ndcg", "ndcg_delta", "min_cosine", "mean_cosine", "passed")}
     assert set(metrics) == expected
     assert metrics == returned
     for key, value in metrics.items():
         assert isinstance(value, float), key
+        if key == "quant/int8/ndcg_delta":
+            continue
         low = -1.0 if key.endswith("sts_spearman") else 0.0
         assert low <= value <= 1.0, (key, value)
         assert value == round(value, 6)
@@ -117,8 +120,37 @@ def test_chart_outputs(untracked):
     assert sorted(p.name for p in outputs["metrics"].parent.iterdir()) == ["chart.json", "chart.png", "eval.json"]
 
 
+def test_int8_check_of_the_candidate(untracked):
+    """evaluate measures the released model in int8: its fp32 score is the candidate's, the int8
+    score is a real second evaluation (a random tiny BERT moves under int8), and passed follows the rule."""
+    from flagops.models.quantize import from_metrics
+
+    _, outputs = untracked
+    metrics = read_json(outputs["metrics"])
+    assert metrics["quant/int8/ndcg_fp32"] == metrics["candidate/ndcg@10"]
+    assert 0.0 <= metrics["quant/int8/ndcg"] <= 1.0
+    assert metrics["quant/int8/ndcg_delta"] == pytest.approx(metrics["quant/int8/ndcg"] - metrics["quant/int8/ndcg_fp32"], abs=2e-6)
+    assert 0.5 < metrics["quant/int8/min_cosine"] <= metrics["quant/int8/mean_cosine"] <= 1.0
+    assert metrics["quant/int8/passed"] == float(from_metrics(metrics).passed)
+
+
+def test_int8_check_runs_int8(workspace):
+    """Unrounded, the int8 vectors differ from fp32 (the tiny random BERT moves by ~1e-7 in cosine,
+    which the metrics' 6 decimals hide): the check compared two numerics, not one model twice."""
+    from flagops.data.formats import read_beir
+    from flagops.evaluation import RetrievalEvaluator
+    from flagops.evaluation.quant_check import check_int8
+
+    cfg = tiny_config()
+    evaluator = RetrievalEvaluator(read_beir(workspace / "eval"), 8)
+    check = check_int8(cfg.model, str(resolve_model_source("tiny-bert")), evaluator, 0.5, primary="ndcg@10")
+    assert check.method == "int8-dynamic" and "4 queries, 12 passages" in check.eval_set
+    assert 0.999 < check.min_cosine < 1.0
+    assert check.ndcg_fp32 == 0.5
+
+
 def test_candidate_only(workspace):
-    cfg = tiny_config("evaluate.base=false", "evaluate.bm25=false")
+    cfg = tiny_config("evaluate.base=false", "evaluate.bm25=false", "evaluate.quant_check=false")
     inputs, outputs = step_paths(workspace, "candidate-only")
     metrics = execute("evaluate", cfg, inputs, outputs, track=False)
     assert set(metrics) == {f"candidate/{m}" for m in RETRIEVAL_METRICS}
@@ -223,7 +255,8 @@ def test_mocked_cuda_places_every_model_and_keeps_the_numbers(workspace, untrack
 
     cfg = tiny_config(f"evaluate.sts={workspace / 'sts.jsonl'}")
     inputs, outputs = step_paths(workspace, "fake-cuda")
-    assert execute("evaluate", cfg, inputs, outputs, track=False) == untracked[0]
+    on_cpu = {k: v for k, v in untracked[0].items() if not k.startswith("quant/")}
+    assert execute("evaluate", cfg, inputs, outputs, track=False) == on_cpu  # int8 is a CPU path: no check on a GPU
     assert fake_cuda == [("Embedder", Placement(torch.device("cuda", 0), torch.float16))] * 2
 
 

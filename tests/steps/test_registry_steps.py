@@ -46,6 +46,17 @@ def eval_metrics(ndcg: float) -> dict[str, float]:
     }
 
 
+# evaluate's quant/int8/* keys for c: int8 kept nDCG@10 within the rule (0.600 -> 0.597).
+INT8_CHECK = {
+    "quant/int8/ndcg_fp32": 0.60,
+    "quant/int8/ndcg": 0.597,
+    "quant/int8/ndcg_delta": -0.003,
+    "quant/int8/min_cosine": 0.991,
+    "quant/int8/mean_cosine": 0.996,
+    "quant/int8/passed": 1.0,
+}
+
+
 @pytest.fixture(scope="module")
 def embedders(tmp_path_factory):
     from flagops.models.embedder import Embedder
@@ -65,8 +76,8 @@ def scenario(tmp_path_factory, embedders):
     out: dict = {"cfg": cfg, "work": work, "train": train}
     client = MlflowClient(cfg.registry.tracking_uri, cfg.registry.tracking_uri)
 
-    def register(model: str, ndcg: float, tag: str) -> dict:
-        write_json(work / f"metrics_{tag}.json", eval_metrics(ndcg))
+    def register(model: str, ndcg: float, tag: str, extra: dict | None = None) -> dict:
+        write_json(work / f"metrics_{tag}.json", eval_metrics(ndcg) | (extra or {}))
         reg = work / f"registration_{tag}.json"
         inputs = {"model": embedders / model, "metrics": work / f"metrics_{tag}.json", "train_data": train}
         execute("register_model", cfg, inputs, {"registration": reg})
@@ -98,7 +109,7 @@ def scenario(tmp_path_factory, embedders):
         out["reg_b"] = register("b", 0.45, "b")
         out["promo_b"] = promote("b")
         out["aliases_b"] = aliases()
-        out["reg_c"] = register("c", 0.60, "c")
+        out["reg_c"] = register("c", 0.60, "c", extra=INT8_CHECK)  # evaluate's int8 check travels with c
         out["promo_c"] = promote("c")
         out["aliases_c"] = aliases()
         out["promo_c_untracked"] = promote("c", track=False)  # the step opens a run of its own
@@ -190,13 +201,26 @@ def test_pyfunc_champion_predicts_like_the_embedder(scenario, champion_vectors):
     assert model.metadata.get_params_schema().params[0].name == "is_query"
 
 
-def test_fetch_model_dir_accepts_version_and_alias(scenario):
+def test_fetch_model_dir_accepts_version_and_alias(scenario, embedders):
     by_version = fetch_model_dir(f"models:/{NAME}/1")
     by_alias = fetch_model_dir(f"models:/{NAME}@champion")
     assert dir_sha256(by_version) == scenario["reg_a"]["model_sha256"]
     assert dir_sha256(by_alias) == scenario["reg_c"]["model_sha256"]
     requirements = (by_version.parent.parent / "requirements.txt").read_text()
     assert "torch==" in requirements and "+cpu" not in requirements
+    # c was registered with evaluate's int8 check: the record travels with the weights (quantize=auto
+    # reads it), the source directory is untouched, and the tag says what was measured.
+    from flagops.models.quantize import QUANT_CHECK_FILE, QuantCheck, resolve_quantize
+
+    assert not (by_version / QUANT_CHECK_FILE).exists() and resolve_quantize("auto", by_version) == "none"
+    check = QuantCheck.load(by_alias)
+    assert (check.ndcg_fp32, check.ndcg_quant, check.min_cosine, check.passed) == (0.60, 0.597, 0.991, True)
+    assert resolve_quantize("auto", by_alias) == "int8"
+    assert not (embedders / "c" / QUANT_CHECK_FILE).exists()
+    mv = scenario["client"].get_model_version(NAME, scenario["reg_c"]["version"])
+    assert mv.tags["flagops.quantization"].startswith("int8-dynamic on evaluate's held-out set") and mv.tags[
+        "flagops.quantization"
+    ].endswith("PASS")
     # A downloaded MLflow model folder (KServe's /mnt/models) is a model source too.
     from flagops.models.sources import resolve_model_source
 

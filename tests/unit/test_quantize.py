@@ -27,9 +27,10 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_quantize_field_validates():
-    assert load_config("tiny").model.quantize == "none"
+    assert load_config("tiny").model.quantize == "auto"
     assert load_config("tiny", ["model.quantize=int8"]).model.quantize == "int8"
-    with pytest.raises(ConfigError, match=r"model\.quantize: Input should be 'none' or 'int8'"):
+    assert load_config("tiny", ["model.quantize=auto", "model.kind=m3"]).model.quantize == "auto"  # auto: int8 only for bge
+    with pytest.raises(ConfigError, match=r"model\.quantize: Input should be 'none', 'int8' or 'auto'"):
         load_config("tiny", ["model.quantize=int4"])
     with pytest.raises(ConfigError, match="covers kind=bge only"):  # M3Embedder would ignore it silently
         load_config("tiny", ["model.quantize=int8", "model.kind=m3"])
@@ -160,3 +161,18 @@ def test_quant_check_round_trip_and_auto(tmp_path):
     (tmp_path / quantize.QUANT_CHECK_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match=r"flagops_quantization\.json: not a quantization check record"):
         quantize.QuantCheck.load(tmp_path)
+
+
+def test_auto_loads_int8_only_where_the_check_passed(tmp_path):
+    """model.quantize=auto (the default): a model that carries a passing check is loaded in int8 for
+    inference, one that failed or was never checked in fp32, and training loads stay exact."""
+    cfg = load_config("tiny").model
+    assert cfg.quantize == "auto"
+    Embedder.load("tiny-bert").save(tmp_path / "m")
+    assert not is_quantized(Embedder.from_config(cfg, source=tmp_path / "m", inference=True).model)
+    _check().save(tmp_path / "m")
+    assert is_quantized(Embedder.from_config(cfg, source=tmp_path / "m", inference=True).model)
+    assert not is_quantized(Embedder.from_config(cfg, source=tmp_path / "m").model)  # training
+    assert not is_quantized(Embedder.from_config(cfg.model_copy(update={"quantize": "none"}), source=tmp_path / "m", inference=True).model)
+    _check(ndcg_quant=0.5).save(tmp_path / "m")
+    assert not is_quantized(Embedder.from_config(cfg, source=tmp_path / "m", inference=True).model)
