@@ -200,6 +200,8 @@ EVAL = Resources(cpu="2", memory="8Gi", gpus=1)
 # Every logged training loss, [{"step", "loss"}]: a `dvc plots` line plot beside the comparison chart.
 LOSS_CURVE = Artifact("loss_curve", "plots/train_loss.json", kind="plot")
 RERANKER_LOSS = Artifact("reranker_loss_curve", "plots/reranker_train_loss.json", kind="plot")
+BASE_LM_LOSS = Artifact("base_lm_loss_curve", "plots/base_lm_train_loss.json", kind="plot")
+EXTEND_LOSS = Artifact("extend_loss_curve", "plots/extend_context_train_loss.json", kind="plot")
 
 STEPS: tuple[Step, ...] = (
     Step(
@@ -364,7 +366,7 @@ STEPS: tuple[Step, ...] = (
         "flagops.steps.train_base_lm",
         ("longctx",),
         ("corpus",),
-        (Artifact("base_lm", "models/base_lm", kind="model", is_dir=True),),
+        (Artifact("base_lm", "models/base_lm", kind="model", is_dir=True), BASE_LM_LOSS),
         GPU,
         summary="Train a tiny Llama and its BPE tokenizer from scratch on the corpus at a short context.",
         when=LONGCTX,
@@ -374,7 +376,7 @@ STEPS: tuple[Step, ...] = (
         "flagops.steps.extend_context",
         ("longctx",),
         ("base_lm", "corpus"),
-        (Artifact("extended_lm", "models/extended_lm", kind="model", is_dir=True),),
+        (Artifact("extended_lm", "models/extended_lm", kind="model", is_dir=True), EXTEND_LOSS),
         GPU,
         summary="Extend the LM's context by RoPE rescaling, LoRA-trained (QLoRA on CUDA) on needle QA and short text.",
         when=LONGCTX,
@@ -390,6 +392,24 @@ STEPS: tuple[Step, ...] = (
         ),
         EVAL,
         summary="Needle-in-a-haystack over lengths x depths, topic retrieval and short-context perplexity, before and after.",
+        when=LONGCTX,
+    ),
+    Step(
+        "register_long_context",
+        "flagops.steps.register_long_context",
+        ("longctx", "registry"),
+        ("extended_lm", "base_lm", "longctx_metrics", "corpus"),
+        (Artifact("longctx_registration", "registry/longctx_registration.json", kind="record"),),
+        summary="Register the extended LM (merged weights + LoRA adapter) with its lineage; champion only if it beats the current one.",
+        when=LONGCTX,
+    ),
+    Step(
+        "deploy_long_context",
+        "flagops.steps.deploy_long_context",
+        ("longctx", "deploy"),
+        ("longctx_registration",),
+        (Artifact("longctx_inference_service", "deploy/longctx-inferenceservice.yaml", kind="record"),),
+        summary="Render (and apply) the long-context champion's InferenceService on KServe's Hugging Face LLM runtime.",
         when=LONGCTX,
     ),
     # The reranker family: the same three modules, its own registered model, gate and service.

@@ -540,6 +540,11 @@ class LongContextConfig(Section):
     topic_passages: int = Field(4, ge=2)  # passages (modules) per topic question; chance is 1 / this
     held_out_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # corpus passages kept out of training, for perplexity
     seed: int = 42
+    # Registry and deploy (register_long_context, deploy_long_context): its own registered model, gate and service.
+    model_name: str = "flagops-longctx"
+    primary_metric: str = "needle_rouge_l"  # the gate compares extended/<this>; guard: extended/topic_accuracy
+    service_name: str = Field("flagops-longctx", pattern=DNS_LABEL, max_length=45)
+    runtime_memory: str = Field("24Gi", pattern=QUANTITY)  # per replica of KServe's HF runtime (vLLM), beside 1 GPU
 
     @model_validator(mode="after")
     def _lengths(self) -> LongContextConfig:

@@ -31,6 +31,8 @@ PLOT_PROPS = {
     "chart_data": CHART_PLOT,
     "loss_curve": LOSS_PLOT | {"title": "Training loss (embedder)"},
     "reranker_loss_curve": LOSS_PLOT | {"title": "Training loss (reranker)"},
+    "base_lm_loss_curve": LOSS_PLOT | {"title": "Training loss (long-context base LM)"},
+    "extend_loss_curve": LOSS_PLOT | {"title": "Training loss (context extension, LoRA)"},
 }
 
 

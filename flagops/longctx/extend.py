@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,7 +93,9 @@ def lora_config(cfg):
 def load_extended(base_dir: Path, cfg, quantization=None):
     """(tokenizer, the base's weights under the extended config); 4-bit when ``quantization`` is given."""
     config = extended_config(AutoConfig.from_pretrained(str(base_dir)), cfg)
-    kwargs = {"quantization_config": quantization, "dtype": torch.bfloat16} if quantization else {"dtype": torch.float32}
+    kwargs = {"dtype": torch.float32}
+    if quantization:  # 4-bit weights load onto this process's GPU: under torchrun, LOCAL_RANK's, not every rank's cuda:0
+        kwargs = {"quantization_config": quantization, "dtype": torch.bfloat16, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), config=config, **kwargs)
     return AutoTokenizer.from_pretrained(str(base_dir)), model
 
@@ -103,6 +106,8 @@ def trainable_model(base_dir: Path, cfg):
 
     quantization = quantization_config(cfg)
     tokenizer, model = load_extended(base_dir, cfg, quantization)
+    if tokenizer.pad_token is None:  # Llama-3's tokenizer has none; padded positions carry no loss anyway
+        tokenizer.pad_token = tokenizer.eos_token
     missing = set(cfg.lora_target_modules) - {name.rpartition(".")[2] for name, _ in model.named_modules()}
     if missing:
         raise DataError(f"longctx.lora_target_modules: {sorted(missing)} are not modules of {base_dir}; name its projections")

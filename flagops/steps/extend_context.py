@@ -11,7 +11,7 @@ from flagops.training.common import describe_loss
 
 def run(cfg, inputs, outputs):
     train, _ = split_passages(read_corpus(inputs["corpus"]), cfg.longctx.held_out_fraction)
-    summary = extend_context(cfg.longctx, inputs["base_lm"], train, outputs["extended_lm"], outputs.get("loss_curve"))
+    summary = extend_context(cfg.longctx, inputs["base_lm"], train, outputs["extended_lm"], outputs.get("extend_loss_curve"))
     tracking.log_metrics(summary)
     print(f"extend_context: {describe_loss(summary)} -> {outputs['extended_lm']}")
     return outputs

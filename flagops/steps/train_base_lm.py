@@ -11,7 +11,7 @@ from flagops.training.common import describe_loss
 
 def run(cfg, inputs, outputs):
     train, _ = split_passages(read_corpus(inputs["corpus"]), cfg.longctx.held_out_fraction)  # the held-out share is for perplexity
-    summary = train_base(cfg.longctx, train, outputs["base_lm"], outputs.get("loss_curve"))
+    summary = train_base(cfg.longctx, train, outputs["base_lm"], outputs.get("base_lm_loss_curve"))
     tracking.log_metrics(summary)
     print(f"train_base_lm: {describe_loss(summary)} -> {outputs['base_lm']}")
     return outputs

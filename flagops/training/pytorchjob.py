@@ -155,6 +155,7 @@ def render_pytorchjob(
     params_configmap: str = "flagops-params",
     pvc: str = "flagops-workspace",
     namespace: str | None = None,
+    step: str | None = None,
 ) -> dict[str, Any]:
     """A PyTorchJob running the config's training step on 1 Master + ``workers`` Worker pods.
 
@@ -168,13 +169,16 @@ def render_pytorchjob(
         params_configmap: the ConfigMap holding ``params.yaml``.
         pvc: a ReadWriteMany claim holding the inputs, checkpoints and outputs.
         namespace: optional; omitted so ``kubectl -n`` decides.
+        step: another step of the config's DAG to run (e.g. extend_context); default
+            ``training_step_name``.
     """
-    name = name or default_job_name(cfg)
+    step_name = step or training_step_name(cfg)
+    name = name or "flagops-" + step_name.replace("_", "-")
     if not DNS_1123.match(name) or len(name) > 63:
         raise ConfigError(f"PyTorchJob name {name!r}: use lowercase letters, digits and '-' (at most 63)")
     if workers < 0:
         raise ConfigError(f"workers={workers}: must be 0 or more (Worker pods besides the Master)")
-    task = catalog.pipeline(cfg).task(training_step_name(cfg))
+    task = catalog.pipeline(cfg).task(step_name)
     step = task.step
     gpus = step.resources.gpus if gpus_per_worker is None else gpus_per_worker
     if gpus < 0:
@@ -227,7 +231,7 @@ _Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:
 def _regenerate_command(args: argparse.Namespace) -> str:
     """The command line that renders the same YAML, for the header."""
     parts = ["flagops train submit-pytorchjob --dry-run"]
-    for flag in ("params", "profile", "name", "image", "workers", "gpus_per_worker", "configmap", "pvc", "namespace"):
+    for flag in ("params", "profile", "step", "name", "image", "workers", "gpus_per_worker", "configmap", "pvc", "namespace"):
         value = getattr(args, flag)
         if value is not None:
             parts.append(f"--{flag.replace('_', '-')} {value}")
@@ -251,6 +255,7 @@ def cmd_submit_pytorchjob(args: argparse.Namespace) -> int:
         params_configmap=args.configmap,
         pvc=args.pvc,
         namespace=args.namespace,
+        step=args.step,
     )
     if args.dry_run:
         sys.stdout.write(text)
@@ -339,6 +344,7 @@ def add_training_commands(subparsers) -> None:
     p = sub.add_parser("submit-pytorchjob", help="render (and kubectl apply) a multi-node PyTorchJob of the profile's training step")
     p.add_argument("--params", help="a params YAML (default: ./params.yaml)")
     p.add_argument("--profile", help="a built-in profile: tiny, demo")
+    p.add_argument("--step", help="the step to run (default: the training step, e.g. train_embedder; or extend_context)")
     p.add_argument("--name", help="job name (default: flagops-<training step>, e.g. flagops-train-embedder)")
     p.add_argument("--image", help="default: $FLAGOPS_IMAGE or the catalog's image")
     p.add_argument("--workers", type=int, default=1, help="Worker pods besides the Master (default: 1)")

@@ -17,6 +17,7 @@ import sys
 
 import mlflow
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -220,3 +221,10 @@ def test_long_context_pipeline_extends_the_window_and_scores_both(tmp_path_facto
         assert 0.0 <= metrics[f"{model}/needle_rouge_l"] <= 1.0 and metrics[f"{model}/short_ppl"] > 1.0
         assert f"{model}/needle_rouge_l/len256/depth0.5" in metrics  # a cell beyond the base's window
     assert (wd / "plots/needle_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # registered (merged + adapter) as champion, rendered on KServe's Hugging Face runtime at the new window
+    assert {"register_long_context", "deploy_long_context"} <= set(_ran(out))
+    assert json.loads((wd / "registry/longctx_registration.json").read_text())["promotion"]["alias"] == "champion"
+    isvc = yaml.safe_load((wd / "deploy/longctx-inferenceservice.yaml").read_text())
+    assert "--max_model_len=256" in isvc["spec"]["predictor"]["model"]["args"]
+    for curve in ("plots/base_lm_train_loss.json", "plots/extend_context_train_loss.json"):
+        assert json.loads((wd / curve).read_text())[0].keys() == {"step", "loss"}

@@ -65,7 +65,7 @@ def tokenizer(passages):
 def base_lm(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("base") / "base_lm"
     curve = out.parent / "loss.json"
-    train_base_lm.run(_cfg(), {"corpus": corpus}, {"base_lm": out, "loss_curve": curve})
+    train_base_lm.run(_cfg(), {"corpus": corpus}, {"base_lm": out, "base_lm_loss_curve": curve})
     return out, json.loads(curve.read_text())
 
 
