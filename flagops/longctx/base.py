@@ -106,6 +106,40 @@ class PadCollator:
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose logits predict a label (position i predicts token i + 1): those i where
+    any row has ``labels[:, i + 1]`` set. 1-D, ascending."""
+    return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+
+
+class AnswerLossTrainer(Trainer):
+    """The causal-LM loss from the logits of the labelled positions only.
+
+    HF's loss projects every position through the LM head: at 80K tokens and Llama-3's 128K
+    vocabulary that is some 63 GB of fp32 logits, the biggest term of the memory plan
+    (docs/long-context.md), when only the answer's few tokens carry a label. Here the model
+    returns logits at the predicting positions (``logits_to_keep``) and the loss is the same
+    mean cross-entropy over labelled tokens (a test checks it against HF's loss and gradient).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        keep = predicting_positions(labels)  # (k,)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep)
+        logits = outputs.logits.float()  # (batch, k, vocab)
+        targets = labels[:, keep + 1]  # (batch, k)
+        total = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+        # As HF's loss: over the step's labelled tokens when the Trainer counts them across
+        # accumulated micro-batches (and then does not divide by the accumulation steps itself).
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            loss = total / num_items_in_batch
+        else:
+            loss = total / (targets != IGNORE).sum().clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
+
+
 def data_fingerprint(*parts) -> str:
     """A hash of configs (pydantic) and data: another run's checkpoints never resume."""
     h = hashlib.sha256()
@@ -134,7 +168,7 @@ def train_lm(model, tokenizer, samples: list[dict[str, list[int]]], train_cfg, o
         f"{steps_per_epoch} steps/epoch, {total} steps | tokens/step/device ~{train_cfg.batch_size * tokens:.0f}"
         + (f" | resuming from {Path(resume).name}" if resume else "")
     )
-    trainer = Trainer(
+    trainer = AnswerLossTrainer(
         model=model,
         args=args,
         train_dataset=dataset,

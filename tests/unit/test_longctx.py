@@ -258,3 +258,37 @@ def test_evaluation_writes_metrics_and_heatmap(base_lm, extended_lm, corpus, tmp
     assert metrics["topic_chance"] == 0.5
     with Image.open(outputs["needle_heatmap"]) as image:
         assert image.format == "PNG" and image.size[0] > image.size[1]  # two panels side by side
+
+
+def test_answer_loss_equals_hf_loss_and_gradient():
+    """AnswerLossTrainer's loss (logits at the labelled positions only) equals HF's full-logits loss
+    and gradient on a tiny random Llama, with a prompt masked out and rows of different lengths."""
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from flagops.longctx.base import AnswerLossTrainer, predicting_positions
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64
+    )
+    model = LlamaForCausalLM(config)
+    input_ids = torch.randint(3, 50, (2, 12))
+    labels = torch.full((2, 12), IGNORE)
+    labels[0, 8:11] = input_ids[0, 8:11]  # a 3-token answer after an 8-token prompt
+    labels[1, 5:7] = input_ids[1, 5:7]
+    mask = torch.ones_like(input_ids)
+    mask[0, 11:] = 0  # row 0 is padded at the end
+    batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    assert predicting_positions(labels).tolist() == [4, 5, 7, 8, 9]
+
+    expected = model(**batch).loss
+    (want,) = torch.autograd.grad(expected, model.model.layers[0].self_attn.q_proj.weight)
+    trainer = AnswerLossTrainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True))
+    got = trainer.compute_loss(model, batch)
+    (have,) = torch.autograd.grad(got, model.model.layers[0].self_attn.q_proj.weight)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-7)
+    # by hand: the mean NLL of the five labelled tokens under the full logits
+    logp = torch.log_softmax(model(input_ids, attention_mask=mask).logits, dim=-1)
+    nll = [-logp[r, i - 1, input_ids[r, i]] for r, cols in ((0, range(8, 11)), (1, range(5, 7))) for i in cols]
+    assert got.item() == pytest.approx(torch.stack(nll).mean().item(), rel=1e-5)
