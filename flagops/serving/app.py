@@ -12,6 +12,10 @@ win where both handle the same thing:
 * ``GET /v2/models/NAME``: kserve's V2 model metadata, plus the inference backend that serves
   (``"backend": "torch-fp32"``, ``"torch-int8-dynamic"``...; also as V2's ``platform``) and
   the model's int8 accuracy check when it carries one;
+* no kserve ``TimingMiddleware``: per request it read the whole process's CPU time
+  (``getrusage``, slow while torch's threads run) and logged two ``kserve.trace`` lines. Under
+  32 concurrent single-text clients that was 80% of the event loop's busy samples (py-spy,
+  benchmarks/README.md); ``flagops_request_duration_seconds`` keeps the latency;
 * errors as ``{"error": ...}`` everywhere (FastAPI's own say ``{"detail": ...}``);
 * 400, not 422 / 501, for bodies FastAPI rejects and for what kserve leaves unimplemented
   (model versions, explain): both are requests this server cannot serve, not its faults.
@@ -32,6 +36,7 @@ from kserve.model_server import app as kserve_app  # the app RESTServer serves
 from kserve.protocol.rest.server import RESTServer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from timing_asgi import TimingMiddleware
 
 from flagops.config import ServeConfig
 from flagops.serving.kinds import ROUTES, V1_SCHEMAS, JsonRoute, model_kind
@@ -226,6 +231,7 @@ def finish_app(app: FastAPI, models: Sequence[kserve.Model], cfg: ServeConfig) -
 
     app.add_exception_handler(BodyTooLarge, body_too_large)
     app.add_exception_handler(NotImplementedError, not_implemented)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]  # the stack builds at start-up
     app.add_middleware(V2JsonByDefault)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, openai_paths=frozenset(openai_paths))
     app.add_middleware(LatencyMiddleware)  # outermost: times refusals too
