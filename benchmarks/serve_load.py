@@ -1,21 +1,24 @@
 """Serving under load: flagops' server against infinity-emb, same model, same requests.
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 1,8,32] [--out load.json]
+    .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 1,8,32] [--quantize none,int8] [--out load.json]
 
 Both servers start on free loopback ports and load one directory written by
 ``Embedder.save`` (the MiniLM package model, mean pooling; the sentence-transformers
-layout inside is what infinity reads). Before any timing, the same texts go to both and
-their vectors are compared (cosine >= ``--min-cos``). Then every cell, a payload (one
+layout inside is what infinity reads). flagops serves it once per ``--quantize`` setting
+(``serve.quantize``; on CPU the default runs two servers, ``flagops`` in fp32 and
+``flagops-int8``, each against infinity). Before any timing, the same texts go to every
+server and each flagops server's vectors are compared with infinity's (cosine >=
+``--min-cos`` for fp32, ``--min-cos-int8`` for int8: the cosine printed beside the speed). Then every cell, a payload (one
 ~32-token text, or a batch of 16) at a concurrency, sends ``--requests`` OpenAI-style
 embedding requests to each server from an async client. A cell runs in ``--rounds``
 slices, and the servers take turns going first by cell and by slice, so both see the
 same machine load. Per cell and server it prints p50/p95/p99 latency, texts/s, errors
 and the server's CPU milliseconds per text (less swayed by other jobs than wall time),
-and the ratio flagops/infinity of each, then each server's achieved GFLOP/s (``_flops.py``:
+and the ratio of each flagops server to infinity, then each server's achieved GFLOP/s (``_flops.py``:
 the model's forward FLOPs for ``--tokens``-token texts x texts/s) against a GEMM peak
 measured here before the servers start. ``--device cuda`` serves both in fp16 on the GPU
 (``benchmarks/gpu.sh``). Needs ``.venv-infinity`` (``benchmarks/setup_infinity_venv.sh``).
-Exits 1 if the vectors differ or flagops answered any request with an error.
+Exits 1 if the vectors differ or a flagops server answered any request with an error.
 """
 
 from __future__ import annotations
@@ -170,8 +173,13 @@ FLAGOPS_PLACEMENT = {"cpu": ["serve.device=cpu"], "cuda": ["serve.device=cuda", 
 INFINITY_PLACEMENT = {"cpu": ["--device", "cpu"], "cuda": ["--device", "cuda", "--dtype", "float16"]}
 
 
-def flagops_server(model_dir: Path, logs: Path, device: str | None = None) -> Server:
-    """``device`` None leaves the placement to ``serve.device=auto`` (soak.py); cpu or cuda pins it."""
+def flagops_server(model_dir: Path, logs: Path, device: str | None = None, quantize: str | None = None) -> Server:
+    """``device`` None leaves the placement to ``serve.device=auto`` (soak.py); cpu or cuda pins it.
+
+    ``quantize`` None leaves ``serve.quantize`` at its default; a setting pins it, and any but
+    ``none`` names the server after it (``flagops-int8``).
+    """
+    name = "flagops" if quantize in (None, "none") else f"flagops-{quantize}"
     port = free_port()
     argv = [
         sys.executable,
@@ -187,8 +195,9 @@ def flagops_server(model_dir: Path, logs: Path, device: str | None = None) -> Se
         "--name",
         SERVED_NAME,
         *(FLAGOPS_PLACEMENT[device] if device else []),
+        *([f"serve.quantize={quantize}"] if quantize else []),
     ]
-    return Server("flagops", argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings", f"/v2/models/{SERVED_NAME}/ready", logs / "flagops.log")
+    return Server(name, argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings", f"/v2/models/{SERVED_NAME}/ready", logs / f"{name}.log")
 
 
 def infinity_server(model_dir: Path, logs: Path, venv: Path, device: str = "cpu") -> Server:
@@ -400,11 +409,14 @@ def print_cell_group(rows: list[dict], util: Utilisation | None = None) -> None:
         if s["first_error"]:
             print(f"{'':<14}first error: {s['first_error']}")
     by = {s["server"]: s for s in rows}
-    if {"flagops", "infinity"} <= set(by):
-        f, inf = by["flagops"], by["infinity"]
+    for name, f in by.items():
+        if not name.startswith("flagops") or "infinity" not in by:
+            continue
+        inf = by["infinity"]
         r = {k: f[k] / inf[k] if inf[k] else float("nan") for k in ("p50_ms", "p95_ms", "p99_ms", "texts_per_s", "cpu_ms_per_text")}
+        label = ratio_label(name)
         print(
-            f"{'':<14}{'f/i':<9} {'':>5} {'':>4} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{'':<14}{label:<9} {'':>5} {'':>4} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{r['texts_per_s']:>8.2f} {r['cpu_ms_per_text']:>11.2f}",
             flush=True,
         )
@@ -414,17 +426,30 @@ def print_cell_group(rows: list[dict], util: Utilisation | None = None) -> None:
         print(f"{'':<14}GFLOP/s: " + ", ".join(shares), flush=True)
 
 
-def check_vectors(servers: Sequence[Server], texts: list[str], min_cos: float) -> tuple[bool, float]:
-    """Both servers embed the same texts; True if every pair has cosine >= ``min_cos``."""
-    a, b = (asyncio.run(embed(s, texts)) for s in servers)
-    cos = row_cosines(a, b)
-    ok = bool(cos.min() >= min_cos)
-    print(
-        f"vectors: {len(texts)} texts, dim {a.shape[1]} vs {b.shape[1]}, min cosine {cos.min():.6f} "
-        f"(>= {min_cos}: {'PASS' if ok else 'FAIL'})",
-        flush=True,
-    )
-    return ok, float(cos.min())
+def ratio_label(server: str) -> str:
+    """The ratio row's name: ``fp32/inf`` for ``flagops``, ``int8/inf`` for ``flagops-int8``."""
+    return f"{server.removeprefix('flagops').removeprefix('-') or 'fp32'}/inf"
+
+
+def check_vectors(servers: Sequence[Server], texts: list[str], floors: dict[str, float]) -> tuple[bool, dict[str, float]]:
+    """Every server embeds the same texts; each flagops server's rows against infinity's (the last server).
+
+    True if every pair of rows has cosine >= the server's floor in ``floors``.
+    """
+    *ours, peer = servers
+    ref = asyncio.run(embed(peer, texts))
+    ok, lowest = True, {}
+    for s in ours:
+        cos = row_cosines(asyncio.run(embed(s, texts)), ref)
+        passed = bool(cos.min() >= floors[s.name])
+        ok &= passed
+        lowest[s.name] = float(cos.min())
+        print(
+            f"vectors: {s.name} vs {peer.name}, {len(texts)} texts: cosine min {cos.min():.6f} mean {cos.mean():.6f} "
+            f"(>= {floors[s.name]}: {'PASS' if passed else 'FAIL'})",
+            flush=True,
+        )
+    return ok, lowest
 
 
 def versions(venv: Path) -> str:
@@ -484,7 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=300, help="seconds per cell and server at most")
     add_server_args(ap)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: both servers on the GPU in fp16")
-    ap.add_argument("--min-cos", type=float, default=0.999)
+    ap.add_argument(
+        "--quantize",
+        type=lambda t: t.split(","),
+        help="serve.quantize of each flagops server, comma-separated (default: none,int8 on cpu, none on cuda)",
+    )
+    ap.add_argument("--min-cos", type=float, default=0.999, help="cosine floor to infinity's vectors, fp32 flagops")
+    ap.add_argument("--min-cos-int8", type=float, default=0.98, help="the same for int8 (quantize.MIN_COSINE)")
     ap.add_argument("--check-only", action="store_true", help="compare the vectors, skip the load")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = ap.parse_args(argv)
@@ -493,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         model_dir = save_model(args.model, args.pooling, tmp / "model")
         texts = docstring_texts(model_dir, args.tokens, n=args.requests * args.batch)
-        servers = [flagops_server(model_dir, tmp, args.device), infinity_server(model_dir, tmp, args.infinity_venv, args.device)]
+        quantize = args.quantize or (["none"] if args.device == "cuda" else ["none", "int8"])
+        servers = [flagops_server(model_dir, tmp, args.device, q) for q in quantize]
+        servers.append(infinity_server(model_dir, tmp, args.infinity_venv, args.device))
         for s in servers:
             s.env.update(env_pairs(args.env))
         util = measure_utilisation(model_dir, args.tokens, args.device)
@@ -505,12 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         start_all(servers, args.startup_timeout)
         try:
-            ok, min_cos = check_vectors(servers, texts[:64], args.min_cos)
+            floors = {s.name: args.min_cos_int8 if s.name.endswith("int8") else args.min_cos for s in servers}
+            ok, min_cos = check_vectors(servers, texts[:64], floors)
             cells: list[Cell] = []
             if not args.check_only:
                 print(
                     f"load: {args.requests} requests per cell and server in {args.rounds} interleaved slices; "
-                    f"ratios are flagops/infinity (latency and cpu: < 1 is flagops ahead; texts/s: > 1)"
+                    f"ratios are flagops/infinity, one row per flagops server (latency and cpu: < 1 is flagops ahead; texts/s: > 1)"
                 )
                 print(HEADER, flush=True)
                 cells = asyncio.run(run_cells(servers, texts, args, util))
@@ -518,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             logs = {s.name: s.log_tail(200) for s in servers}
             stop_all(servers)
     summaries = [c.summary() for c in cells]
-    flagops_errors = sum(s["errors"] for s in summaries if s["server"] == "flagops")
+    flagops_errors = sum(s["errors"] for s in summaries if s["server"].startswith("flagops"))
     if args.out:
         report = {"min_cosine": min_cos, "args": {k: str(v) for k, v in vars(args).items()}, "cells": summaries, "server_log_tails": logs}
         args.out.write_text(json.dumps(report, indent=1, default=str))

@@ -397,6 +397,10 @@ class ServeConfig(Section):
     # and a serving pod's hardware is not the pipeline's): auto takes the pod's GPU when it has one.
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     dtype: InferenceDType = "auto"
+    # int8: torch's dynamic int8 Linears (flagops/models/quantize.py), embedders on CPU in float32 only.
+    # auto: int8 where the model directory carries a passing accuracy check (flagops_quantization.json),
+    # otherwise (no check, a failed one, a GPU, an M3 or reranker model) the placement's float dtype.
+    quantize: Literal["none", "int8", "auto"] = "auto"
 
     def overrides(self) -> list[str]:
         """``serve.KEY=VALUE`` for every field but the address and name (``flagops serve`` takes

@@ -9,6 +9,13 @@ win where both handle the same thing:
 * a cap on request bodies (``serve.max_body_bytes``: 413);
 * V2 infer bodies without a Content-Type read as JSON (tritonclient sends none);
 * request latency into ``flagops_request_duration_seconds``;
+* ``GET /v2/models/NAME``: kserve's V2 model metadata, plus the inference backend that serves
+  (``"backend": "torch-fp32"``, ``"torch-int8-dynamic"``...; also as V2's ``platform``) and
+  the model's int8 accuracy check when it carries one;
+* no kserve ``TimingMiddleware``: per request it read the whole process's CPU time
+  (``getrusage``, slow while torch's threads run) and logged two ``kserve.trace`` lines. Under
+  32 concurrent single-text clients that was 80% of the event loop's busy samples (py-spy,
+  benchmarks/README.md); ``flagops_request_duration_seconds`` keeps the latency;
 * errors as ``{"error": ...}`` everywhere (FastAPI's own say ``{"detail": ...}``);
 * 400, not 422 / 501, for bodies FastAPI rejects and for what kserve leaves unimplemented
   (model versions, explain): both are requests this server cannot serve, not its faults.
@@ -24,11 +31,12 @@ import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.model_server import app as kserve_app  # the app RESTServer serves
 from kserve.protocol.rest.server import RESTServer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from timing_asgi import TimingMiddleware
 
 from flagops.config import ServeConfig
 from flagops.serving.kinds import ROUTES, V1_SCHEMAS, JsonRoute, model_kind
@@ -36,6 +44,7 @@ from flagops.serving.metrics import LatencyMiddleware
 from flagops.serving.protocol import openai_error, validate_body
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
+V2_METADATA = "/v2/models/{model_name}"
 
 
 async def request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -170,6 +179,25 @@ def json_endpoint(route: JsonRoute, models: Mapping[str, kserve.Model], cfg: Ser
     return endpoint
 
 
+def metadata_endpoint(models: Mapping[str, kserve.Model]):
+    """V2 model metadata (name, platform, tensors) with the serving backend added."""
+
+    async def endpoint(model_name: str) -> dict[str, Any]:
+        model = models.get(model_name)
+        if model is None:
+            raise ModelNotFound(model_name)  # kserve's handler: 404
+        info = model.backend_metadata()
+        return {
+            "name": model.name,
+            "platform": info["backend"],
+            "inputs": model.get_input_types(),
+            "outputs": model.get_output_types(),
+            **info,
+        }
+
+    return endpoint
+
+
 def request_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
@@ -192,6 +220,9 @@ def finish_app(app: FastAPI, models: Sequence[kserve.Model], cfg: ServeConfig) -
                 summary=route.summary,
                 openapi_extra=request_body(route.request.model_json_schema()),
             )
+    # Ahead of kserve's own metadata route (the first matching route answers), which drops unknown fields.
+    app.add_api_route(V2_METADATA, metadata_endpoint({m.name: m for m in models}), methods=["GET"], summary="Model metadata and backend")
+    app.router.routes.insert(0, app.router.routes.pop())
     app.add_exception_handler(RequestValidationError, request_validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
 
@@ -200,6 +231,7 @@ def finish_app(app: FastAPI, models: Sequence[kserve.Model], cfg: ServeConfig) -
 
     app.add_exception_handler(BodyTooLarge, body_too_large)
     app.add_exception_handler(NotImplementedError, not_implemented)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]  # the stack builds at start-up
     app.add_middleware(V2JsonByDefault)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, openai_paths=frozenset(openai_paths))
     app.add_middleware(LatencyMiddleware)  # outermost: times refusals too

@@ -10,19 +10,31 @@ supplies only what differs:
   ``token_lengths(key, items)``, ``max_length(key)`` and ``run_batch(key, items, max_length)``;
 * ``predict`` and the V2 input and output types.
 
-``load`` (KServe calls it once, before serving) sets ``backend`` and ``ready``; ``stop``
-closes the batcher and its threads.
+``load`` (KServe calls it once, before serving) sets ``backend`` and ``ready`` and logs
+which inference backend serves (``backend_name``, e.g. ``torch-fp32`` or
+``torch-int8-dynamic``, with the model's int8 accuracy check when it carries one); the
+V2 model metadata route reports the same (``backend_metadata``). ``stop`` closes the
+batcher and its threads.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kserve
 
-from flagops.config import ServeConfig
+from flagops.config import ConfigError, ServeConfig
 from flagops.serving.runtime import ModelRuntime
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from flagops.models.device import Placement
+    from flagops.models.quantize import QuantCheck
+
+log = logging.getLogger(__name__)
 
 TEXT_INPUTS = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]  # the V2 input of the text kinds
 
@@ -34,6 +46,39 @@ def resolve_source(source: str) -> str:
 
         return str(fetch_model_dir(source))
     return source
+
+
+def serve_quantize(setting: str, model_dir: str, placement: Placement, *, supported: bool) -> tuple[str, QuantCheck | None]:
+    """``("none" | "int8", the check model_dir carries)`` for ``serve.quantize`` = ``setting``.
+
+    int8 is torch's dynamic quantisation: CPU, float32, embedders (``supported``) only.
+    ``auto`` quietly stays in float there; an explicit ``int8`` elsewhere is a ConfigError.
+    """
+    from flagops.models.device import CPU_FP32
+    from flagops.models.quantize import QuantCheck, resolve_quantize
+
+    check = QuantCheck.load(model_dir)
+    if setting == "none" or (setting == "auto" and (not supported or placement != CPU_FP32)):
+        return "none", check
+    if not supported:
+        raise ConfigError("serve.quantize=int8 serves embedders only (not M3 or rerankers); set serve.quantize=auto or none")
+    if placement != CPU_FP32:
+        raise ConfigError(f"serve.quantize=int8 runs on CPU in float32, not on {placement}; set serve.device=cpu or serve.quantize=auto")
+    return resolve_quantize(setting, model_dir), check
+
+
+def torch_backend_name(module: nn.Module) -> str:
+    """``torch-int8-dynamic``, or ``torch-`` and the weights' dtype (``fp32``, ``fp16``, ``bf16``), ``-cuda`` on a GPU."""
+    from flagops.models.device import current_placement
+    from flagops.models.quantize import is_quantized
+
+    if is_quantized(module):
+        return "torch-int8-dynamic"
+    placement = current_placement(module)
+    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+    dtype = str(placement.dtype).removeprefix("torch.")
+    name = f"torch-{short.get(dtype, dtype)}"
+    return name if placement.device.type == "cpu" else f"{name}-{placement.device.type}"
 
 
 class ServedModel(kserve.Model):
@@ -50,6 +95,8 @@ class ServedModel(kserve.Model):
         self.source = source
         self.serve_cfg = serve_cfg
         self.backend: Any = None  # set by load()
+        self.backend_name = "unloaded"  # what does the maths, set by load_backend (torch_backend_name)
+        self.quant_check: QuantCheck | None = None  # the model's int8 accuracy check, when it carries one
         self.runtime = ModelRuntime(
             name,
             serve_cfg,
@@ -60,8 +107,17 @@ class ServedModel(kserve.Model):
 
     def load(self) -> bool:
         self.backend = self.load_backend(resolve_source(self.source))
+        check = f"; int8 check {self.quant_check.summary()}" if self.quant_check else "; no int8 check"
+        log.info("model %s served by %s%s", self.name, self.backend_name, check)
         self.ready = True
         return self.ready
+
+    def backend_metadata(self) -> dict[str, Any]:
+        """What the V2 metadata route adds: the backend, and the int8 check when the model carries one."""
+        meta: dict[str, Any] = {"backend": self.backend_name}
+        if self.quant_check is not None:
+            meta["quantization_check"] = {"summary": self.quant_check.summary(), "passed": self.quant_check.passed}
+        return meta
 
     def stop(self) -> None:
         self.runtime.stop()
@@ -70,7 +126,7 @@ class ServedModel(kserve.Model):
     # ------------------------------------------------------------ what a kind supplies
 
     def load_backend(self, source: str) -> Any:
-        """The loaded backend for ``source`` (registry URIs already resolved to a directory)."""
+        """The loaded backend for ``source`` (registry URIs already resolved to a directory); sets ``backend_name``."""
         raise NotImplementedError
 
     def token_lengths(self, key: Hashable, items: list[Any]) -> list[int]:

@@ -117,6 +117,7 @@ class DummyEmbedderModel(EmbedderModel):
         self.vector_dim = dim
 
     def load_backend(self, source: str) -> HashEncoder:
+        self.backend_name = "dummy"
         return HashEncoder(self.vector_dim)
 
 
@@ -127,6 +128,7 @@ class DummyRerankerModel(RerankerModel):
         super().__init__(name, source=source, serve_cfg=serve_cfg)
 
     def load_backend(self, source: str) -> OverlapScorer:
+        self.backend_name = "dummy"
         return OverlapScorer()
 
 
@@ -137,4 +139,5 @@ class DummyM3Model(M3Model):
         super().__init__(name, source=source, serve_cfg=serve_cfg)
 
     def load_backend(self, source: str) -> HashM3Encoder:
+        self.backend_name = "dummy"
         return HashM3Encoder()

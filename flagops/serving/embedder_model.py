@@ -25,7 +25,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from flagops.serving.base import TEXT_INPUTS, ServedModel
+from flagops.serving.base import TEXT_INPUTS, ServedModel, serve_quantize, torch_backend_name
 from flagops.serving.protocol import check_bool, check_keys, check_texts, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "embedding"
@@ -138,9 +138,15 @@ class EmbedderModel(ServedModel):
     def load_backend(self, source: str) -> TextEncoder:
         from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
         from flagops.models.embedder import Embedder  # torch loads only for a real model
+        from flagops.models.quantize import quantize_int8
 
-        embedder = place(Embedder.load(source), inference_placement(self.serve_cfg, name="serve"))
+        placement = inference_placement(self.serve_cfg, name="serve")
+        quantize, self.quant_check = serve_quantize(self.serve_cfg.quantize, source, placement, supported=True)
+        embedder = place(Embedder.load(source), placement)
+        if quantize == "int8":
+            quantize_int8(embedder)
         embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
+        self.backend_name = torch_backend_name(embedder.model)
         return BGEEncoder(embedder)
 
     def token_lengths(self, is_query: bool, texts: list[str]) -> list[int]:

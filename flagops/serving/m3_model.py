@@ -32,7 +32,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
 from flagops.serving import embedder_model
-from flagops.serving.base import TEXT_INPUTS, ServedModel, resolve_source
+from flagops.serving.base import TEXT_INPUTS, ServedModel, resolve_source, serve_quantize, torch_backend_name
 from flagops.serving.embedder_model import BGEEncoder
 from flagops.serving.protocol import check_bool, check_texts, v2_response
 
@@ -215,8 +215,11 @@ class M3Model(ServedModel):
     def load_backend(self, source: str) -> M3TextEncoder:
         from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
 
-        m3 = place(load_m3(source), inference_placement(self.serve_cfg, name="serve"))
+        placement = inference_placement(self.serve_cfg, name="serve")
+        _, self.quant_check = serve_quantize(self.serve_cfg.quantize, source, placement, supported=False)  # float only
+        m3 = place(load_m3(source), placement)
         m3.embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of  # M3Embedder tokenizes through it
+        self.backend_name = torch_backend_name(m3)
         return BGEM3Encoder(m3)
 
     def token_lengths(self, key: M3Key, texts: list[str]) -> list[int]:

@@ -28,7 +28,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
 
 from flagops.config import ServeConfig
-from flagops.serving.base import ServedModel
+from flagops.serving.base import ServedModel, serve_quantize, torch_backend_name
 from flagops.serving.protocol import check_bool, check_keys, check_text, check_texts, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "score"
@@ -156,8 +156,11 @@ class RerankerModel(ServedModel):
         from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
         from flagops.models.reranker import load_reranker  # torch loads only for a real model
 
-        reranker = place(load_reranker(source), inference_placement(self.serve_cfg, name="serve"))
+        placement = inference_placement(self.serve_cfg, name="serve")
+        _, self.quant_check = serve_quantize(self.serve_cfg.quantize, source, placement, supported=False)  # float only
+        reranker = place(load_reranker(source), placement)
         reranker.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
+        self.backend_name = torch_backend_name(reranker)
         return RerankerScorer(reranker)
 
     def token_lengths(self, key: str, pairs: list[Pair]) -> list[int]:

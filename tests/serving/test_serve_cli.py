@@ -35,6 +35,7 @@ SERVE = ServeConfig(
     pad_to_multiple_of=None,
     device="cpu",
     dtype="float32",
+    quantize="int8",
 )
 CHAMPION = isvc.Champion(name="bge", version=3, storage_uri="s3://bucket/3/artifacts", model_path="artifacts/candidate")
 
@@ -79,6 +80,7 @@ def test_the_rendered_container_passes_the_serve_section():
         "serve.pad_to_multiple_of=null",
         "serve.device=cpu",
         "serve.dtype=float32",
+        "serve.quantize=int8",
     ]
     assert container(ServeConfig())["args"] != args  # the section, not constants
 

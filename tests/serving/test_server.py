@@ -238,6 +238,7 @@ def test_v2_metadata_describes_the_tensors(dummy_server):
     assert r.status_code == 200, r.text
     assert r.json()["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert r.json()["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 8]}]
+    assert r.json()["backend"] == r.json()["platform"] == "dummy"
 
 
 def test_sigterm_stops_the_server_cleanly(tmp_path):
@@ -255,3 +256,8 @@ def test_without_a_model_or_a_workspace_it_names_the_fix(tmp_path):
     (line,) = r.stderr.strip().splitlines()
     assert "no MLflow store at" in line and "flagops demo --profile demo" in line and "--model" in line
     assert list(tmp_path.iterdir()) == []  # no store or workspace created on the way
+
+
+def test_real_model_metadata_names_its_fp32_backend(real_server):
+    meta = httpx.get(f"{real_server.url}/v2/models/{real_server.name}").json()
+    assert meta["backend"] == "torch-fp32" and "quantization_check" not in meta  # tiny-bert carries no int8 check
