@@ -69,6 +69,8 @@ def serve_command(model_uri: str, cfg: FlagopsConfig, port: int) -> list[str]:
 class SmokeResult(NamedTuple):
     vectors: list[list[float]]  # one dense vector per sample query, from /v1/embeddings
     lexical: list[tuple[str, float]] | None  # M3: the first query's heaviest tokens, from V1 return_sparse
+    backend: str = "unknown"  # what served, from GET /v2/models/NAME: torch-fp32, torch-int8-dynamic...
+    quantization_check: str | None = None  # the int8 check's summary, when the model carries one
 
 
 # A reranker's smoke request: the first sample query against passages, one of which answers it.
@@ -110,7 +112,7 @@ def running_server(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> Iterato
 
 def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResult:
     """Serve ``model_uri``, embed SAMPLE_QUERIES via /v1/embeddings (and, for an M3 model, ask
-    V1 for the first query's lexical weights), stop."""
+    V1 for the first query's lexical weights), read which backend served from the V2 metadata, stop."""
     import httpx
 
     name = cfg.serve.model_name
@@ -125,7 +127,11 @@ def smoke_serve(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> SmokeResul
             r.raise_for_status()
             sparse = r.json()["predictions"][0]["sparse"]
             lexical = list(zip(sparse["tokens"], sparse["values"], strict=True))[:5]  # heaviest first
-    return SmokeResult(vectors, lexical)
+        r = httpx.get(f"{url}/v2/models/{name}", timeout=60.0)
+        r.raise_for_status()
+        meta = r.json()
+    check = meta.get("quantization_check")
+    return SmokeResult(vectors, lexical, meta["backend"], check["summary"] if check else None)
 
 
 def smoke_rerank(model_uri: str, cfg: FlagopsConfig, workdir: Path) -> list[tuple[int, float]]:

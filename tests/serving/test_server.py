@@ -261,3 +261,18 @@ def test_without_a_model_or_a_workspace_it_names_the_fix(tmp_path):
 def test_real_model_metadata_names_its_fp32_backend(real_server):
     meta = httpx.get(f"{real_server.url}/v2/models/{real_server.name}").json()
     assert meta["backend"] == "torch-fp32" and "quantization_check" not in meta  # tiny-bert carries no int8 check
+
+
+def test_kserve_timing_middleware_is_removed():
+    """kserve adds timing_asgi's TimingMiddleware (two CPU-time reads and two log lines per request:
+    80% of the event loop at concurrency 32 under py-spy); finish_app takes it out, keeps ours."""
+    from fastapi import FastAPI
+    from kserve.protocol.rest import server as kserve_server
+
+    from flagops.config import ServeConfig
+    from flagops.serving.app import finish_app
+
+    app = FastAPI()
+    app.add_middleware(kserve_server.TimingMiddleware, client=None)  # as RESTServer._add_middlewares does
+    names = [m.cls.__name__ for m in finish_app(app, [], ServeConfig()).user_middleware]
+    assert "TimingMiddleware" not in names and "LatencyMiddleware" in names
