@@ -134,6 +134,9 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(5, ge=1)
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory
+    # Encode a step's queries and passages sorted by length, N at a time, each chunk padded to its
+    # own longest: the same loss with far fewer padded tokens. null: one batch padded to its longest.
+    length_chunk: int | None = Field(16, ge=1)
     deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
     resume_from_checkpoint: bool = True  # continue from the newest checkpoint in the output dir
     seed: int = 42

@@ -91,6 +91,21 @@ def test_distillation_loss_matches_a_hand_computation():
     assert contrastive_only == pytest.approx(_hand_loss(q, p, batch["teacher_scores"], train.temperature, 0.0), rel=1e-5)
 
 
+def test_length_sorted_chunks_leave_the_training_loss_unchanged():
+    """train.length_chunk only changes how the step's texts are padded: the loss (InfoNCE + KL) is the same."""
+    cfg = _cfg("train.distill=true", "train.train_group_size=3")
+    train = cfg.train
+    embedder = Embedder.from_config(cfg.model).eval()  # no dropout
+    dataset = common.GroupDataset(_examples(4), train.train_group_size, train.seed, distill=True)
+    batch = common.GroupCollator(embedder)([dataset[i] for i in range(4)])
+    losses = []
+    for chunk in (None, 3):
+        model = recipe.BiEncoderForTraining(embedder, train.temperature, True, train.distill_weight, length_chunk=chunk)
+        with torch.no_grad():
+            losses.append(model(**batch)["loss"].item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+
+
 def test_distillation_trains_and_needs_teacher_scores(tmp_path):
     cfg = _cfg("train.max_steps=2", "train.distill=true", "train.batch_size=4")
     summary = recipe.train(cfg.model, cfg.train, _examples(), tmp_path / "m")

@@ -1,4 +1,4 @@
-"""Length-grouped batches and sub-batched encoding (loss and gradients equal the whole batch)."""
+"""Length-grouped batches, length-sorted chunks and sub-batched encoding (loss and gradients equal the whole batch)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from flagops.training.batching import (
     LengthGroupedBatches,
     bucket_index,
     encode_in_chunks,
+    encode_length_sorted,
     example_lengths,
     length_grouped_batches,
     unwrap_batch,
@@ -132,3 +133,52 @@ def test_encode_in_chunks_for_plain_tensors_and_no_grad():
     torch.testing.assert_close(encode_in_chunks(f, (x,), 3), f(x))
     with torch.no_grad():
         torch.testing.assert_close(encode_in_chunks(f, (x,), 2), f(x))
+
+
+# --------------------------------------------------------------------------- length-sorted chunks
+
+TEXTS = ["a", "one two three four five six seven eight nine ten eleven twelve", "x y", "stone river cloud light", "p q r s t"]
+
+
+def test_length_sorted_chunks_give_the_padded_batch_outputs_and_gradients(tiny_embedder):
+    """Rows come back in input order with the padded batch's embeddings and parameter gradients,
+    while each chunk (sorted by length) is cut to its own longest row."""
+    tiny_embedder.eval()  # no dropout, so both paths compute the same function
+    batch = tiny_embedder.tokenize(TEXTS, is_query=False)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    widths = []
+
+    def encode(i, m):
+        widths.append(i.shape[1])
+        return tiny_embedder(i, m)
+
+    grads = []
+    for size in (None, 2):
+        tiny_embedder.zero_grad()
+        widths.clear()
+        out = encode_length_sorted(encode, ids, mask, size)
+        (out * torch.arange(out.numel()).reshape(out.shape)).sum().backward()  # a loss that depends on the row order
+        grads.append([p.grad.clone() for p in tiny_embedder.parameters() if p.grad is not None])
+        if size is None:
+            whole = out.detach()
+            assert widths == [ids.shape[1]]
+        else:
+            torch.testing.assert_close(out.detach(), whole, rtol=1e-5, atol=1e-6)
+            lengths = sorted(mask.sum(1).tolist())
+            assert widths == [max(lengths[s : s + 2]) for s in range(0, len(lengths), 2)]
+            assert sum(widths) < 3 * ids.shape[1]  # fewer padded tokens than three full-width chunks
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_length_sorted_chunks_never_cut_a_used_column():
+    """Left padding (real tokens at the end) keeps every column; only columns unused by a whole chunk go."""
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
+    ids = torch.arange(16).reshape(4, 4)
+    seen = []
+    out = encode_length_sorted(lambda i, m: seen.append(m.shape[1]) or i.sum(1, keepdim=True), ids, mask, 2)
+    assert seen == [4, 4] and out.squeeze(1).tolist() == ids.sum(1).tolist()
+    right = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    seen.clear()
+    out = encode_length_sorted(lambda i, m: seen.append(m.shape[1]) or (i * m).sum(1, keepdim=True), ids, right, 2)
+    assert seen == [2, 4] and out.squeeze(1).tolist() == (ids * right).sum(1).tolist()
