@@ -7,6 +7,8 @@
 * ``lineage``: content hashes, git commit and the lineage tags of a version.
 * ``aliases``: ``@champion`` / ``@challenger`` and ``promote``, which moves them.
 * ``promotion``: the champion/challenger gate, a pure function.
+* ``lock``: one promotion at a time per model (a lock kept in the registry), and retries
+  for a busy sqlite store.
 * ``card``: the model card (README.md) of a registered version.
 
 Submodules are imported explicitly (``from flagops.registry import models``) so that

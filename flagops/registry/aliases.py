@@ -2,7 +2,9 @@
 
 ``promote`` applies the gate (``promotion.decide``) to a registered version and moves the
 aliases; the decision is recorded on the version (``flagops.promotion`` tag) and on the
-active run.
+active run. It holds the model's promotion lock (``registry.lock``) from reading
+``@champion`` to the last write, so two pipelines that finish together are promoted one
+after the other, never both against the same old champion.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mlflow import MlflowClient
 
 from flagops.registry import tracking
 from flagops.registry.lineage import version_metrics
+from flagops.registry.lock import promotion_lock, retry_busy
 from flagops.registry.promotion import decide
 from flagops.registry.tracking import TEXT_LIMIT
 
@@ -34,7 +37,17 @@ def promote(registry_cfg, name: str, version: int | str, prefix: str = "candidat
     aliases; log the decision to the active run."""
     tracking.configure_env()
     client = MlflowClient()
-    cand = client.get_model_version(name, str(version))
+    with promotion_lock(client, name):
+        record = _promote_locked(client, registry_cfg, name, str(version), prefix)
+    _log_promotion(record)
+    verdict = "champion" if record["promoted"] else "challenger"
+    print(f"promote_model: {name} v{record['version']} -> @{verdict}\n  " + "\n  ".join(record["reasons"]))
+    return record
+
+
+def _promote_locked(client: MlflowClient, registry_cfg, name: str, version: str, prefix: str) -> dict[str, Any]:
+    """Read the champion, decide, move the aliases: the caller holds the promotion lock."""
+    cand = client.get_model_version(name, version)
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and champion.version == cand.version:
         # A re-run: keep the record of the promotion that made it champion.
@@ -53,16 +66,13 @@ def promote(registry_cfg, name: str, version: int | str, prefix: str = "candidat
         )
         previous = int(champion.version) if champion is not None else None
         if decision.promote:
-            client.set_registered_model_alias(name, CHAMPION, cand.version)
+            retry_busy(client.set_registered_model_alias, name, CHAMPION, cand.version)
             if CHALLENGER in cand.aliases:
-                client.delete_registered_model_alias(name, CHALLENGER)
+                retry_busy(client.delete_registered_model_alias, name, CHALLENGER)
         else:
-            client.set_registered_model_alias(name, CHALLENGER, cand.version)
+            retry_busy(client.set_registered_model_alias, name, CHALLENGER, cand.version)
         record = _promotion(cand, decision.promote, previous, decision.reasons, changed=True)
-        client.set_model_version_tag(name, cand.version, PROMOTION_TAG, json.dumps(record)[:TEXT_LIMIT])
-    _log_promotion(record)
-    verdict = "champion" if record["promoted"] else "challenger"
-    print(f"promote_model: {name} v{cand.version} -> @{verdict}\n  " + "\n  ".join(record["reasons"]))
+        retry_busy(client.set_model_version_tag, name, cand.version, PROMOTION_TAG, json.dumps(record)[:TEXT_LIMIT])
     return record
 
 

@@ -77,7 +77,12 @@ def setup(registry_cfg, workdir: str | Path = ".") -> str:
     mlflow.set_registry_uri(uri)
     exp = mlflow.get_experiment_by_name(registry_cfg.experiment)
     if exp is None:
-        return mlflow.create_experiment(registry_cfg.experiment, artifact_location=artifact_location(uri))
+        try:
+            return mlflow.create_experiment(registry_cfg.experiment, artifact_location=artifact_location(uri))
+        except mlflow.exceptions.MlflowException as e:  # a pipeline started at the same moment made it first
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = mlflow.get_experiment_by_name(registry_cfg.experiment)
     return exp.experiment_id
 
 
