@@ -1,4 +1,6 @@
-"""The registry aliases: ``@champion`` for the version that serves, ``@challenger`` for one that lost.
+"""The registry aliases: ``@champion`` for the version that serves, ``@challenger`` for the runner-up:
+the last version that lost the gate, or the champion a better version dethroned (the rollback target).
+Either way two pipelines that finish together end the same: the better one champion, the other challenger.
 
 ``promote`` applies the gate (``promotion.decide``) to a registered version and moves the
 aliases; the decision is recorded on the version (``flagops.promotion`` tag) and on the
@@ -67,7 +69,9 @@ def _promote_locked(client: MlflowClient, registry_cfg, name: str, version: str,
         previous = int(champion.version) if champion is not None else None
         if decision.promote:
             retry_busy(client.set_registered_model_alias, name, CHAMPION, cand.version)
-            if CHALLENGER in cand.aliases:
+            if champion is not None:  # the dethroned champion is the runner-up now, and the rollback target
+                retry_busy(client.set_registered_model_alias, name, CHALLENGER, champion.version)
+            elif CHALLENGER in cand.aliases:
                 retry_busy(client.delete_registered_model_alias, name, CHALLENGER)
         else:
             retry_busy(client.set_registered_model_alias, name, CHALLENGER, cand.version)

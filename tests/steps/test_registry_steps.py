@@ -179,7 +179,7 @@ def test_better_model_becomes_champion(scenario):
     assert scenario["reg_c"]["version"] == 3
     promo = scenario["promo_c"]
     assert (promo["promoted"], promo["alias"], promo["previous_champion"]) == (True, "champion", 1)
-    assert scenario["aliases_c"] == {"champion": 3, "challenger": 2}
+    assert scenario["aliases_c"] == {"champion": 3, "challenger": 1}  # the dethroned champion is the runner-up
     again = scenario["promo_c_untracked"]
     assert (again["promoted"], again["changed"], again["previous_champion"]) == (True, False, 1)
 
