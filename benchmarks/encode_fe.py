@@ -154,12 +154,16 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1)  # (n,)
 
 
-def compare(kind: str, texts: list[str], ours, peer: PeerEncoder, args) -> bool:
-    """Check, then race, one kind of text; print its rows. False if the embeddings disagree."""
+def compare(kind: str, texts: list[str], ours, peer: PeerEncoder, args, int8=None) -> bool:
+    """Check, then race, one kind of text; print its rows. False if the embeddings disagree.
+    With ``int8`` (the same model, ``model.quantize=int8``) it races as a third side, its
+    cosine to flagops fp32 printed beside its ratio (it is lossy, so not held to ``--min-cos``)."""
     sides = {
         "flagops": timed(lambda: ours.encode(texts, is_query=kind == "queries", batch_size=args.batch_size)),
         "FlagModel": lambda: peer.encode(kind),
     }
+    if int8 is not None:
+        sides["int8"] = timed(lambda: int8.encode(texts, is_query=kind == "queries", batch_size=args.batch_size))
     first = {name: run()[0] for name, run in sides.items()}  # warm-up, and the check before any timing
     gap = float(1.0 - row_cosines(first["flagops"], first["FlagModel"]).min())
     ok = gap <= 1.0 - args.min_cos
@@ -174,7 +178,20 @@ def compare(kind: str, texts: list[str], ours, peer: PeerEncoder, args) -> bool:
         print(f"  {name:>9}: {rate:7.1f} texts/s (wall best {best[name]:.2f} s, worst {worst[name]:.2f} s; cpu {cpu[name]:.2f} s)")
     ratio, ratio_cpu = best["FlagModel"] / best["flagops"], cpu["FlagModel"] / cpu["flagops"]
     print(f"  ratio flagops/FlagModel: {ratio:.3f} (by cpu time: {ratio_cpu:.3f})")
+    if int8 is not None:
+        cos = row_cosines(first["int8"], first["flagops"])
+        ratio, ratio_cpu = best["FlagModel"] / best["int8"], cpu["FlagModel"] / cpu["int8"]
+        print(f"  ratio int8/FlagModel: {ratio:.3f} (by cpu: {ratio_cpu:.3f}); cosine to fp32 min {cos.min():.4f} mean {cos.mean():.4f}")
     return True
+
+
+def int8_ndcg(model_dir: str, eval_dir: Path) -> None:
+    """The accuracy half of the int8 row: held-out nDCG@10 fp32 vs int8, as benchmarks/int8.py measures it."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from int8 import accuracy, load_pair
+
+    acc = accuracy(load_pair(model_dir), eval_dir)
+    print(f"\nint8 accuracy on {eval_dir}: nDCG@10 fp32 {acc['fp32']:.4f}, int8 {acc['int8']:.4f}, delta {acc['int8'] - acc['fp32']:+.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of both sides")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (best counts)")
     ap.add_argument("--min-cos", type=float, default=0.9999)
+    ap.add_argument("--int8", action="store_true", help="race flagops' model.quantize=int8 too, with its cosine and nDCG delta")
+    ap.add_argument("--eval-dir", type=Path, default=Path("/tmp/dm/data/eval"), help="the demo's held-out set, for --int8's nDCG")
     ap.add_argument("--peer-python", default=str(REPO / ".venv-flagembedding" / "bin" / "python"), help="FlagEmbedding's python")
     ap.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--texts", help=argparse.SUPPRESS)
@@ -209,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         Embedder.load(args.model, pooling="mean", query_max_len=MAX_LEN["queries"], passage_max_len=MAX_LEN["passages"]).save(model_dir)
         texts_file.write_text(json.dumps(texts))
         ours = Embedder.load(model_dir)
+        int8 = None
+        if args.int8:
+            from flagops.models.quantize import quantize_int8
+
+            int8 = quantize_int8(Embedder.load(model_dir))
         peer = PeerEncoder(args, model_dir, texts_file)
         try:
             print(
@@ -217,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                 + f", {peer.hello['threads']} threads"
             )
             print(f"batch size {args.batch_size}, fp32, cpu, mean pooling, normalised; best of {args.repeats} runs over all texts")
-            ok = all([compare(kind, texts[kind], ours, peer, args) for kind in args.kind])
+            ok = all([compare(kind, texts[kind], ours, peer, args, int8) for kind in args.kind])
         finally:
             peer.close()
+        if args.int8 and (args.eval_dir / "corpus.jsonl").is_file():
+            int8_ndcg(model_dir, args.eval_dir)
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     fail = f"FAIL: embeddings differ by more than cosine {1.0 - args.min_cos:.0e}"
     print("PASS: a ratio above 1 means flagops is faster" if ok else fail)

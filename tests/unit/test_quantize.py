@@ -45,9 +45,8 @@ def test_int8_only_when_configured_and_only_at_inference():
     assert not is_quantized(Embedder.from_config(plain, inference=True))
     assert not is_quantized(Embedder.from_config(int8))  # training's load stays exact
     served = Embedder.from_config(int8, inference=True)
-    linears = [m for m in served.model.modules() if isinstance(m, nn.Linear | Int8Linear)]
-    assert linears and all(isinstance(m, Int8Linear) for m in linears)
-    assert type(linears[0]).reduce_range is not cpu_has_vnni()
+    linears = [m for m in served.model.modules() if isinstance(m, Int8Linear)]
+    assert linears and type(linears[0]).reduce_range is not cpu_has_vnni()  # which Linears: the next test
 
 
 def test_training_recipe_loads_exact(monkeypatch, tmp_path):
@@ -117,6 +116,16 @@ def test_tiny_model_stays_close():
     assert int8.dtype == np.float32 and int8.shape == fp32.shape
     assert cosines(int8, fp32).min() > 0.99
     assert not np.array_equal(int8, fp32)  # it really changed the arithmetic
+
+
+def test_ffn_output_stays_fp32_and_the_rest_is_int8():
+    e = Embedder.from_config(load_config("tiny", ["model.quantize=int8"]).model, inference=True)
+    kinds = {name: type(m) for name, m in e.model.named_modules() if isinstance(m, (nn.Linear, Int8Linear))}
+    ffn_out = {n for n in kinds if n.endswith(".output.dense") and ".attention." not in n}
+    assert ffn_out and all(kinds[n] is nn.Linear for n in ffn_out)  # one per layer, left in fp32
+    rest = set(kinds) - ffn_out
+    assert any(".attention.self." in n for n in rest) and any("intermediate.dense" in n for n in rest)
+    assert all(issubclass(kinds[n], Int8Linear) for n in rest)
 
 
 def test_minilm_cosine_band():
