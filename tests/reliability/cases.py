@@ -30,6 +30,7 @@ class Case:
     expect: str
     subprocess: bool = False  # run `python -m flagops.cli` in a child: the exit status a shell sees
     env: dict[str, str] = field(default_factory=dict)  # "{workdir}" in a value is the case's workspace
+    fixed: str = ""  # the defect this case found, now fixed in flagops (the report counts them)
 
 
 # --------------------------------------------------------------------------- writing inputs
@@ -96,6 +97,7 @@ TRAIN_CASES = [
         _train(_lines(GOOD_TRAIN, GOOD_TRAIN) + json.dumps(GOOD_TRAIN)[:25]),
         r"in/train\.jsonl:3: invalid JSON .*complete JSON object",
         subprocess=True,
+        fixed="invalid JSON named no fix",
     ),
     Case(
         "train: pos is a string",
@@ -121,6 +123,7 @@ TRAIN_CASES = [
         "files: training JSONL",
         _train(b"\xef\xbb\xbf" + _lines(GOOD_TRAIN).encode()),
         r"in/train\.jsonl:1: .*BOM.*(save|re-encode)",
+        fixed="BOM reported as json's 'decode using utf-8-sig'",
     ),
     Case(
         "train: CRLF, missing pos on line 3",
@@ -167,6 +170,7 @@ CORPUS_CASES = [
         "files: corpus JSONL",
         _corpus(_lines(GOOD_PASSAGE) + '{"_id": "p2", "text": "cut'),
         r"in/corpus\.jsonl:2: invalid JSON .*complete JSON object",
+        fixed="invalid JSON named no fix",
     ),
     Case("corpus: missing _id", "files: corpus JSONL", _corpus(_lines({"text": "no id"})), r"in/corpus\.jsonl:1: missing field '_id'"),
     Case(
@@ -239,12 +243,14 @@ BEIR_CASES = [
         "files: BEIR folder",
         _beir(b"\xef\xbb\xbf" + HEADER.encode() + b"q1\tp1\t1\n"),
         r"qrels/test\.tsv:1: .*BOM.*without BOM",
+        fixed="BOM read into the header: 'not BEIR's' with an invisible character",
     ),
     Case(
         "queries: truncated line",
         "files: BEIR folder",
         _beir(HEADER + "q1\tp1\t1\n", queries='{"_id": "q1", "text": "sort a list"}\n{"_id": "q2", "te'),
         r"queries\.jsonl:2: invalid JSON .*complete JSON object",
+        fixed="invalid JSON named no fix",
     ),
 ]
 
@@ -285,6 +291,7 @@ TASK_CASES = [
         "files: STS",
         _task("sts.tsv", b"sentence1\tsentence2\tscore\ncaf\xe9\tcafe\t4\n"),
         r"in/sts\.tsv: not UTF-8 .*re-encode",
+        fixed="UnicodeDecodeError traceback",
     ),
     Case(
         "sts: TSV row without a score",
@@ -297,6 +304,7 @@ TASK_CASES = [
         "files: STS",
         _task("sts.tsv", b"\xef\xbb\xbfsentence1\tsentence2\tscore\na\tb\t1\n"),
         r"in/sts\.tsv:1: .*BOM",
+        fixed="BOM read into the first column: 'match no task'",
     ),
     Case(
         "rerank: negative is a string",
@@ -310,7 +318,13 @@ TASK_CASES = [
         _task("rerank.jsonl", _lines({**RERANK_ROW, "negative": []})),
         r"in/rerank\.jsonl: no reranking rows with both a positive and a negative",
     ),
-    Case("rerank: truncated parquet", "files: eval tasks", _parquet, r"in/rerank\.parquet: not a readable parquet file.*again"),
+    Case(
+        "rerank: truncated parquet",
+        "files: eval tasks",
+        _parquet,
+        r"in/rerank\.parquet: not a readable parquet file.*again",
+        fixed="ArrowInvalid traceback",
+    ),
     Case(
         "eval task: unknown layout", "files: eval tasks", _task("x.jsonl", _lines({"a": 1})), r"in/x\.jsonl: columns \['a'\] match no task"
     ),
@@ -341,7 +355,13 @@ CONFIG_CASES = [
         lambda d: params("tiny", "train.max_steps"),
         r"override 'train\.max_steps': expected section\.key=value",
     ),
-    Case("override: value not YAML", "configs", lambda d: params("tiny", "train.max_steps=[1,"), r"override 'train\.max_steps=\[1,'.*YAML"),
+    Case(
+        "override: value not YAML",
+        "configs",
+        lambda d: params("tiny", "train.max_steps=[1,"),
+        r"override 'train\.max_steps=\[1,'.*YAML",
+        fixed="yaml ParserError traceback",
+    ),
     Case("override: key under a value", "configs", lambda d: params("tiny", "train.max_steps.x=1"), r"'max_steps' is not a section"),
     Case("profile: does not exist", "configs", lambda d: params("tinyy"), r"tinyy.*(tiny|profiles)"),
     Case("profile file: unknown key", "configs", _yaml("extends: tiny\ntrain:\n  epochz: 2\n"), r"train\.epochz.*valid keys"),
@@ -408,6 +428,7 @@ CLI_CASES = [
         "CLI arguments",
         lambda d: ["pipeline", "--profile", "nosuch", "--workdir", "out/ws"],
         r"unknown profile 'nosuch': choose one of",
+        fixed="left an empty workspace folder",
     ),
     Case(
         "pytorchjob: --workers -1",
@@ -420,6 +441,7 @@ CLI_CASES = [
         "CLI arguments",
         lambda d: ["deploy", "render", "--profile", "tiny", "-o", "out/isvc.yaml"],
         r"no MLflow store at .*mlflow\.db: run the pipeline first",
+        fixed="created ./mlflow.db, then an MlflowException traceback",
     ),
     Case(
         "serve: model directory missing",
@@ -518,19 +540,38 @@ def _reranker_head(d: Path) -> list[str]:
 
 
 MODEL_CASES = [
-    Case("truncated safetensors", "model directories", _truncated, r"model\.safetensors.*truncated"),
-    Case("missing tokenizer", "model directories", _no_tokenizer, r"in/model.*tokenizer"),
+    Case("truncated safetensors", "model directories", _truncated, r"model\.safetensors.*truncated", fixed="SafetensorError traceback"),
+    Case("missing tokenizer", "model directories", _no_tokenizer, r"in/model.*tokenizer", fixed="loaded with an empty tokenizer, exit 0"),
     Case(
         "pickle-only checkpoint",
         "model directories",
         _pickle_only,
         r"pytorch_model\.bin.*pickle.*FLAGOPS_ALLOW_PICKLE=1",
         subprocess=True,
+        fixed="pytorch_model.bin loaded silently, exit 0",
     ),
     Case("no config.json", "model directories", _no_config, r"model source 'in/model': no config\.json"),
-    Case("M3 ColBERT head of the wrong shape", "model directories", _m3_head_setup, r"colbert_linear\.pt.*(shape|hidden|size)"),
-    Case("M3 head file unreadable", "model directories", _m3_garbage_head, r"colbert_linear\.pt: not a readable state dict.*re-save"),
-    Case("reranker head of the wrong shape", "model directories", _reranker_head, r"in/model.*(shape|size)"),
+    Case(
+        "M3 ColBERT head of the wrong shape",
+        "model directories",
+        _m3_head_setup,
+        r"colbert_linear\.pt.*(shape|hidden|size)",
+        fixed="M3CheckpointError traceback",
+    ),
+    Case(
+        "M3 head file unreadable",
+        "model directories",
+        _m3_garbage_head,
+        r"colbert_linear\.pt: not a readable state dict.*re-save",
+        fixed="M3CheckpointError traceback",
+    ),
+    Case(
+        "reranker head of the wrong shape",
+        "model directories",
+        _reranker_head,
+        r"in/model.*(shape|size)",
+        fixed="transformers RuntimeError traceback",
+    ),
 ]
 
 # --------------------------------------------------------------------------- registry states
@@ -573,20 +614,38 @@ def _registry(kind: str) -> Callable[[Path], list[str]]:
     return setup
 
 
-def _env_store(case_name: str, category: str, kind: str, expect: str, subprocess: bool = False) -> Case:
+def _env_store(case_name: str, category: str, kind: str, expect: str, *, subprocess: bool = False, fixed: str = "") -> Case:
     """Registry cases read the store through $MLFLOW_TRACKING_URI, as `flagops serve` does."""
-    return Case(
-        case_name, category, _registry(kind), expect, subprocess=subprocess, env={"MLFLOW_TRACKING_URI": "sqlite:///{workdir}/in/mlflow.db"}
-    )
+    env = {"MLFLOW_TRACKING_URI": "sqlite:///{workdir}/in/mlflow.db"}
+    return Case(case_name, category, _registry(kind), expect, subprocess=subprocess, env=env, fixed=fixed)
 
 
 REGISTRY_CASES = [
-    _env_store("alias at a deleted version", "registry states", "alias", r"models:/x@champion.*(alias|champion)"),
     _env_store(
-        "alias whose artifacts are gone", "registry states", "artifacts", r"models:/x@champion: .*artifacts.*register the model again"
+        "alias at a deleted version", "registry states", "alias", r"models:/x@champion.*(alias|champion)", fixed="MlflowException traceback"
     ),
-    _env_store("eval: a model that is not registered", "registry states", "missing", r"models:/nope@champion.*(not found|registered)"),
-    _env_store("serve: a model that is not registered", "registry states", "serve", r"models:/nope@champion", subprocess=True),
+    _env_store(
+        "alias whose artifacts are gone",
+        "registry states",
+        "artifacts",
+        r"models:/x@champion: .*artifacts.*register the model again",
+        fixed="named a temporary folder, not the URI; left it behind",
+    ),
+    _env_store(
+        "eval: a model that is not registered",
+        "registry states",
+        "missing",
+        r"models:/nope@champion.*(not found|registered)",
+        fixed="MlflowException traceback",
+    ),
+    _env_store(
+        "serve: a model that is not registered",
+        "registry states",
+        "serve",
+        r"models:/nope@champion",
+        subprocess=True,
+        fixed="MlflowException traceback, exit 1",
+    ),
 ]
 
 CASES: list[Case] = TRAIN_CASES + CORPUS_CASES + BEIR_CASES + TASK_CASES + CONFIG_CASES + CLI_CASES + MODEL_CASES + REGISTRY_CASES

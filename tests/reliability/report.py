@@ -1,7 +1,8 @@
 """``python -m tests.reliability.report``: run the bad-input matrix and print it as a table.
 
 One row per case (category, name, exit status, the error line), then one row per category,
-then the count line ``N bad inputs: M handled``. Exits non-zero when any case is not handled.
+then the count line ``N bad inputs: M handled``. A case's ``fixed`` says what it showed before
+flagops was fixed (a traceback, a zero exit, a leftover file). Exits non-zero when any case is not handled.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def main() -> int:
         print(f"{o.case.category:24s} {o.case.name:42s} {how:4s} {o.rc!s:>3s}  {ok:3s} {shown[:160]}")
     print()
     tried, handled = Counter(o.case.category for o in outcomes), Counter(o.case.category for o in outcomes if o.handled)
+    fixed = Counter(o.case.category for o in outcomes if o.case.fixed)
     for category in tried:
-        print(f"{category:24s} {tried[category]:3d} tried, {handled[category]:3d} handled")
+        print(f"{category:24s} {tried[category]:3d} tried, {handled[category]:3d} handled, {fixed[category]:3d} found a defect (fixed)")
     print(
         f"{'HTTP payloads':24s} fuzzed by {HTTP_FUZZ['test']}: {HTTP_FUZZ['servers']} servers x "
         f"{HTTP_FUZZ['examples_per_operation']} examples per operation, no 5xx (counted there, not re-run here)"
