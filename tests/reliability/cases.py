@@ -448,6 +448,7 @@ CLI_CASES = [
         "CLI arguments",
         lambda d: ["serve", "--model", "in/nodir", "--port", "0"],
         r"model source 'in/nodir': no such directory",
+        subprocess=True,  # in-process, a regression that starts the server would hang the suite
     ),
     Case(
         "serve: unknown --kind", "CLI arguments", lambda d: ["serve", "--dummy", "--kind", "gpt"], r"argument --kind: invalid choice: 'gpt'"
