@@ -650,7 +650,11 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
         raise ConfigError(f"override {override!r}: expected section.key=value, e.g. train.temperature=0.05")
     dotted, _, raw = override.partition("=")
     keys = dotted.strip().split(".")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({problem}); quote it, e.g. {dotted}='...'") from None
     out = dict(data)
     node = out
     for key in keys[:-1]:

@@ -33,9 +33,9 @@ def _env(workdir: Path, cfg: FlagopsConfig) -> dict[str, str]:
 def prepare(profile: str, workdir: Path | None, overrides=()) -> tuple[FlagopsConfig, Path]:
     from flagops.dvc import PACKAGE, render_text
 
+    cfg = load_config(profile, overrides)  # first: a bad profile leaves no empty workspace behind
     workdir = workdir or default_workdir(profile)
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(profile, overrides)
     # Stages depend on the installed flagops code by absolute path: editing a loss re-runs training onward.
     (workdir / "dvc.yaml").write_text(render_text(cfg, code_root=str(PACKAGE.parent)))
     header = f"# Rendered from profile {profile!r} by `flagops pipeline --profile {profile}`.\n"

@@ -23,6 +23,10 @@ class DataError(ValueError):
     """Malformed input data. The message names ``path:line`` and the fix."""
 
 
+BOM = "\ufeff"  # a Windows editor's mark: json and the TSV header would read it as part of the first key
+BOM_FIX = "starts with a byte-order mark (BOM); save the file as UTF-8 without BOM"
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 
@@ -76,6 +80,17 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
 
 
+def read_utf8(path: str | Path) -> str:
+    """A text file's content; a byte that is not UTF-8, or a BOM, is a DataError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8") from None
+    if text.startswith(BOM):
+        raise DataError(f"{path}:1: {BOM_FIX}")
+    return text
+
+
 # --------------------------------------------------------------------------- JSONL reading
 
 
@@ -91,12 +106,16 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8") from None
+            if lineno == 1 and line.startswith(BOM):
+                raise DataError(f"{path}:1: {BOM_FIX}")
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                raise DataError(
+                    f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}); each line must be one complete JSON object"
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             seen_any = True
@@ -271,10 +290,7 @@ def read_qrels(path: str | Path, query_ids: set[str], doc_ids: set[str]) -> dict
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected qrels/<split>.tsv")
     qrels: dict[str, dict[str, int]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8") from None
+    lines = read_utf8(path).splitlines()
     rows = list(csv.reader(lines, delimiter="\t"))
     if not rows:
         raise DataError(f"{path}: empty file; expected a header 'query-id corpus-id score' and rows")
@@ -353,7 +369,7 @@ def read_sts(path: str | Path) -> list[StsPair]:
     if path.suffix == ".tsv":
         if not path.is_file():
             raise DataError(f"{path}: file not found; check the path")
-        reader = csv.DictReader(path.read_text(encoding="utf-8").splitlines(), delimiter="\t")
+        reader = csv.DictReader(read_utf8(path).splitlines(), delimiter="\t")
         rows = ((i + 2, r) for i, r in enumerate(reader))
     else:
         rows = iter_jsonl(path)

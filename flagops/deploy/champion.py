@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from flagops.config import ConfigError, DeployConfig
@@ -38,7 +39,14 @@ class Serving:
 
 
 def open_registry(cfg) -> MlflowClient:
-    """A client on the config's store (``registry.tracking_uri``, $MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    """A client on the config's store (``registry.tracking_uri``, $MLFLOW_TRACKING_URI or ./mlflow.db).
+    A sqlite store that is not there is an error: opening it would make an empty one."""
+    uri = tracking.tracking_uri(cfg.registry)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: run the pipeline first, or point registry.tracking_uri "
+            "or $MLFLOW_TRACKING_URI at the store"
+        )
     tracking.setup(cfg.registry)
     return MlflowClient()
 
@@ -58,7 +66,13 @@ def record_serving(client: MlflowClient, name: str, cfg: DeployConfig, state: Se
 
 
 def champion_version(client: MlflowClient, name: str) -> int | None:
-    mv = alias_version(client, name, CHAMPION)
+    """The @champion's version; None when there is none, or no model ``name`` at all."""
+    try:
+        mv = alias_version(client, name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
     return None if mv is None else int(mv.version)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from flagops.data.formats import DataError, EvalSet, Passage, iter_jsonl, read_beir, read_sts
+from flagops.data.formats import DataError, EvalSet, Passage, iter_jsonl, read_beir, read_sts, read_utf8
 from flagops.evaluation.bm25 import bm25_scores, bm25_search, detect_language
 from flagops.evaluation.index import corpus_search
 from flagops.evaluation.retrieval import retrieval_metrics
@@ -84,13 +84,17 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for lineno, obj in iter_jsonl(path):
             yield f"{path}:{lineno}", obj
     elif path.suffix == ".tsv":
-        reader = csv.DictReader(path.read_text(encoding="utf-8").splitlines(), delimiter="\t")
+        reader = csv.DictReader(read_utf8(path).splitlines(), delimiter="\t")
         for i, row in enumerate(reader):
             yield f"{path}:{i + 2}", row
     elif path.suffix == ".parquet":
         import pandas as pd  # only hub downloads need it
 
-        for i, row in enumerate(pd.read_parquet(path).to_dict("records")):
+        try:
+            frame = pd.read_parquet(path)
+        except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0][:120]}); download or write it again") from None
+        for i, row in enumerate(frame.to_dict("records")):
             yield f"{path}:row {i + 1}", row
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl, .tsv or .parquet")

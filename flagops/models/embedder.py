@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoTokenizer
 from flagops.data.formats import atomic_path
 from flagops.models.device import inference_placement, place
 from flagops.models.layout import SETTINGS_FILE
-from flagops.models.sources import resolve_model_source
+from flagops.models.sources import resolve_model_source, weights_fit
 
 ST_POOLING_MODES = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last_token": "pooling_mode_lasttoken"}
 
@@ -105,7 +105,8 @@ class Embedder(nn.Module):
             settings = replace(settings, pooling=pooling)
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModel.from_pretrained(str(path))
+        with weights_fit(path):
+            model = AutoModel.from_pretrained(str(path))
         return cls(model, tokenizer, settings)
 
     @classmethod

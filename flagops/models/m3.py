@@ -34,14 +34,14 @@ from torch import nn
 from flagops.data.formats import atomic_path
 from flagops.models.device import inference_placement, place
 from flagops.models.embedder import Embedder, pool
-from flagops.models.sources import resolve_model_source
+from flagops.models.sources import ModelSourceError, resolve_model_source
 
 MODES: tuple[str, ...] = ("dense", "sparse", "colbert")
 HEADS: tuple[str, ...] = ("colbert_linear", "sparse_linear")  # FlagEmbedding's file stems
 M3_SETTINGS_FILE = "flagops_m3.json"
 
 
-class M3CheckpointError(ValueError):
+class M3CheckpointError(ModelSourceError):
     """An M3 head file that is missing, malformed or does not fit the model. One line: file + fix."""
 
 

@@ -23,7 +23,7 @@ from flagops.data.formats import atomic_path
 from flagops.models.cache import cache_dir
 from flagops.models.embedder import padding_multiple
 from flagops.models.pair_scoring import PairScoring
-from flagops.models.sources import ModelSourceError, resolve_model_source
+from flagops.models.sources import ModelSourceError, resolve_model_source, weights_fit
 
 TINY_RERANKER = "tiny-reranker"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -136,7 +136,8 @@ class CrossEncoderReranker(PairScoring, nn.Module):
         """Load a model directory, ``pkg:PACKAGE`` or ``tiny-reranker[@seed]``."""
         path = resolve_reranker_source(str(source))
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        with weights_fit(path):
+            model = AutoModelForSequenceClassification.from_pretrained(str(path))
         limit = getattr(model.config, "max_position_embeddings", max_length)
         return cls(model, tokenizer, max_length=min(max_length, limit))
 

@@ -18,11 +18,13 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from flagops.data.formats import DataError, read_json
 from flagops.models import layout
 from flagops.models.layout import RERANKER_FILE, SETTINGS_FILE, artifact_subdir
 from flagops.models.quantize import QUANT_CHECK_FILE, QuantCheck
+from flagops.models.sources import ModelSourceError
 from flagops.registry import pyfunc, tracking
 from flagops.registry.card import CardFacts, render_card, render_reranker_card
 from flagops.registry.lineage import dir_sha256, lineage_tags, version_metrics
@@ -169,4 +171,17 @@ def fetch_model_dir(uri: str) -> Path:
     Uses the current MLflow tracking/registry URI (``tracking.setup`` or ``$MLFLOW_TRACKING_URI``).
     """
     tracking.configure_env()
-    return layout.model_dir(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    try:
+        root = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    except (MlflowException, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(
+            f"{uri}: {reason} (registry {mlflow.get_registry_uri()}); check the name and alias in that registry, or give a model directory"
+        ) from None
+    try:
+        return layout.model_dir(root)
+    except DataError:  # the version's artifacts are gone or never were a model: nothing to keep
+        shutil.rmtree(root, ignore_errors=True)
+        raise ModelSourceError(
+            f"{uri}: its artifacts hold no MLflow model (deleted?); register the model again, or give a model directory"
+        ) from None
