@@ -150,7 +150,8 @@ def _check(**kw):
 def test_quant_check_rule_edges():
     assert _check().passed  # -0.0040 is within 0.005
     assert not _check(ndcg_quant=0.6940).passed  # -0.0060
-    assert _check(ndcg_quant=0.7100).passed  # a gain passes
+    assert _check(ndcg_quant=0.7040).passed  # +0.0040
+    assert not _check(ndcg_quant=0.7100).passed  # +0.0100: the ranking moved as much as a loss would
     assert not _check(min_cosine=0.97).passed  # below the cosine floor even with nDCG kept
     assert "-0.0040" in _check().summary() and _check().summary().endswith("PASS")
 
