@@ -200,13 +200,13 @@ def test_no_secret_literals_in_dag_files():
         assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), f"{path}: credentials in a URI"
 
 
-PROFILE = "tiny_pretrain"  # the tiny loop plus the pretraining branch: both run for real here
+PROFILE = "tiny_all"  # every branch (pretraining, reranker, merge, second domain, long context) runs for real here
 
 
 @pytest.mark.slow
 def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
-    """`airflow dags test retrain_embedder` on the tiny_pretrain profile (the tiny loop with RetroMAE
-    before fine-tuning) ends with a champion in MLflow."""
+    """`airflow dags test retrain_embedder` on the tiny_all profile (every branch on) ends with a
+    champion for each registered model: the embedder, the reranker and the extended LM."""
     from mlflow.tracking import MlflowClient
 
     _require_airflow_venv()
@@ -226,14 +226,19 @@ def test_airflow_dags_test_runs_the_tiny_pipeline_to_a_champion(tmp_path):
     _run([AIRFLOW_BIN / "airflow", "dags", "test", "retrain_embedder"], env, timeout=900)
     print(f"\nairflow dags test retrain_embedder ({PROFILE} profile): {time.perf_counter() - started:.0f} s wall")
 
-    model = load_config(workdir / "params.yaml").registry.model_name
+    cfg = load_config(workdir / "params.yaml")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    assert str(client.get_model_version_by_alias(model, "champion").version) == "1"
+    for model in (cfg.registry.model_name, cfg.reranker.model_name, cfg.longctx.model_name):
+        assert str(client.get_model_version_by_alias(model, "champion").version) == "1", model
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
     assert {r.data.tags.get("flagops.step") for r in runs} >= set(catalog.pipeline(load_config(PROFILE)).names)
     metrics = json.loads((workdir / "metrics" / "eval.json").read_text())
     assert {"pretrained/ndcg@10", "base/ndcg@10", "candidate/ndcg@10"} <= set(metrics)  # the RetroMAE encoder is scored too
     assert (workdir / "registry" / "promotion.json").is_file()
+    longctx = json.loads((workdir / "metrics" / "longctx.json").read_text())
+    assert {"base/needle_rouge_l", "extended/needle_rouge_l", "extended/short_ppl"} <= set(longctx)
+    isvc = (workdir / "deploy" / "longctx-inferenceservice.yaml").read_text()
+    assert f"--max_model_len={cfg.longctx.base_context * cfg.longctx.factor}" in isvc
     # One MLflow parent run for the DAG run (FLAGOPS_PIPELINE_KEY), every step run under it.
     (parent,) = [r for r in runs if r.data.tags.get("flagops.kind") == "pipeline"]
     assert parent.data.tags["flagops.pipeline_key"].startswith("airflow:retrain_embedder:")

@@ -1,6 +1,7 @@
 """One DAG, three faces: a synthetic catalog with a diamond (fan-out and fan-in), an optional
 step and one module serving two steps renders with the same tasks and edges in DVC (as `dvc dag`
-reads the rendered dvc.yaml), KFP (the compiled IR) and Airflow (the DagBag in its own venv).
+reads the rendered dvc.yaml), KFP (the compiled IR) and Airflow (the DagBag in its own venv); and
+so does every shipped profile (the long-context and every-branch ones included).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from flagops import catalog, dvc
+from flagops.config import load_config, shipped_profiles
 from tests.dag_fixtures import DIAMOND, EDGES, PRETRAIN_EDGES, config
 from tests.orchestration.test_airflow import AIRFLOW_BIN, PROBE, _env, _require_airflow_venv, _run
 
@@ -113,3 +115,77 @@ def test_airflow_builds_the_diamond_as_the_catalogs_dag(tmp_path):
         assert list(tasks) == list(pipe(pretrain).names)
         assert {(up, name) for name, t in tasks.items() for up in t["upstream"]} == edges, case
         assert ("--in base=models/base" in tasks["split_right"]["bash_command"]) is pretrain
+
+
+# --------------------------------------------------------------------------- every shipped profile
+
+PROFILE_DAGS = textwrap.dedent(
+    """
+    # One airflow DAG per shipped profile (safe mode parses only files that say "airflow" and "dag").
+    import sys
+    sys.path[:0] = [{repo!r}, {dags!r}]
+    from _flagops_dag import retrain_dag
+    from flagops import catalog
+    from flagops.config import load_config
+
+    for profile in {profiles!r}:
+        retrain_dag(f"retrain_{{profile}}", f"The {{profile}} profile's DAG.", catalog.pipeline(load_config(profile)))
+    """
+)
+
+
+def _dvc_faces(root: Path, profiles: list[str]) -> dict[str, tuple[set, set]]:
+    """(stages, edges) per profile as `dvc dag` reads them: one repo with each profile's rendered
+    dvc.yaml in its own folder, so one dvc process reads them all (stages are `<profile>/dvc.yaml:<stage>`)."""
+    for p in profiles:
+        (root / p).mkdir()
+        (root / p / "dvc.yaml").write_text(dvc.render_text(load_config(p)))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    dot = subprocess.run([sys.executable, "-m", "dvc", "dag", "--dot"], cwd=root, check=True, capture_output=True, text=True)
+    faces = {p: (set(), set()) for p in profiles}
+    for line in dot.stdout.splitlines():
+        names = [part.strip().strip('";') for part in line.split("->")]
+        if not all("/dvc.yaml:" in n for n in names):
+            continue  # the digraph's braces
+        profile = names[0].split("/dvc.yaml:")[0]
+        stages = [n.split("/dvc.yaml:")[1] for n in names]
+        if len(stages) == 1:
+            faces[profile][0].add(stages[0])
+        else:
+            faces[profile][1].add(tuple(stages))
+    return faces
+
+
+def _kfp_face(profile: str) -> tuple[set, set]:
+    """(tasks, edges) of the profile's committed IR (test_kfp checks it is fresh), in step names."""
+    from pipelines import retrain
+
+    tasks = yaml.safe_load(retrain.package(profile).read_text())["root"]["dag"]["tasks"]
+    step = {t: t.replace("-", "_") for t in tasks}
+    return set(step.values()), {(step[up], step[t]) for t, spec in tasks.items() for up in spec.get("dependentTasks", [])}
+
+
+def test_every_shipped_profile_has_the_same_steps_and_edges_in_dvc_kfp_and_airflow(tmp_path):
+    _require_airflow_venv()
+    profiles = shipped_profiles()
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "profiles.py").write_text(PROFILE_DAGS.format(repo=str(REPO), dags=str(REPO / "dags"), profiles=profiles))
+    env = _env(tmp_path / "home", FLAGOPS_AIRFLOW_MODE="local", FLAGOPS_WORKDIR=str(tmp_path / "ws"))
+    stdout = _run([AIRFLOW_BIN / "python", "-c", PROBE, dags], env)
+    bag = json.loads(next(line for line in stdout.splitlines() if line.startswith("PROBE-JSON ")).removeprefix("PROBE-JSON "))
+    assert bag["import_errors"] == {}
+    (tmp_path / "dvc").mkdir()
+    dvc_faces = _dvc_faces(tmp_path / "dvc", profiles)
+    longctx = []
+    for profile in profiles:
+        pipe = catalog.pipeline(load_config(profile))
+        want = (set(pipe.names), pipe.edges())
+        tasks = bag["dags"][f"retrain_{profile}"]["tasks"]
+        airflow = (set(tasks), {(up, name) for name, t in tasks.items() for up in t["upstream"]})
+        assert airflow == want, f"{profile}: Airflow"
+        assert _kfp_face(profile) == want, f"{profile}: KFP"
+        assert dvc_faces[profile] == want, f"{profile}: DVC"
+        if "deploy_long_context" in pipe.names:
+            longctx.append(profile)
+    assert {"tiny_longctx", "demo_longctx", "tiny_all"} <= set(longctx)  # the long-context branch is compared too

@@ -1,6 +1,7 @@
 """KFP: components and the retraining pipeline agree with the catalog, the committed IR is
 fresh, the whole pipeline runs in kfp.local on the tiny_all profile (every branch: pretraining,
-the reranker, the merge and the second domain; two registered models), and `flagops kfp
+the reranker, the merge, the second domain and the long-context extension; three registered
+models), and `flagops kfp
 submit|schedule` send the right requests to a KFP API server (a mock stands in for the
 server: none can run on this machine).
 """
@@ -36,7 +37,7 @@ pytestmark = [
 ]
 
 
-LOCAL = "tiny_all"  # the profile kfp.local runs: the tiny loop with every branch (pretraining, reranker, merge, second domain)
+LOCAL = "tiny_all"  # the profile kfp.local runs: the tiny loop with every branch (pretraining, reranker, merge, ood, long context)
 TINY = catalog.pipeline(load_config(LOCAL))
 
 
@@ -204,7 +205,7 @@ def test_local_run_registers_a_champion(local_run):
     _, uri, _ = local_run
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     cfg = load_config(LOCAL)
-    for name in (cfg.registry.model_name, cfg.reranker.model_name):  # the embedder and the reranker
+    for name in (cfg.registry.model_name, cfg.reranker.model_name, cfg.longctx.model_name):  # embedder, reranker, extended LM
         mv = client.get_model_version_by_alias(name, "champion")
         assert str(mv.version) == "1" and mv.tags["model_sha256"], name
     runs = client.search_runs([client.get_experiment_by_name("flagops").experiment_id])
@@ -239,6 +240,13 @@ def test_local_run_metrics_reach_kfp_and_every_output_exists(local_run):
         for a in step.outputs:
             path = run_dir / task_name(step.name) / a.name
             assert path.is_dir() if a.is_dir else path.is_file(), path
+    # The long-context branch handed its artifacts on through KFP: the extension read the base LM,
+    # and the InferenceService serves the extended window.
+    cfg = load_config(LOCAL).longctx
+    extended = json.loads((run_dir / "extend-context" / "extended_lm" / "config.json").read_text())
+    assert extended["max_position_embeddings"] == cfg.base_context * cfg.factor
+    isvc = yaml.safe_load((run_dir / "deploy-long-context" / "longctx_inference_service").read_text())
+    assert f"--max_model_len={cfg.base_context * cfg.factor}" in isvc["spec"]["predictor"]["model"]["args"]
 
 
 # --------------------------------------------------------------------------- submit / schedule
