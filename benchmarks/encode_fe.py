@@ -242,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 
             others["int8"] = quantize_int8(Embedder.load(model_dir))
         if args.backend == "openvino":
-            from flagops.models.openvino_backend import OpenVINOEmbedder
+            from flagops.models.openvino_backend import use_openvino
 
             for name, dtype in (("openvino-f32", torch.float32), ("openvino-bf16", torch.bfloat16)):
-                others[name] = OpenVINOEmbedder.from_embedder(Embedder.load(model_dir), model_dir, dtype, args.threads)
+                others[name] = use_openvino(Embedder.load(model_dir), model_dir, dtype, args.threads)
         peer = PeerEncoder(args, model_dir, texts_file)
         try:
             print(

@@ -139,9 +139,9 @@ class Embedder(nn.Module):
         if model_cfg.backend == "openvino":
             if placement.device.type != "cpu":
                 raise ConfigError(f"model.backend=openvino runs on CPU, but model.device gives {placement.device}; set model.device=cpu")
-            from flagops.models.openvino_backend import OpenVINOEmbedder
+            from flagops.models.openvino_backend import use_openvino
 
-            return OpenVINOEmbedder.from_embedder(embedder, path, placement.dtype)
+            return use_openvino(embedder, path, placement.dtype)
         embedder = place(embedder, placement)
         if model_cfg.quantize == "none" or model_cfg.kind != "bge":
             return embedder

@@ -1,13 +1,15 @@
 """OpenVINO inference for the bge embedder on CPU (``model.backend=openvino``).
 
-Only the transformer runs in OpenVINO: tokenisation, token-count sorting, pooling and
-normalisation are ``Embedder``'s own, so the vectors differ from torch's by the engine's
-arithmetic alone. The numerics follow ``model.dtype``: float32 (``auto`` on CPU) keeps
-OpenVINO's kernels in f32; bfloat16 lets them run in bf16, which on CPUs with AMX (or
-AVX512-BF16) is where the speed is. Measured on this machine's 2-core AMX CPU, one thread,
-MiniLM (benchmarks/README.md, "OpenVINO backend"): f32 1.1x torch fp32's CPU time, identical
-vectors; bf16 3.6x, cosine to torch fp32 min 0.99997. On a CPU without bf16 units OpenVINO
-emulates nothing: ask for bfloat16 there and the kernels stay f32.
+Only the transformer runs in OpenVINO (``OpenVINOModel`` takes the place of the embedder's
+HF model): tokenisation, token-count sorting, pooling and normalisation are ``Embedder``'s
+own, so the vectors differ from torch's by the engine's arithmetic alone.
+
+The numerics follow ``model.dtype``: float32 (``auto`` on CPU) keeps OpenVINO's kernels in
+f32; bfloat16 lets them run in bf16, which on CPUs with AMX (or AVX512-BF16) is where the
+speed is. Measured on this machine's 2-core AMX CPU, one thread, MiniLM (benchmarks/README.md,
+"OpenVINO backend"): f32 1.1x torch fp32 by CPU time, identical vectors; bf16 3.6x, cosine to
+torch fp32 min 0.99997. A CPU without bf16 units runs the bf16 hint in f32 (OpenVINO's
+fallback), so there bfloat16 is f32's speed.
 
 The converted model (OpenVINO IR) is cached under ``cache_dir()/openvino``, keyed by the
 content of the model directory and the OpenVINO version, so the model directory itself
@@ -21,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
 
 from flagops.config import ConfigError
 from flagops.data.formats import atomic_path
 from flagops.models.cache import cache_dir
-from flagops.models.embedder import Embedder, pool
 
 IR_FILE = "model.xml"  # beside it, model.bin holds the weights
 PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -66,7 +67,7 @@ class _LastHidden(nn.Module):
         return self.model(**dict(zip(self.names, inputs, strict=True))).last_hidden_state
 
 
-def converted_model(embedder: Embedder, model_dir: Path):
+def converted_model(embedder, model_dir: Path):
     """The OpenVINO IR of ``embedder.model`` (read from the cache, else converted and cached) and its input names."""
     ov = import_openvino()
     example = embedder.tokenizer(["an example", "a longer example text"], padding=True, return_tensors="pt")
@@ -82,42 +83,46 @@ def converted_model(embedder: Embedder, model_dir: Path):
     return ov.Core().read_model(str(cached / IR_FILE)), names, cached
 
 
-class OpenVINOEmbedder(Embedder):
-    """An ``Embedder`` whose transformer runs as a compiled OpenVINO model on CPU.
+class OpenVINOModel(nn.Module):
+    """Stands in for the embedder's HF model: the same call, answered by a compiled OpenVINO model.
 
-    ``self.model`` stays the torch model: its config (hidden size) and directory name still
-    describe the encoder, and ``device`` reads it. Inference only: there is no gradient here.
+    ``Embedder.forward`` (pooling, normalisation) and ``encode`` (tokenisation, token-count
+    sorting) stay the torch path's own. The torch model is kept as ``torch_model``: its config
+    (hidden size), directory name and parameters (``Embedder.device``) still describe the
+    encoder. Inference only: no gradient flows through OpenVINO.
     """
 
-    def __init__(self, embedder: Embedder, compiled, names: list[str], ir_dir: Path):
-        super().__init__(embedder.model, embedder.tokenizer, embedder.settings)
-        self.pad_to_multiple_of = embedder.pad_to_multiple_of
+    def __init__(self, torch_model: nn.Module, compiled, names: list[str], ir_dir: Path):
+        super().__init__()
+        self.torch_model = torch_model.eval()
+        self.config = torch_model.config
+        self.name_or_path = torch_model.name_or_path
         self.compiled = compiled
         self.input_names = names
-        self.ir_dir = ir_dir  # the cached IR this encoder runs
+        self.ir_dir = ir_dir  # the cached IR this model runs
 
-    @classmethod
-    def from_embedder(cls, embedder: Embedder, model_dir: str | Path, dtype: torch.dtype = torch.float32, threads: int | None = None):
-        """Convert (or read from the cache) and compile ``embedder``'s model, loaded from ``model_dir``.
-
-        ``dtype`` float32 or bfloat16 picks the kernels' precision; ``threads`` (default: torch's
-        thread count) caps OpenVINO's, so it shares the CPU as torch would.
-        """
-        if dtype not in PRECISION_HINTS:
-            raise ConfigError(f"model.dtype={dtype}: model.backend=openvino runs float32 or bfloat16; set model.dtype=auto or bfloat16")
-        ir, names, ir_dir = converted_model(embedder, Path(model_dir))
-        config = {
-            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[dtype],
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-            "PERFORMANCE_HINT": "LATENCY",  # one request at a time, as encode sends them
-        }
-        compiled = import_openvino().Core().compile_model(ir, "CPU", config)
-        return cls(embedder.eval(), compiled, names, ir_dir)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> BaseModelOutput:
         given = {"input_ids": input_ids, "attention_mask": attention_mask, **extra}
         if "token_type_ids" in self.input_names and "token_type_ids" not in given:
             given["token_type_ids"] = torch.zeros_like(input_ids)
-        hidden = torch.from_numpy(np.asarray(self.compiled([given[k].numpy() for k in self.input_names])[0]))  # inputs in order
-        emb = pool(hidden, attention_mask, self.settings.pooling)  # (batch, dim)
-        return F.normalize(emb, dim=-1) if self.settings.normalize else emb
+        hidden = self.compiled([given[k].numpy() for k in self.input_names])[0]  # inputs in order; (batch, seq, dim)
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(np.asarray(hidden)))
+
+
+def use_openvino(embedder, model_dir: str | Path, dtype: torch.dtype = torch.float32, threads: int | None = None):
+    """Run ``embedder`` (loaded from ``model_dir``) through OpenVINO, in place, and return it.
+
+    ``dtype`` float32 or bfloat16 picks the kernels' precision; ``threads`` (default: torch's
+    thread count) caps OpenVINO's, so it shares the CPU as torch would.
+    """
+    if dtype not in PRECISION_HINTS:
+        raise ConfigError(f"model.dtype={dtype}: model.backend=openvino runs float32 or bfloat16; set model.dtype=auto or bfloat16")
+    ir, names, ir_dir = converted_model(embedder, Path(model_dir))
+    config = {
+        "INFERENCE_PRECISION_HINT": PRECISION_HINTS[dtype],
+        "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY",  # one request at a time, as encode sends them
+    }
+    compiled = import_openvino().Core().compile_model(ir, "CPU", config)
+    embedder.model = OpenVINOModel(embedder.model, compiled, names, ir_dir)
+    return embedder.eval()

@@ -11,7 +11,7 @@ import torch
 from flagops.config import ConfigError, load_config
 from flagops.models import openvino_backend
 from flagops.models.embedder import Embedder
-from flagops.models.openvino_backend import OpenVINOEmbedder
+from flagops.models.openvino_backend import OpenVINOModel, use_openvino
 from flagops.models.sources import resolve_model_source
 
 ov = pytest.importorskip("openvino")
@@ -47,7 +47,7 @@ def test_float32_matches_torch(ir_cache, pooling):
     cfg = model_cfg(f"model.pooling={pooling}")
     torch_side = Embedder.from_config(load_config("tiny", ["model.quantize=none", f"model.pooling={pooling}"]).model, inference=True)
     ours = Embedder.from_config(cfg, inference=True)
-    assert isinstance(ours, OpenVINOEmbedder) and ours.settings == torch_side.settings
+    assert isinstance(ours.model, OpenVINOModel) and ours.settings == torch_side.settings
     for is_query in (False, True):
         want = torch_side.encode(PASSAGES, is_query=is_query, batch_size=2)
         got = ours.encode(PASSAGES, is_query=is_query, batch_size=2)  # batches of different lengths: dynamic shapes
@@ -65,7 +65,8 @@ def test_bfloat16_stays_close(ir_cache):
 
 def test_converted_model_cached_and_reused(ir_cache, monkeypatch):
     first = Embedder.from_config(model_cfg(), inference=True)
-    assert first.ir_dir.parent == ir_cache and (first.ir_dir / "model.xml").is_file() and (first.ir_dir / "model.bin").is_file()
+    ir_dir = first.model.ir_dir
+    assert ir_dir.parent == ir_cache and (ir_dir / "model.xml").is_file() and (ir_dir / "model.bin").is_file()
     model_dir = resolve_model_source("tiny-bert")
     before = sorted(p.name for p in model_dir.iterdir())
 
@@ -74,7 +75,7 @@ def test_converted_model_cached_and_reused(ir_cache, monkeypatch):
 
     monkeypatch.setattr(ov, "convert_model", no_conversion)
     second = Embedder.from_config(model_cfg(), inference=True)
-    assert second.ir_dir == first.ir_dir
+    assert second.model.ir_dir == ir_dir
     np.testing.assert_array_equal(second.encode(PASSAGES), first.encode(PASSAGES))
     assert sorted(p.name for p in model_dir.iterdir()) == before  # the model directory stays as it was
 
@@ -87,7 +88,7 @@ def test_changed_weights_convert_again(ir_cache, tmp_path):
     source.save(tmp_path / "b")
     a = Embedder.from_config(model_cfg(), tmp_path / "a", inference=True)
     b = Embedder.from_config(model_cfg(), tmp_path / "b", inference=True)
-    assert a.ir_dir != b.ir_dir
+    assert a.model.ir_dir != b.model.ir_dir
     assert cosines(b.encode(PASSAGES), Embedder.load(tmp_path / "b").encode(PASSAGES)).min() >= 0.9999
 
 
@@ -103,4 +104,4 @@ def test_config_refuses_what_it_cannot_run():
     with pytest.raises(ConfigError, match="backend=openvino runs kind=bge without torch's int8"):
         load_config("tiny", ["model.backend=openvino", "model.quantize=int8"])
     with pytest.raises(ConfigError, match="float32 or bfloat16"):
-        OpenVINOEmbedder.from_embedder(Embedder.load("tiny-bert"), resolve_model_source("tiny-bert"), torch.float16)
+        use_openvino(Embedder.load("tiny-bert"), resolve_model_source("tiny-bert"), torch.float16)
