@@ -92,7 +92,7 @@ class OpenVINOModel(nn.Module):
     encoder. Inference only: no gradient flows through OpenVINO.
     """
 
-    def __init__(self, torch_model: nn.Module, compiled, names: list[str], ir_dir: Path):
+    def __init__(self, torch_model: nn.Module, compiled, names: list[str], ir_dir: Path, precision: str):
         super().__init__()
         self.torch_model = torch_model.eval()
         self.config = torch_model.config
@@ -100,6 +100,9 @@ class OpenVINOModel(nn.Module):
         self.compiled = compiled
         self.input_names = names
         self.ir_dir = ir_dir  # the cached IR this model runs
+        # what model_hash (the evaluation's embedding cache) keys on: the torch weights stay fp32
+        # whatever OpenVINO computes in, and bf16 vectors must not be served as fp32 ones
+        self.numerics = f"openvino-{precision}"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> BaseModelOutput:
         given = {"input_ids": input_ids, "attention_mask": attention_mask, **extra}
@@ -124,5 +127,5 @@ def use_openvino(embedder, model_dir: str | Path, dtype: torch.dtype = torch.flo
         "PERFORMANCE_HINT": "LATENCY",  # one request at a time, as encode sends them
     }
     compiled = import_openvino().Core().compile_model(ir, "CPU", config)
-    embedder.model = OpenVINOModel(embedder.model, compiled, names, ir_dir)
+    embedder.model = OpenVINOModel(embedder.model, compiled, names, ir_dir, PRECISION_HINTS[dtype])
     return embedder.eval()

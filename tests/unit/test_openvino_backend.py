@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from flagops.config import ConfigError, load_config
+from flagops.evaluation.index import model_hash
 from flagops.models import openvino_backend
 from flagops.models.embedder import Embedder
 from flagops.models.openvino_backend import OpenVINOModel, use_openvino
@@ -61,6 +62,16 @@ def test_bfloat16_stays_close(ir_cache):
     torch_side = Embedder.from_config(load_config("tiny", ["model.quantize=none"]).model, inference=True)
     ours = Embedder.from_config(model_cfg("model.dtype=bfloat16"), inference=True)
     assert cosines(ours.encode(PASSAGES), torch_side.encode(PASSAGES)).min() >= 0.99
+
+
+def test_embedding_cache_tells_the_numerics_apart(ir_cache):
+    """evaluate's vector cache (model_hash) must not hand bf16 vectors to an fp32 run, or OpenVINO's to torch's int8."""
+    hashes = {
+        model_hash(Embedder.from_config(load_config("tiny", ["model.quantize=none"]).model, inference=True)),
+        model_hash(Embedder.from_config(model_cfg(), inference=True)),
+        model_hash(Embedder.from_config(model_cfg("model.dtype=bfloat16"), inference=True)),
+    }
+    assert len(hashes) == 3 and None not in hashes
 
 
 def test_converted_model_cached_and_reused(ir_cache, monkeypatch):
