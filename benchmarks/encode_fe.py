@@ -1,6 +1,6 @@
 """Encoding throughput: flagops' Embedder against FlagEmbedding's FlagModel, same weights and texts.
 
-    .venv/bin/python benchmarks/encode_fe.py [--kind passages queries] [--repeats 3] [--threads 2] [--n 0]
+    .venv/bin/python benchmarks/encode_fe.py [--kind passages queries] [--repeats 3] [--threads 2] [--n 0] [--int8] [--backend openvino]
 
 The MiniLM package model is saved once with ``Embedder.save`` (mean pooling). flagops'
 ``Embedder.encode`` runs in this process; FlagEmbedding 1.4.2's ``FlagModel`` (mean pooling,
@@ -154,16 +154,18 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1)  # (n,)
 
 
-def compare(kind: str, texts: list[str], ours, peer: PeerEncoder, args, int8=None) -> bool:
+def compare(kind: str, texts: list[str], ours, peer: PeerEncoder, args, others: dict | None = None) -> bool:
     """Check, then race, one kind of text; print its rows. False if the embeddings disagree.
-    With ``int8`` (the same model, ``model.quantize=int8``) it races as a third side, its
-    cosine to flagops fp32 printed beside its ratio (it is lossy, so not held to ``--min-cos``)."""
+    ``others`` (name -> encoder of the same model: ``int8`` for ``model.quantize=int8``, ``openvino-f32``
+    and ``openvino-bf16`` for ``model.backend=openvino``) race as further sides, each one's cosine to
+    flagops fp32 printed beside its ratio (bf16 and int8 are lossy, so none is held to ``--min-cos``)."""
+    others = others or {}
     sides = {
         "flagops": timed(lambda: ours.encode(texts, is_query=kind == "queries", batch_size=args.batch_size)),
         "FlagModel": lambda: peer.encode(kind),
     }
-    if int8 is not None:
-        sides["int8"] = timed(lambda: int8.encode(texts, is_query=kind == "queries", batch_size=args.batch_size))
+    for name, encoder in others.items():
+        sides[name] = timed(lambda encoder=encoder: encoder.encode(texts, is_query=kind == "queries", batch_size=args.batch_size))
     first = {name: run()[0] for name, run in sides.items()}  # warm-up, and the check before any timing
     gap = float(1.0 - row_cosines(first["flagops"], first["FlagModel"]).min())
     ok = gap <= 1.0 - args.min_cos
@@ -175,13 +177,13 @@ def compare(kind: str, texts: list[str], ours, peer: PeerEncoder, args, int8=Non
     best, worst, cpu = race(sides, args.repeats)
     for name in sides:
         rate = len(texts) / best[name]
-        print(f"  {name:>9}: {rate:7.1f} texts/s (wall best {best[name]:.2f} s, worst {worst[name]:.2f} s; cpu {cpu[name]:.2f} s)")
+        print(f"  {name:>13}: {rate:7.1f} texts/s (wall best {best[name]:.2f} s, worst {worst[name]:.2f} s; cpu {cpu[name]:.2f} s)")
     ratio, ratio_cpu = best["FlagModel"] / best["flagops"], cpu["FlagModel"] / cpu["flagops"]
     print(f"  ratio flagops/FlagModel: {ratio:.3f} (by cpu time: {ratio_cpu:.3f})")
-    if int8 is not None:
-        cos = row_cosines(first["int8"], first["flagops"])
-        ratio, ratio_cpu = best["FlagModel"] / best["int8"], cpu["FlagModel"] / cpu["int8"]
-        print(f"  ratio int8/FlagModel: {ratio:.3f} (by cpu: {ratio_cpu:.3f}); cosine to fp32 min {cos.min():.4f} mean {cos.mean():.4f}")
+    for name in others:
+        cos = row_cosines(first[name], first["flagops"])
+        ratio, ratio_cpu = best["FlagModel"] / best[name], cpu["FlagModel"] / cpu[name]
+        print(f"  ratio {name}/FlagModel: {ratio:.3f} (by cpu: {ratio_cpu:.3f}); cosine to fp32 min {cos.min():.5f} mean {cos.mean():.5f}")
     return True
 
 
@@ -204,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side (best counts)")
     ap.add_argument("--min-cos", type=float, default=0.9999)
     ap.add_argument("--int8", action="store_true", help="race flagops' model.quantize=int8 too, with its cosine and nDCG delta")
+    ap.add_argument(
+        "--backend",
+        choices=["torch", "openvino"],
+        default="torch",
+        help="openvino: race model.backend=openvino too, in float32 and bfloat16 (needs flagops[openvino])",
+    )
     ap.add_argument("--eval-dir", type=Path, default=Path("/tmp/dm/data/eval"), help="the demo's held-out set, for --int8's nDCG")
     ap.add_argument("--peer-python", default=str(REPO / ".venv-flagembedding" / "bin" / "python"), help="FlagEmbedding's python")
     ap.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
@@ -228,11 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         Embedder.load(args.model, pooling="mean", query_max_len=MAX_LEN["queries"], passage_max_len=MAX_LEN["passages"]).save(model_dir)
         texts_file.write_text(json.dumps(texts))
         ours = Embedder.load(model_dir)
-        int8 = None
+        others = {}
         if args.int8:
             from flagops.models.quantize import quantize_int8
 
-            int8 = quantize_int8(Embedder.load(model_dir))
+            others["int8"] = quantize_int8(Embedder.load(model_dir))
+        if args.backend == "openvino":
+            from flagops.models.openvino_backend import use_openvino
+
+            for name, dtype in (("openvino-f32", torch.float32), ("openvino-bf16", torch.bfloat16)):
+                others[name] = use_openvino(Embedder.load(model_dir), model_dir, dtype, args.threads)
         peer = PeerEncoder(args, model_dir, texts_file)
         try:
             print(
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 + f", {peer.hello['threads']} threads"
             )
             print(f"batch size {args.batch_size}, fp32, cpu, mean pooling, normalised; best of {args.repeats} runs over all texts")
-            ok = all([compare(kind, texts[kind], ours, peer, args, int8) for kind in args.kind])
+            ok = all([compare(kind, texts[kind], ours, peer, args, others) for kind in args.kind])
         finally:
             peer.close()
         if args.int8 and (args.eval_dir / "corpus.jsonl").is_file():

@@ -48,11 +48,17 @@ class ModelConfig(Section):
     # auto: int8 where the model directory carries a passing check (flagops_quantization.json, which
     # evaluate measures and register_model saves with the released model), else fp32.
     quantize: Literal["none", "int8", "auto"] = "auto"
+    # openvino: the bge embedder's transformer runs in OpenVINO on CPU at inference (evaluate, mining; not
+    # serving), numerics from dtype (float32, or bfloat16: 3.6x torch fp32 on an AMX CPU); quantize is torch's
+    # and does not apply. Needs `pip install flagops[openvino]`. See flagops/models/openvino_backend.py.
+    backend: Literal["torch", "openvino"] = "torch"
 
     @model_validator(mode="after")
     def _quantize_bge_only(self) -> ModelConfig:
         if self.quantize == "int8" and self.kind != "bge":
             raise ValueError(f"quantize={self.quantize} covers kind=bge only; set model.quantize=none for kind={self.kind}")
+        if self.backend == "openvino" and (self.kind != "bge" or self.quantize == "int8"):
+            raise ValueError("backend=openvino runs kind=bge without torch's int8; set model.backend=torch, or model.quantize=none")
         return self
 
 

@@ -116,7 +116,7 @@ def model_hash(encoder: TextEncoder) -> str | None:
     # model from its fp32 one: their vectors differ and must not share a cache entry.
     from flagops.models.quantize import is_quantized  # torch's quantisation modules, only where a cache is used
 
-    numerics = "int8-dynamic" if is_quantized(model) else str(param.dtype)
+    numerics = getattr(model, "numerics", None) or ("int8-dynamic" if is_quantized(model) else str(param.dtype))  # OpenVINOModel: its own
     return hashlib.sha256(f"{_files_digest(directory, state)} {numerics} {param.device.type}".encode()).hexdigest()
 
 

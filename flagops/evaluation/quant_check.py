@@ -35,7 +35,8 @@ def check_int8(model_cfg, source: str, evaluator: RetrievalEvaluator, fp32_score
     if placement.device.type != "cpu" or placement.dtype != torch.float32:
         print(f"evaluate: no int8 check: the model runs on {placement} (int8 is a CPU fp32 path)")
         return None
-    embedder = Embedder.from_config(model_cfg.model_copy(update={"quantize": "none"}), source=source, inference=True)
+    # torch's fp32 against torch's int8, whatever backend the rest of evaluate runs
+    embedder = Embedder.from_config(model_cfg.model_copy(update={"quantize": "none", "backend": "torch"}), source=source, inference=True)
     texts = evaluator.doc_texts[:COSINE_SAMPLE]
     fp32_vecs = embedder.encode(texts, is_query=False, batch_size=evaluator.batch_size)
     quantize_int8(embedder)  # in place

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from flagops.config import ConfigError
 from flagops.data.formats import atomic_path
 from flagops.models.device import inference_placement, place
 from flagops.models.layout import SETTINGS_FILE
@@ -117,7 +118,8 @@ class Embedder(nn.Module):
         win; any other model (a base checkpoint) takes them from the profile. ``inference``
         places it on ``model.device`` in ``model.dtype`` (float16 on CUDA); training leaves
         that to the Trainer, and there ``model.quantize`` makes its Linears int8 (int8: always; auto:
-        where the directory carries a passing int8 check).
+        where the directory carries a passing int8 check). ``model.backend=openvino`` runs the
+        transformer in OpenVINO instead (``flagops.models.openvino_backend``).
         """
         path = resolve_model_source(str(source or model_cfg.base))
         if (path / SETTINGS_FILE).is_file():
@@ -133,7 +135,14 @@ class Embedder(nn.Module):
             )
         if not inference:
             return embedder
-        embedder = place(embedder, inference_placement(model_cfg))
+        placement = inference_placement(model_cfg)
+        if model_cfg.backend == "openvino":
+            if placement.device.type != "cpu":
+                raise ConfigError(f"model.backend=openvino runs on CPU, but model.device gives {placement.device}; set model.device=cpu")
+            from flagops.models.openvino_backend import use_openvino
+
+            return use_openvino(embedder, path, placement.dtype)
+        embedder = place(embedder, placement)
         if model_cfg.quantize == "none" or model_cfg.kind != "bge":
             return embedder
         from flagops.models.quantize import auto_int8, quantize_int8  # torch's quantisation modules only when asked
