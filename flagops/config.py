@@ -410,6 +410,15 @@ class ServeConfig(Section):
     # auto: int8 where the model directory carries a passing accuracy check (flagops_quantization.json),
     # otherwise (no check, a failed one, a GPU, an M3 or reranker model) the placement's float dtype.
     quantize: Literal["none", "int8", "auto"] = "auto"
+    # openvino: an embedder's transformer in OpenVINO on CPU, in float32 or (serve.dtype=bfloat16, on a CPU
+    # with bf16 units) bfloat16: 3.6x torch fp32 by CPU time (benchmarks/README.md). Takes the place of int8.
+    backend: Literal["torch", "openvino"] = "torch"
+
+    @model_validator(mode="after")
+    def _openvino_without_int8(self) -> ServeConfig:
+        if self.backend == "openvino" and self.quantize == "int8":
+            raise ValueError("backend=openvino does not run torch's int8; set serve.quantize=auto (or none), or serve.backend=torch")
+        return self
 
     def overrides(self) -> list[str]:
         """``serve.KEY=VALUE`` for every field but the address and name (``flagops serve`` takes

@@ -141,13 +141,28 @@ class EmbedderModel(ServedModel):
         from flagops.models.quantize import quantize_int8
 
         placement = inference_placement(self.serve_cfg, name="serve")
-        quantize, self.quant_check = serve_quantize(self.serve_cfg.quantize, source, placement, supported=True)
-        embedder = place(Embedder.load(source), placement)
-        if quantize == "int8":
-            quantize_int8(embedder)
+        if self.serve_cfg.backend == "openvino":
+            embedder = self.openvino_embedder(source, placement)
+        else:
+            quantize, self.quant_check = serve_quantize(self.serve_cfg.quantize, source, placement, supported=True)
+            embedder = place(Embedder.load(source), placement)
+            if quantize == "int8":
+                quantize_int8(embedder)
+            self.backend_name = torch_backend_name(embedder.model)
         embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
-        self.backend_name = torch_backend_name(embedder.model)
         return BGEEncoder(embedder)
+
+    def openvino_embedder(self, source: str, placement):
+        """``serve.backend=openvino``: the embedder's transformer compiled by OpenVINO for this CPU."""
+        from flagops.config import ConfigError
+        from flagops.models.embedder import Embedder
+        from flagops.models.openvino_backend import use_openvino
+
+        if placement.device.type != "cpu":
+            raise ConfigError(f"serve.backend=openvino runs on CPU, but serve.device gives {placement.device}; set serve.device=cpu")
+        embedder = use_openvino(Embedder.load(source), source, placement.dtype)
+        self.backend_name = embedder.model.numerics  # openvino-f32 / openvino-bf16
+        return embedder
 
     def token_lengths(self, is_query: bool, texts: list[str]) -> list[int]:
         return self.backend.token_lengths(texts, is_query=is_query)

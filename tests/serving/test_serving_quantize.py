@@ -113,3 +113,22 @@ def test_int8_server_reports_its_backend_and_stays_close_to_fp32(int8_server, mo
 def test_unknown_model_metadata_is_404(int8_server):
     r = httpx.get(f"{int8_server.url}/v2/models/nope")
     assert r.status_code == 404 and "nope" in r.text
+
+
+# ---------------------------------------------------------------- serve.backend=openvino
+
+
+def test_openvino_backend_serves_the_same_vectors_and_says_so(model_dirs):
+    """serve.backend=openvino: the transformer runs compiled by OpenVINO (f32 here: the same vectors
+    as torch), the backend is named, and torch's int8 is not combined with it."""
+    pytest.importorskip("openvino", reason="openvino is in the dev extra; `make install` installs it")
+    model = EmbedderModel("m", str(model_dirs["pass"]), ServeConfig(backend="openvino", device="cpu"))
+    model.load()
+    model.stop()
+    assert model.backend_name == "openvino-f32" and model.backend_metadata() == {"backend": "openvino-f32"}
+    served = model.backend.encode(TEXTS, is_query=False, max_length=128)
+    torch_vecs = Embedder.load(model_dirs["pass"]).encode(TEXTS, is_query=False)
+    cosines = np.einsum("nd,nd->n", served, torch_vecs)  # both normalised
+    assert cosines.min() > 0.9999
+    with pytest.raises(ConfigError, match=r"serve: .*backend=openvino does not run torch's int8"):
+        load_config("tiny", ["serve.backend=openvino", "serve.quantize=int8"])
