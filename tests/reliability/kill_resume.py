@@ -18,7 +18,7 @@ except the records of MLflow state (registration, promotion, deployment), which 
 and the workspace's path and are compared with those masked, and safetensors weights, which
 are compared within ``WEIGHT_ATOL`` when their bytes differ.
 
-    python -m tests.reliability.kill_resume --profile tiny [--profile tiny_m3 ...] [--seed 0]
+    python -m tests.reliability.kill_resume --profile tiny [--profile tiny_m3 ...] [--seed 0] [--step S ...] [--target S]
 
 prints the step x outcome table and writes ``kill_resume.json`` under ``--root``.
 """
@@ -142,6 +142,8 @@ def stage_records(workdir: Path) -> set[str]:
 
 def reference(profile: str, root: Path, target: str | None = None) -> Path:
     """An uninterrupted run of ``profile`` (up to ``target``) with each step's timings; reused when already there."""
+    if (root / f"ref-{profile}" / "timings.json").is_file():
+        return root / f"ref-{profile}"  # the whole DAG's run serves any target too
     workdir = root / f"ref-{profile}" if target is None else root / f"ref-{profile}-{target}"
     timings = workdir / "timings.json"
     if timings.is_file():
@@ -177,7 +179,9 @@ def kill_point(rng: random.Random, name: str, timing: dict[str, float]) -> tuple
     else after its process starts, at a seeded point inside what the reference measured."""
     duration = timing["end"] - timing["start"]
     if "checkpoint" in timing:
-        return "checkpoint", rng.uniform(0.0, 0.9) * (timing.get("checkpoint_last", timing["end"]) - timing["checkpoint"])
+        last = timing.get("checkpoint_last", timing["checkpoint"] + 0.3 * (timing["end"] - timing["checkpoint"]))
+        window = last - timing["checkpoint"]
+        return "checkpoint", rng.uniform(0.0, 0.9) * window
     return "start", rng.uniform(0.1, 0.8) * duration
 
 
@@ -238,22 +242,27 @@ def weight_diff(a: Path, b: Path) -> float:
 
 
 def masked(path: Path, workdir: Path) -> str:
-    """A record's text with what names this MLflow store masked: its workspace's path and the
-    32-hex run and logged-model ids (versions, aliases, hashes and metrics stay)."""
-    return re.sub(r"\b(m-)?[0-9a-f]{32}\b", "<id>", path.read_text().replace(str(workdir), "<workspace>"))
+    """A JSON or YAML output's text with what no re-run reproduces masked: the workspace's path,
+    MLflow's 32-hex run and logged-model ids, the 40-hex git commit of the code (the checkout
+    may move between the reference and the resumed run) and measured latencies (``ms_per_query``).
+    Versions, aliases, hashes and quality metrics stay."""
+    text = path.read_text().replace(str(workdir), "<workspace>")
+    text = re.sub(r"\b(m-)?([0-9a-f]{32}|[0-9a-f]{40})\b", "<id>", text)
+    return re.sub(r'(ms_per_query"?:\s*)[-+.\deE]+', r"\1<ms>", text)
 
 
 def compare(ref: Path, ws: Path, out: str, records: set[str]) -> tuple[str, bool]:
-    """(what differs, acceptable) for one output of the resumed workspace against the reference.
-    ``records``: outputs that describe MLflow state, compared masked."""
+    """(what differs, acceptable) for one output of the resumed workspace against the reference;
+    JSON and YAML files are compared ``masked`` when their bytes differ. ``records``: outputs
+    that describe MLflow state."""
     a, b = ref / out, ws / out
     if not b.exists():
         return f"DIFFERS: {out} missing", False
     da, db = digest(a), digest(b)
     if da == db:
         return "identical", True
-    if out in records and masked(a, ref) == masked(b, ws):
-        return "same record (MLflow ids, paths masked)", True
+    if a.is_file() and a.suffix in (".json", ".yaml") and masked(a, ref) == masked(b, ws):
+        return ("same record (ids, commit, paths masked)" if out in records else "same but latencies"), True
     if da.keys() != db.keys():
         return f"DIFFERS: {out} files {sorted(set(da) ^ set(db))}", False
     changed = [k for k in da if da[k] != db[k]]
@@ -293,7 +302,7 @@ def kill_chain(
     outs, records = stage_outs(ref), stage_records(ref)
     order = [name for name in outs if name in timings]  # stages the reference ran, in DAG order
     rng = random.Random(f"{profile}:{seed}")
-    workdir = root / f"killed-{ref.name[4:]}-seed{seed}"
+    workdir = root / f"killed-{profile}{'-' + target if target else ''}-seed{seed}"
     outcomes = []
     t0 = time.monotonic()
     for name in steps or order:
@@ -354,11 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="append", help="tiny profile(s); default: tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=Path("runs/kill_resume"))
+    parser.add_argument("--step", action="append", help="kill only these steps (DAG order); default: every step")
+    parser.add_argument("--target", help="run the DAG only up to this stage")
     args = parser.parse_args(argv)
     report = []
     failed = 0
     for profile in args.profile or ["tiny"]:
-        outcomes, summary = kill_chain(profile, args.root.resolve(), args.seed)
+        outcomes, summary = kill_chain(profile, args.root.resolve(), args.seed, args.step, args.target)
         print(
             f"\n== {profile} (seed {args.seed}): {len(outcomes)} steps killed in {summary['seconds']:.0f} s "
             f"(uninterrupted: {summary['reference_seconds']:.0f} s)"
