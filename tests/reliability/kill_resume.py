@@ -181,28 +181,35 @@ def kill_point(rng: random.Random, name: str, timing: dict[str, float]) -> tuple
     if "checkpoint" in timing:
         last = timing.get("checkpoint_last", timing["checkpoint"] + 0.3 * (timing["end"] - timing["checkpoint"]))
         window = last - timing["checkpoint"]
-        return "checkpoint", rng.uniform(0.0, 0.9) * window
-    return "start", rng.uniform(0.1, 0.8) * duration
+        return "checkpoint", rng.uniform(0.0, 0.5) * window
+    return "start", rng.uniform(0.1, 0.6) * duration
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def run_until_kill(workdir: Path, proc: subprocess.Popen, target: str, wait_for: str, delay: float, outs: list[str]) -> tuple[bool, str]:
     """SIGKILL the run's process group ``delay`` s after step ``target`` starts (or writes its
     first checkpoint). False when the step ended before the kill."""
     root_proc = psutil.Process(proc.pid)
-    started = armed = None
+    step = started = armed = None
     ckpt = ""
     deadline = time.monotonic() + TIMEOUT
     while proc.poll() is None and time.monotonic() < deadline:
-        found = step_process(root_proc)
         now = time.monotonic()
-        if found and found[0] == target:
-            started = started or now
-            if armed is None and wait_for == "start":
-                armed = started
-            elif armed is None and (names := checkpoints(workdir, outs)):
-                armed, ckpt = now, names[0]
-        elif started is not None:
+        if step is None:
+            found = step_process(root_proc)
+            if found and found[0] == target:
+                step, started = found[1], now
+                armed = started if wait_for == "start" else None
+        elif not alive(step):
             break  # the step ended before its kill
+        if step is not None and armed is None and (names := checkpoints(workdir, outs)):
+            armed, ckpt = now, names[0]
         if armed is not None and now - armed >= delay:
             kids = root_proc.children(recursive=True)
             os.killpg(proc.pid, signal.SIGKILL)
