@@ -5,7 +5,8 @@ when each step's process lives and when its first checkpoint appears. Then a sec
 workspace is run as a chain of preemptions: ``flagops pipeline`` is started, the watcher
 waits for step N's process and SIGKILLs the whole process group (pipeline, ``dvc repro``,
 the step) at a seeded random point: within the step's measured duration, or, for a
-training step, after its first checkpoint appears. The next run resumes, and is killed in
+training step, while its checkpoints are on disk (after the first appears, before the step
+removes them with its model saved); then the re-run must resume from one. The next run resumes, and is killed in
 step N+1, and so on; a last run completes the DAG. So every step is killed once and every
 step but the first is also re-run after a kill, for about twice the DAG's cost rather than
 once per step.
@@ -13,10 +14,11 @@ once per step.
 After each kill: the killed stage is not in ``dvc.lock``, and each of its outputs is absent
 or already complete (equal to the reference's, which means the rename landed before the
 kill): a partial file at an output's path would be taken for finished by whatever reads it
-next. After the last run every output is compared with the reference's, byte for byte,
-except the records of MLflow state (registration, promotion, deployment), which name run ids
-and the workspace's path and are compared with those masked, and safetensors weights, which
-are compared within ``WEIGHT_ATOL`` when their bytes differ.
+next. After the last run every output is compared with the reference's, byte for byte.
+Not byte-deterministic, so compared ``masked``: the records of MLflow state (registration,
+deployment: run and logged-model ids, the workspace's path, the code's git commit) and
+evaluate's measured reranking latencies (``ms_per_query``). Safetensors weights whose bytes
+differ are compared within ``WEIGHT_ATOL`` (on the tiny profiles they come back identical).
 
     python -m tests.reliability.kill_resume --profile tiny [--profile tiny_m3 ...] [--seed 0] [--step S ...] [--target S]
 
