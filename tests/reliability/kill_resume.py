@@ -257,7 +257,14 @@ def masked(path: Path, workdir: Path) -> str:
     Versions, aliases, hashes and quality metrics stay."""
     text = path.read_text().replace(str(workdir), "<workspace>")
     text = re.sub(r"\b(m-)?([0-9a-f]{32}|[0-9a-f]{40})\b", "<id>", text)
+    text = re.sub(r'("reused":\s*)(true|false)', r"\1<reused>", text)  # true: the version a killed run registered
     return re.sub(r'(ms_per_query"?:\s*)[-+.\deE]+', r"\1<ms>", text)
+
+
+def loaded(text: str):
+    """JSON and YAML as data: a record rebuilt from MLflow (a re-run reusing the version a killed
+    run registered) may list the same keys in another order."""
+    return yaml.safe_load(text)
 
 
 def compare(ref: Path, ws: Path, out: str, records: set[str]) -> tuple[str, bool]:
@@ -270,7 +277,7 @@ def compare(ref: Path, ws: Path, out: str, records: set[str]) -> tuple[str, bool
     da, db = digest(a), digest(b)
     if da == db:
         return "identical", True
-    if a.is_file() and a.suffix in (".json", ".yaml") and masked(a, ref) == masked(b, ws):
+    if a.is_file() and a.suffix in (".json", ".yaml") and loaded(masked(a, ref)) == loaded(masked(b, ws)):
         return ("same record (ids, commit, paths masked)" if out in records else "same but latencies"), True
     if da.keys() != db.keys():
         return f"DIFFERS: {out} files {sorted(set(da) ^ set(db))}", False
