@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from flagops.data.formats import DataError, TrainExample, write_json
@@ -136,6 +137,16 @@ def checkpoint_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.checkpoints"
 
 
+def checkpoint_complete(path: Path) -> bool:
+    """The Trainer writes a checkpoint in place, trainer_state.json last (and not atomically):
+    a run killed while saving leaves a checkpoint without it, or with it cut short."""
+    try:
+        json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def prepare_checkpoints(output: Path, stamp: str, resume: bool) -> tuple[Path, str | None]:
     """The checkpoint dir beside ``output``, wiped when it holds another config's or data's
     checkpoints; and the newest checkpoint to resume from (None: start fresh).
@@ -150,6 +161,9 @@ def prepare_checkpoints(output: Path, stamp: str, resume: bool) -> tuple[Path, s
             shutil.rmtree(ckpt)  # never resume from another run's checkpoints
         ckpt.mkdir(parents=True, exist_ok=True)
         stamp_file.write_text(stamp)
+        for partial in ckpt.glob("checkpoint-*"):
+            if partial.is_dir() and not checkpoint_complete(partial):
+                shutil.rmtree(partial)  # get_last_checkpoint would pick it, and the resume would fail or load half
     barrier()
     return ckpt, (get_last_checkpoint(str(ckpt)) if resume else None)
 
