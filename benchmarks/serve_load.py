@@ -173,6 +173,14 @@ FLAGOPS_PLACEMENT = {"cpu": ["serve.device=cpu"], "cuda": ["serve.device=cuda", 
 INFINITY_PLACEMENT = {"cpu": ["--device", "cpu"], "cuda": ["--device", "cuda", "--dtype", "float16"]}
 
 
+# ``--quantize`` also takes the OpenVINO backend (serve.backend=openvino), in f32 or bf16 (the speed on a
+# CPU with bf16 units; benchmarks/README.md "OpenVINO").
+OPENVINO_SETTINGS = {
+    "openvino-f32": ["serve.backend=openvino", "serve.quantize=none", "serve.dtype=float32"],
+    "openvino-bf16": ["serve.backend=openvino", "serve.quantize=none", "serve.dtype=bfloat16"],
+}
+
+
 def flagops_server(model_dir: Path, logs: Path, device: str | None = None, quantize: str | None = None) -> Server:
     """``device`` None leaves the placement to ``serve.device=auto`` (soak.py); cpu or cuda pins it.
 
@@ -195,7 +203,7 @@ def flagops_server(model_dir: Path, logs: Path, device: str | None = None, quant
         "--name",
         SERVED_NAME,
         *(FLAGOPS_PLACEMENT[device] if device else []),
-        *([f"serve.quantize={quantize}"] if quantize else []),
+        *(OPENVINO_SETTINGS[quantize] if quantize in OPENVINO_SETTINGS else [f"serve.quantize={quantize}"] if quantize else []),
     ]
     return Server(name, argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings", f"/v2/models/{SERVED_NAME}/ready", logs / f"{name}.log")
 
@@ -512,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quantize",
         type=lambda t: t.split(","),
-        help="serve.quantize of each flagops server, comma-separated (default: none,int8 on cpu, none on cuda)",
+        help="serve.quantize of each flagops server (none, int8, auto), or openvino-f32 / openvino-bf16, comma-separated "
+        "(default: none,int8 on cpu, none on cuda)",
     )
     ap.add_argument("--min-cos", type=float, default=0.999, help="cosine floor to infinity's vectors, fp32 flagops")
     ap.add_argument("--min-cos-int8", type=float, default=0.98, help="the same for int8 (quantize.MIN_COSINE)")

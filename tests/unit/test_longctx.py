@@ -207,6 +207,7 @@ def test_extension_saves_merged_model_adapter_and_rope_settings(base_lm, extende
     assert settings["rope_parameters"]["rope_theta"] == 160000.0 and settings["original_rope_parameters"]["rope_theta"] == 10000.0
     adapter = json.loads((extended_lm / extend.ADAPTER_DIR / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"]) == (32, 16.0)
+    assert adapter["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]  # sorted: the same bytes in every process
     # The merged weights compute what base + adapter compute.
     cfg = _cfg().longctx
     _, base = extend.load_extended(base_lm[0], cfg)
