@@ -214,7 +214,7 @@ def _champion(cfg) -> str:
         )
     os.environ["MLFLOW_TRACKING_URI"] = uri
     model = f"models:/{cfg.registry.model_name}@champion"
-    print(f"flagops: serving {model} from {uri}")
+    print(f"flagops: serving {model} from {tracking.redact_uri(uri)}")
     return model
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.exceptions import RestException
 from mlflow.models import Model
 
 from flagops.config import ConfigError, DeployConfig
@@ -58,7 +59,13 @@ def record_serving(client: MlflowClient, name: str, cfg: DeployConfig, state: Se
 
 
 def champion_version(client: MlflowClient, name: str) -> int | None:
-    mv = alias_version(client, name, CHAMPION)
+    """The @champion's version; None when there is none, the registered model ``name`` included."""
+    try:
+        mv = alias_version(client, name, CHAMPION)
+    except RestException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
     return None if mv is None else int(mv.version)
 
 

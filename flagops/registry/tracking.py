@@ -105,6 +105,8 @@ def setup(registry_cfg, workdir: str | Path = ".") -> str:
     """Point mlflow at the store and experiment; return the experiment id."""
     mlflow = _mlflow()
     uri = tracking_uri(registry_cfg, workdir)
+    if redact_uri(uri) != uri:  # MLflow prints "View run at: URI..." after each run, password and all
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     exp = mlflow.get_experiment_by_name(registry_cfg.experiment)
@@ -120,7 +122,7 @@ def flat_params(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             out.update(flat_params(value, name + "."))
         else:
-            out[name] = str(value)[:500]
+            out[name] = redact_uri(str(value))[:500]  # registry.tracking_uri may carry a password
     return out
 
 

@@ -21,8 +21,6 @@ where the step was to write one. Cases (issue 15, item 5):
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import os
 import resource
 import shutil
@@ -30,12 +28,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from mlflow_helpers import Serving, proxy_handler, start_mlflow_server
 
 from flagops.serving.smoke import free_port
 
@@ -137,32 +135,8 @@ def test_a_file_where_the_workspace_directory_should_be(tmp_path):
 # ---------------------------------------------------------------- MLflow unreachable
 
 
-class Answer503(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_POST = do_GET
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-class Serving:
-    """An HTTP server on a free loopback port, in a thread, for the length of a ``with``."""
-
-    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> Serving:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def answer_503(handler) -> int:
+    return 503
 
 
 def check_unreachable(tmp_path: Path, uri: str, reason: str) -> None:
@@ -184,77 +158,31 @@ def test_mlflow_with_nothing_listening(tmp_path):
 
 
 def test_mlflow_answering_503(tmp_path):
-    with Serving(Answer503) as dead:
+    with Serving(proxy_handler("http://127.0.0.1:9", answer_503)) as dead:
         check_unreachable(tmp_path, dead.url.replace("://", "://ops:pw-9Xq@"), "HTTP 503 each time")
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (sqlite, proxied artifacts) on a free loopback port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    argv = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
-    log = root / "server.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"mlflow server not up after 120 s:\n{log.read_text()[-3000:]}")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
-    proc.wait(timeout=30)
-
-
-def dies_after_run_created(upstream: str):
-    """A proxy handler to ``upstream`` that answers 503 to everything once a run has been created."""
-    target = httpx.URL(upstream)
-    state = {"dead": False}
-
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def forward(self) -> None:
-            if state["dead"]:
-                Answer503.do_GET(self)
-                return
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            conn = http.client.HTTPConnection(target.host, target.port, timeout=30)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-            conn.request(self.command, self.path, body=body, headers=headers)
-            r = conn.getresponse()
-            data = r.read()
-            self.send_response(r.status)
-            for k, v in r.getheaders():
-                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            state["dead"] = state["dead"] or self.path.split("?")[0].endswith("/runs/create")
-
-        do_GET = do_POST = forward
-
-        def log_message(self, *args) -> None:
-            pass
-
-    return Proxy, state
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
 
 
 def test_mlflow_that_goes_away_mid_run(tmp_path, mlflow_server):
-    proxy, state = dies_after_run_created(mlflow_server)
-    with Serving(proxy) as front:
+    created = []  # the step's run exists upstream: from then on the front answers 503, as a dead server behind a balancer would
+
+    def after_run_created(request) -> int | None:
+        if created:
+            return 503
+        created.extend([True] if request.path.split("?")[0].endswith("/runs/create") else [])
+        return None
+
+    with Serving(proxy_handler(mlflow_server.url, after_run_created)) as front:
         check_unreachable(tmp_path, front.url, "HTTP 503 each time")
-    assert state["dead"], "the step never created its run"
-    runs = httpx.post(f"{mlflow_server}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]}, timeout=30).json()
-    assert [r["info"]["run_name"] for r in runs.get("runs", [])] == ["build_corpus"]  # it got that far
+    assert created, "the step never created its run"
+    found = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]}, timeout=30).json()
+    assert [r["info"]["run_name"] for r in found.get("runs", [])] == ["build_corpus"]  # it got that far
 
 
 # ---------------------------------------------------------------- no GPU
