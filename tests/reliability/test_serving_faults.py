@@ -12,7 +12,7 @@ Cases (issue 15, item 6):
   requests sent on new connections after it get 200 or a refused connection (nothing else:
   no 5xx, no reset mid-response); the process exits 0 within ``DRAIN_EXIT_S``;
 * disconnects: clients that hang up mid-upload or before the answer do not disturb the others,
-  leave no error lines in the log, and RSS stays within ``RSS_SLACK_MIB``.
+  leave no error lines in the log, and RSS grows less than ``RSS_SLACK_MIB`` in a second round.
 
 The slow requests are made slow by micro-batching alone (``serve.max_wait_ms``: a lone text
 waits that long for company), not by hooks in the library.
@@ -40,7 +40,7 @@ NAME = "tiny"
 STARTUP_S = 180  # the 2 shared cores can be busy
 LOADED_LINE = f"model {NAME} served by"
 DRAIN_EXIT_S = 20  # from SIGTERM to exit, with every in-flight request answered first
-RSS_SLACK_MIB = 40  # growth allowed over a 20 s disconnect run (allocator pools settle)
+RSS_SLACK_MIB = 24  # growth allowed over the second 12 s disconnect round (the first fills the pools)
 
 
 @dataclass
@@ -236,10 +236,13 @@ def test_clients_that_hang_up_do_not_disturb_the_others(tmp_path):
     s = start(tmp_path, "serve.max_wait_ms=5")
     try:
         proc = psutil.Process(s.proc.pid)
-        asyncio.run(disconnect_run(s.url, seconds=5, workers=4, fraction=0.3))  # warm-up: pools and caches fill
+        # Two equal rounds: the first fills the allocator's pools and torch's shape caches (40+ MiB
+        # on its own), so only growth that goes on through the second would be a leak.
+        first = asyncio.run(disconnect_run(s.url, seconds=12, workers=6, fraction=0.3))
         before = proc.memory_info().rss
-        ok, abandoned, errors = asyncio.run(disconnect_run(s.url, seconds=20, workers=6, fraction=0.3))
+        second = asyncio.run(disconnect_run(s.url, seconds=12, workers=6, fraction=0.3))
         after = proc.memory_info().rss
+        ok, abandoned, errors = (a + b for a, b in zip(first, second, strict=True))
         r = httpx.post(f"{s.url}/v1/embeddings", json=embed_body(["still here"]), timeout=30)
         assert r.status_code == 200, r.text
         assert s.proc.poll() is None
@@ -251,4 +254,5 @@ def test_clients_that_hang_up_do_not_disturb_the_others(tmp_path):
     bad = [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line or "Exception" in line]
     assert bad == [], "\n".join(bad[:20])
     growth_mib = (after - before) / 2**20
-    assert growth_mib < RSS_SLACK_MIB, f"RSS grew {growth_mib:.1f} MiB over {ok + abandoned} requests"
+    print(f"disconnect run: {ok} answered, {abandoned} hung up, RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
+    assert growth_mib < RSS_SLACK_MIB, f"RSS grew {growth_mib:.1f} MiB in the second round ({ok + abandoned} requests in both)"
