@@ -1,6 +1,6 @@
 """Soak: flagops' server (or infinity-emb's) at concurrency 32 for ten minutes.
 
-    .venv/bin/python benchmarks/soak.py [--duration 600] [--concurrency 32] [--peer infinity]
+    .venv/bin/python benchmarks/soak.py [--duration 600] [--concurrency 32] [--peer infinity] [--disconnect-fraction 0.2]
 
 The server loads the MiniLM package model (saved with ``Embedder.save``, as in
 ``serve_load.py``) on a free loopback port. Workers send OpenAI-style embedding requests
@@ -8,6 +8,11 @@ back to back until ``--duration`` seconds have passed (or ``--max-requests`` wer
 mostly one stdlib docstring of up to ``--tokens`` tokens, every ``--batch-every``-th a
 batch of ``--batch``, so shapes vary as they would in use. Every ``--interval`` seconds
 the server's resident memory (RSS, children included) is sampled.
+
+With ``--disconnect-fraction F``, that share of the requests (seeded) hang up instead of
+waiting: half of them halfway through the body, half after the body, before the answer, each
+with a TCP reset. They are counted as abandoned, not as requests or errors; the rest must
+all still succeed.
 
 Memory growth is the mean RSS of the last ``--window`` seconds over the mean of the
 first ``--window`` seconds after ``--warmup`` (allocator pools and caches fill in the
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -52,6 +58,7 @@ class Soak:
 
     outcomes: list[tuple[float, Outcome]] = field(default_factory=list)  # (seconds since start, outcome)
     texts: int = 0
+    abandoned: int = 0  # requests sent and hung up on purpose (--disconnect-fraction)
     seconds: float = 0.0  # wall time of the whole soak
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
 
@@ -74,8 +81,14 @@ async def soak(server: Server, texts: list[str], args: argparse.Namespace) -> So
             return server.body(picked), args.batch
         return server.body(texts[r % len(texts)]), 1
 
+    rng = random.Random(15)
+
     async def worker(client: httpx.AsyncClient) -> None:
         while (item := next_body()) is not None:
+            if rng.random() < args.disconnect_fraction:
+                await hang_up(server, item[0], mid_upload=rng.random() < 0.5, wait=rng.uniform(0, 0.05))
+                out.abandoned += 1
+                continue
             started = time.monotonic() - t0
             outcome = await send(client, server, *item)
             out.outcomes.append((started, outcome))
@@ -99,6 +112,16 @@ async def soak(server: Server, texts: list[str], args: argparse.Namespace) -> So
     return out
 
 
+async def hang_up(server: Server, body: bytes, mid_upload: bool, wait: float) -> None:
+    """Send an embeddings request (all of ``body``, or half) and reset the connection after ``wait`` s."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    head = f"POST {server.embed_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + (body[: len(body) // 2] if mid_upload else body))
+    await writer.drain()
+    await asyncio.sleep(wait)
+    writer.transport.abort()
+
+
 def report_minute(out: Soak, now: float) -> None:
     """One progress line: the last minute's requests, errors, p50, and the RSS now."""
     recent = [o for t, o in out.outcomes if t >= now - 60]
@@ -106,7 +129,7 @@ def report_minute(out: Soak, now: float) -> None:
     errors = sum(o.error is not None for _, o in out.outcomes)
     print(
         f"  {now:6.0f} s: {len(out.outcomes):6d} requests ({len(recent)} in the last minute, "
-        f"p50 {np.median(ms) if ms else float('nan'):.0f} ms), {errors} errors, "
+        f"p50 {np.median(ms) if ms else float('nan'):.0f} ms), {errors} errors, {out.abandoned} abandoned, "
         f"RSS {out.rss[-1][1] / MIB:.0f} MiB, load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -136,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=60, help="seconds in each RSS window")
     ap.add_argument("--max-growth", type=float, default=0.10, help="RSS growth bound, as a fraction")
     ap.add_argument("--timeout", type=float, default=60, help="seconds per request before it counts as an error")
+    ap.add_argument("--disconnect-fraction", type=float, default=0.0, help="share of requests whose client hangs up before the answer")
     add_server_args(ap)
     ap.add_argument("--out", type=Path, help="also write the RSS samples and per-minute figures as JSON here")
     args = ap.parse_args(argv)
@@ -163,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             alive = server.proc.poll() is None
         finally:
             log_tail = server.log_tail(20)
+            log_errors = error_lines(server.log)
             stop_all([server])
     if args.out:
         write_json(args.out, result, args)
-    return verdict(result, args, alive, log_tail)
+    return verdict(result, args, alive, log_tail, log_errors)
 
 
 def write_json(path: Path, result: Soak, args: argparse.Namespace) -> None:
@@ -181,10 +206,16 @@ def write_json(path: Path, result: Soak, args: argparse.Namespace) -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
         "seconds": result.seconds,
         "texts": result.texts,
+        "abandoned": result.abandoned,
         "rss": [{"t": t, "bytes": b} for t, b in result.rss],
         "minutes": minutes,
     }
     path.write_text(json.dumps(report, indent=1))
+
+
+def error_lines(log: Path) -> int:
+    """Lines of the server's log that report an error or start a traceback."""
+    return sum(" ERROR" in line or line.startswith("Traceback") for line in log.read_text(errors="replace").splitlines())
 
 
 def alternate_lengths(texts: list[str]) -> list[str]:
@@ -193,7 +224,7 @@ def alternate_lengths(texts: list[str]) -> list[str]:
     return [t for pair in zip(by_len[: len(by_len) // 2], reversed(by_len[len(by_len) // 2 :]), strict=False) for t in pair]
 
 
-def verdict(result: Soak, args: argparse.Namespace, alive: bool, log_tail: str) -> int:
+def verdict(result: Soak, args: argparse.Namespace, alive: bool, log_tail: str, log_errors: int) -> int:
     """Print the figures; 0 if no request failed and RSS grew less than the bound."""
     end = result.seconds
     ms = np.array([o.seconds for _, o in result.outcomes]) * 1e3
@@ -203,7 +234,7 @@ def verdict(result: Soak, args: argparse.Namespace, alive: bool, log_tail: str) 
         f"requests: {len(ms)} in {end:.0f} s ({len(ms) / end:.1f}/s, {result.texts / end:.1f} texts/s); "
         f"latency p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms"
     )
-    print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+    print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else "") + f"; abandoned on purpose: {result.abandoned}")
     if not alive:
         print(f"the server died during the soak; its log ends:\n{log_tail}\nsoak: FAIL")
         return 1
@@ -214,7 +245,8 @@ def verdict(result: Soak, args: argparse.Namespace, alive: bool, log_tail: str) 
         f"{finish / MIB:.1f} MiB (mean of the last {args.window:.0f} s), growth {100 * growth:+.2f}% "
         f"(bound {100 * args.max_growth:.0f}%); peak {peak / MIB:.1f} MiB; {len(result.rss)} samples"
     )
-    ok = not errors and growth < args.max_growth
+    print(f"server log: {log_errors} error or traceback lines")
+    ok = not errors and not log_errors and growth < args.max_growth
     print(f"soak: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

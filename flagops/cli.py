@@ -16,6 +16,7 @@ flagops train submit-pytorchjob [--profile P | --params F] [--workers N] [--gpus
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -213,7 +214,7 @@ def _champion(cfg) -> str:
         )
     os.environ["MLFLOW_TRACKING_URI"] = uri
     model = f"models:/{cfg.registry.model_name}@champion"
-    print(f"flagops: serving {model} from {uri}")
+    print(f"flagops: serving {model} from {tracking.redact_uri(uri)}")
     return model
 
 
@@ -339,8 +340,31 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"flagops: error: {msg}", file=sys.stderr)
+        print(f"flagops: error: {tracking.redact_uri(str(msg))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the input: a full disk, a file-size limit, a workspace not ours to write
+        print(f"flagops: error: {tracking.redact_uri(os_error_message(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if (message := tracking.unreachable_message(exc)) is None:
+            raise
+        print(f"flagops: error: {message}", file=sys.stderr)
+        return 1
+
+
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+NOT_OURS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line: what failed, on which path, and what to do about it."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno in NO_SPACE:
+        return f"{where}{what}: free disk space there, or raise the file-size limit (ulimit -f)"
+    if exc.errno in NOT_OURS:
+        return f"{where}{what}: this user cannot write there; fix its permissions or pick another --workdir / --out path"
+    return f"{where}{what}"
 
 
 if __name__ == "__main__":

@@ -393,6 +393,9 @@ class ServeConfig(Section):
     truncation: Literal["truncate", "reject"] = "truncate"  # reject: a 400 naming the limit
     strict: bool = True  # unknown request fields are a 400; False ignores them
     max_body_bytes: int = Field(16 * 2**20, ge=1024)  # larger request bodies are a 413
+    # Seconds a request may take before its response starts: longer is a 504 and its texts leave
+    # the batch queue. None: no limit here (a cluster's Knative revision timeout, 300 s, still applies).
+    request_timeout_s: float | None = Field(None, gt=0)
     # Micro-batching: concurrent requests share forward passes. A batch closes when it holds
     # batch_size texts or max_batch_tokens padded tokens (texts x longest), or when its oldest
     # text has waited max_wait_ms. Higher wait raises throughput under load and adds latency.

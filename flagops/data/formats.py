@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import shutil
@@ -37,13 +38,21 @@ def atomic_path(dest: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     With ``is_dir`` the yielded directory already exists (empty).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where the directory should be: mkdir says only "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, "a file stands where a directory should be", exc.filename) from exc
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     target = tmp / dest.name
     if is_dir:
         target.mkdir()
     try:
-        yield target
+        try:
+            yield target
+        except OSError as exc:
+            if exc.filename is None:  # a failed write says only "File too large": name the output
+                raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+            raise
         if dest.is_dir() and not dest.is_symlink():
             shutil.rmtree(dest)
         elif dest.exists() or dest.is_symlink():

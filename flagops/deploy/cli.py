@@ -57,7 +57,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         name = cfg.registry.model_name
         version = store.champion_version(client, name)
         if version is None:
-            raise ConfigError(f"{name} has no @champion in {client.tracking_uri}; run the pipeline first or use --offline")
+            raise ConfigError(
+                f"{name} has no @champion in {client.tracking_uri} (or no such registered model: registry.model_name); "
+                "run the pipeline first or use --offline"
+            )
         state = next_serving(store.serving(client, name, cfg.deploy), version, cfg.deploy.canary_traffic_percent)
         champ, canary = store.champion(client, name, version, cfg.deploy), state.canary_traffic_percent
     doc = render_inference_service(cfg.deploy, cfg.serve, champ, canary_traffic_percent=canary)

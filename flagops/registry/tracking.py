@@ -44,6 +44,38 @@ def configure_env() -> None:
             set_telemetry_client()
 
 
+# A URI's userinfo password (``http://user:PASSWORD@host``): MLflow sends it as basic auth, and
+# it must reach no log, message or manifest.
+USERINFO_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@:\s]*):([^/\s]*)@")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the password of every URI in it masked: ``http://bob:***@host:5000``."""
+    return USERINFO_PASSWORD.sub(r"\1\2:***@", text)
+
+
+def unreachable_message(exc: BaseException) -> str | None:
+    """One line for MLflow's "the tracking server did not answer, retries spent"; None for any other error.
+
+    MLflow's own message is a multi-line traceback's last line that repeats the URL, password included.
+    """
+    errors = sys.modules.get("mlflow.exceptions")
+    text = str(exc)
+    if errors is None or not isinstance(exc, errors.MlflowException) or not re.search(r"API request to \S+ failed with exception", text):
+        return None
+    status = re.search(r"too many (\d+) error responses", text)
+    refused = re.search(r"\[Errno \d+\] ([^\"')]+)", text)
+    reason = f"HTTP {status.group(1)} each time" if status else refused.group(1).lower() if refused else "no answer"
+    if "timed out" in text and not status:
+        reason = "timed out"
+    uri = redact_uri(sys.modules["mlflow"].get_tracking_uri())
+    return (
+        f"MLflow tracking server {uri} unreachable ({reason}) after MLflow's retries: start it, or point "
+        "registry.tracking_uri / $MLFLOW_TRACKING_URI at a running one (patience: MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+        "MLFLOW_HTTP_REQUEST_TIMEOUT)"
+    )
+
+
 def _mlflow():
     """The mlflow module, imported after ``configure_env``."""
     configure_env()
@@ -73,6 +105,8 @@ def setup(registry_cfg, workdir: str | Path = ".") -> str:
     """Point mlflow at the store and experiment; return the experiment id."""
     mlflow = _mlflow()
     uri = tracking_uri(registry_cfg, workdir)
+    if redact_uri(uri) != uri:  # MLflow prints "View run at: URI..." after each run, password and all
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     exp = mlflow.get_experiment_by_name(registry_cfg.experiment)
@@ -93,7 +127,7 @@ def flat_params(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             out.update(flat_params(value, name + "."))
         else:
-            out[name] = str(value)[:500]
+            out[name] = redact_uri(str(value))[:500]  # registry.tracking_uri may carry a password
     return out
 
 

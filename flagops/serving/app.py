@@ -7,6 +7,7 @@ win where both handle the same thing:
 * each served kind's JSON routes (``kinds.ROUTES``), with their request schemas in
   ``/openapi.json`` (the schema FastAPI serves; kserve turns only the docs page off);
 * a cap on request bodies (``serve.max_body_bytes``: 413);
+* a cap on the time to a response (``serve.request_timeout_s``: 504);
 * V2 infer bodies without a Content-Type read as JSON (tritonclient sends none);
 * request latency into ``flagops_request_duration_seconds``;
 * ``GET /v2/models/NAME``: kserve's V2 model metadata, plus the inference backend that serves
@@ -16,6 +17,8 @@ win where both handle the same thing:
   (``getrusage``, slow while torch's threads run) and logged two ``kserve.trace`` lines. Under
   32 concurrent single-text clients that was 80% of the event loop's busy samples (py-spy,
   benchmarks/README.md); ``flagops_request_duration_seconds`` keeps the latency;
+* a client that hangs up mid-upload is a 499 in the metrics (nginx's "client closed request"),
+  not two tracebacks in the log per hang-up (kserve's catch-all handler, then uvicorn's);
 * errors as ``{"error": ...}`` everywhere (FastAPI's own say ``{"detail": ...}``);
 * 400, not 422 / 501, for bodies FastAPI rejects and for what kserve leaves unimplemented
   (model versions, explain): both are requests this server cannot serve, not its faults.
@@ -23,6 +26,7 @@ win where both handle the same thing:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,11 +34,12 @@ import kserve
 import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from kserve.errors import InvalidInput, ModelNotFound
 from kserve.model_server import app as kserve_app  # the app RESTServer serves
 from kserve.protocol.rest.server import RESTServer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flagops.config import ServeConfig
@@ -44,6 +49,7 @@ from flagops.serving.protocol import openai_error, validate_body
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
 V2_METADATA = "/v2/models/{model_name}"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that hung up before the answer
 
 
 async def request_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -55,6 +61,11 @@ async def request_validation_error(_: Request, exc: RequestValidationError) -> J
 
 async def not_implemented(_: Request, exc: NotImplementedError) -> JSONResponse:
     return JSONResponse(status_code=400, content={"error": f"not supported by this server: {exc}"})
+
+
+async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
+    # Nobody reads this answer; the status marks the request in flagops_request_duration_seconds.
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -122,6 +133,41 @@ def too_large(exc: BodyTooLarge, openai: bool) -> JSONResponse:
 
 async def _no_body() -> Message:
     return {"type": "http.disconnect"}
+
+
+class TimeoutMiddleware:
+    """Answer 504 when a request's response has not started within ``seconds``.
+
+    The request's task is cancelled, so its texts leave the batch queue (``Batcher.submit``);
+    a response already under way is left to finish.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float, openai_paths: frozenset[str] = frozenset()):
+        self.app = app
+        self.seconds = seconds
+        self.openai_paths = openai_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        deadline = asyncio.timeout(self.seconds)
+        try:
+            async with deadline:
+                await self.app(scope, receive, noting_send)
+        except TimeoutError:
+            if started or not deadline.expired():
+                raise
+            message = f"request timed out: no answer within {self.seconds:g} s (serve.request_timeout_s); send fewer or shorter texts"
+            content = openai_error(message) if scope["path"] in self.openai_paths else {"error": message}
+            await JSONResponse(content, status_code=504)(scope, _no_body, send)
 
 
 class V2JsonByDefault:
@@ -230,11 +276,14 @@ def finish_app(app: FastAPI, models: Sequence[kserve.Model], cfg: ServeConfig) -
 
     app.add_exception_handler(BodyTooLarge, body_too_large)
     app.add_exception_handler(NotImplementedError, not_implemented)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     # kserve's per-request TimingMiddleware (timing_asgi) read the process CPU time twice and logged two
     # lines per request: 80% of the event loop at concurrency 32 (py-spy). Latency is in our metrics.
     app.user_middleware = [m for m in app.user_middleware if m.cls.__name__ != "TimingMiddleware"]  # the stack builds at start-up
     app.add_middleware(V2JsonByDefault)
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, openai_paths=frozenset(openai_paths))
+    if cfg.request_timeout_s is not None:
+        app.add_middleware(TimeoutMiddleware, seconds=cfg.request_timeout_s, openai_paths=frozenset(openai_paths))
     app.add_middleware(LatencyMiddleware)  # outermost: times refusals too
     return app
 

@@ -160,6 +160,12 @@ class MicroBatcher:
                     await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
                 except TimeoutError:
                     break
+            # Requests cancelled while we waited (timed out, client gone) give up their places, else
+            # they would fill the batch and push a live request's last texts into another wait.
+            self._drop_cancelled()
+            queue = self._queues.get(key)
+            if not queue:
+                continue
             batch = [queue.popleft() for _ in range(self._plan(queue))]
             self._report_depth()
             await self._run(key, [item for item in batch if not item.future.done()])
