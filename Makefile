@@ -31,7 +31,7 @@ test: install airflow-venv plots-template lint
 
 # The whole-DAG variants `make test` leaves out (each face runs the whole DAG once there).
 test-long: install airflow-venv plots-template
-	$(BIN)/python -m pytest -q -m long
+	$(BIN)/python -m pytest -q -m long --ignore=tests/reliability  # reliability's long runs: make reliability-long
 
 # ruff (lint + format check) and the import-linter layer contracts in pyproject.toml.
 lint: install
