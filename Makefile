@@ -27,7 +27,7 @@ demo: install
 
 # The Airflow venv (its own pins) and the offline plot template are part of what is tested.
 test: install airflow-venv plots-template lint
-	$(BIN)/python -m pytest -q -m "not long"
+	$(BIN)/python -m pytest -q -m "not long" --durations=25
 
 # The whole-DAG variants `make test` leaves out (each face runs the whole DAG once there).
 test-long: install airflow-venv plots-template

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mlflow_helpers import Serving, proxy_handler, start_mlflow_server
 
 from flagops.serving.smoke import free_port
+from tests.reliability.mlflow_helpers import Serving, proxy_handler, start_mlflow_server
 
 QUICK_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 MLFLOW_BOUND_S = 60  # each unreachable-MLflow case ends within this (with QUICK_MLFLOW)

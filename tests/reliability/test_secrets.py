@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow_helpers import Serving, proxy_handler, start_mlflow_server
+
+from tests.reliability.mlflow_helpers import Serving, proxy_handler, start_mlflow_server
 
 PASSWORD = "s3cr3t-XYZ-7q"  # unique enough that any match is a leak
 USER = "ci"
