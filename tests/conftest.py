@@ -90,3 +90,22 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(device, "move", lambda module, placement: moves.append((type(module).__name__, placement)) or module)
     return moves
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks():
+    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI`` (for subprocesses): a test that
+    calls it and does not undo it points every later test, and every CLI they start, at its store.
+    Put both back after each test."""
+    import sys
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is None:  # mlflow never imported: nothing could have set it
+        return
+    if saved_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    utils._tracking_uri = None  # mlflow falls back to the environment, as a new process would

@@ -100,6 +100,7 @@ def test_entry_point_names_a_kind_it_cannot_tell(tmp_path):
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "config.json").write_text(json.dumps({"architectures": ["BertForTokenClassification"]}))
+    (odd / "vocab.txt").write_text("[PAD]\n[UNK]\n")  # a tokenizer: what is unknown here is the kind alone
     r = subprocess.run(
         serve_command("--model", str(odd), "--port", "0"),
         capture_output=True,

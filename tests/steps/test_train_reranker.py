@@ -109,6 +109,7 @@ def test_a_multi_label_classifier_is_not_a_cross_encoder_base(tmp_path):
     config = tiny_bert_config(100)
     config.num_labels = 2
     BertForSequenceClassification(config).save_pretrained(str(tmp_path / "clf"))
+    (tmp_path / "clf" / "vocab.txt").write_text("[PAD]\n[UNK]\n")  # a tokenizer: only the head is wrong
     with pytest.raises(NotARerankerError, match="classifier with 2 labels"):
         recipe.build_reranker(_cfg(f"reranker.base={tmp_path / 'clf'}").reranker)
 
