@@ -46,7 +46,7 @@ import json
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -159,7 +159,6 @@ class QuantCheck:
     ndcg_quant: float
     min_cosine: float
     mean_cosine: float
-    speedup: float | None = None  # texts/s quantised / fp32 on the machine that checked, when timed
 
     @property
     def ndcg_delta(self) -> float:
@@ -171,11 +170,10 @@ class QuantCheck:
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        speed = f", {self.speedup:.2f}x fp32 texts/s" if self.speedup else ""
         return (
             f"{self.method} on {self.eval_set}: nDCG@10 {self.ndcg_fp32:.4f} -> {self.ndcg_quant:.4f} "
             f"({self.ndcg_delta:+.4f}, allowed +-{MAX_NDCG_DELTA}), cosine to fp32 min {self.min_cosine:.4f} "
-            f"mean {self.mean_cosine:.4f} (floor {MIN_COSINE}){speed}: {verdict}"
+            f"mean {self.mean_cosine:.4f} (floor {MIN_COSINE}): {verdict}"
         )
 
     def save(self, model_dir: str | Path) -> Path:
@@ -194,8 +192,8 @@ class QuantCheck:
             return None
         try:
             raw = json.loads(path.read_text())
-            raw.pop("passed", None)  # derived, written for readers of the file
-            return cls(**raw)
+            # ``passed`` is derived (written for readers of the file); fields this version does not know are left out
+            return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
         except (json.JSONDecodeError, TypeError) as exc:
             raise ConfigError(f"{path}: not a quantization check record ({exc}); delete it to check the model again") from None
 
