@@ -369,7 +369,7 @@ STEPS: tuple[Step, ...] = (
         (Artifact("base_lm", "models/base_lm", kind="model", is_dir=True), BASE_LM_LOSS),
         GPU,
         summary="Train a tiny Llama and its BPE tokenizer from scratch on the corpus at a short context.",
-        when=LONGCTX,
+        when=(("base_lm_needed", (True,)),),  # the long-context branch, and the research branches on a decoder
     ),
     Step(
         "extend_context",
@@ -449,6 +449,11 @@ STEPS: tuple[Step, ...] = (
         sources=(("promotion", ("reranker_promotion",)),),
         params=(("family", "reranker"),),
     ),
+    # The research systems (docs/research.md), each a branch with its own section.
+    # LLM-Embedder (llm_embedder.enabled).
+    # LLaRA (llara.enabled).
+    # Activation Beacon (beacon.enabled).
+    # Visualized-BGE (visual_bge.enabled).
 )
 
 BY_NAME = {s.name: s for s in STEPS}

@@ -583,6 +583,39 @@ class LongContextConfig(Section):
         return self
 
 
+# The research systems (issue 16, docs/research.md): each a branch of the DAG, off by default.
+# LLM-Embedder, LLaRA and Activation Beacon build on the tiny Llama of train_base_lm (its size
+# and training live in ``longctx``); Visualized-BGE on the text encoder of ``model``.
+
+
+class LLMEmbedderConfig(Section):
+    """LLM-Embedder (FlagEmbedding research/llm_embedder): an embedder trained on the tiny LM's
+    answer likelihoods. Off by default."""
+
+    enabled: bool = False
+
+
+class LlaraConfig(Section):
+    """LLaRA (FlagEmbedding research/LLARA): the tiny Llama as a dense retriever, EBAE/EBAR
+    pretraining then LoRA fine-tuning. Off by default."""
+
+    enabled: bool = False
+
+
+class BeaconConfig(Section):
+    """Activation Beacon (FlagEmbedding research/Long_LLM/activation_beacon): the tiny Llama reads
+    past its window by condensing each window's activations into beacons. Off by default."""
+
+    enabled: bool = False
+
+
+class VisualBGEConfig(Section):
+    """Visualized-BGE (FlagEmbedding research/visual_bge): a small ViT's patch tokens in the text
+    encoder's embedding space. Off by default."""
+
+    enabled: bool = False
+
+
 class FlagopsConfig(Section):
     profile: str = "custom"
     model: ModelConfig = ModelConfig()
@@ -601,6 +634,15 @@ class FlagopsConfig(Section):
     serve: ServeConfig = ServeConfig()
     deploy: DeployConfig = DeployConfig()
     longctx: LongContextConfig = LongContextConfig()
+    llm_embedder: LLMEmbedderConfig = LLMEmbedderConfig()
+    llara: LlaraConfig = LlaraConfig()
+    beacon: BeaconConfig = BeaconConfig()
+    visual_bge: VisualBGEConfig = VisualBGEConfig()
+
+    @property
+    def base_lm_needed(self) -> bool:
+        """train_base_lm runs for the long-context branch and for the research branches on a decoder."""
+        return self.longctx.enabled or self.llm_embedder.enabled or self.llara.enabled or self.beacon.enabled
 
     @model_validator(mode="after")
     def _branches(self) -> FlagopsConfig:

@@ -13,6 +13,7 @@ from pathlib import Path
 from flagops.config import FlagopsConfig, load_config
 from flagops.data.formats import read_json
 from flagops.registry import families
+from flagops.research import RESEARCH_TITLES
 from flagops.serving.smoke import SAMPLE_QUERIES, SmokeResult, smoke_rerank, smoke_serve
 from flagops.workspace import default_workdir, run_pipeline
 
@@ -41,6 +42,11 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_
         weights = ", ".join(f"{Path(i['source']).name} {i['weight']:.4f}" for i in record["ingredients"])
         picked = "merged" if metrics.get("candidate/merged") == 1.0 else "fine-tuned"
         console.print(f"merge ({record['method']}): weights {weights}; released the {picked} model (merge.select={cfg.merge.select})")
+    for stem, title in RESEARCH_TITLES.items():  # a research branch's measure (docs/research.md)
+        path = workdir / "metrics" / f"{stem}.json"
+        if path.is_file():
+            numbers = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in read_json(path).items())
+            console.print(f"{title}: {numbers}", markup=False)
     delta = metrics.get("candidate/ndcg@10", 0.0) - metrics.get("base/ndcg@10", 0.0)
     console.print(f"candidate vs base nDCG@10: {delta:+.4f}")
     gate = cfg.registry.primary_metric

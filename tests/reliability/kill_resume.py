@@ -43,6 +43,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from flagops.training.common import checkpoint_complete
+
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 1800  # one pipeline run on a loaded 2-core machine
 # Training resumed from a checkpoint replays the same batches with the optimizer, scheduler
@@ -114,13 +116,15 @@ def step_process(root: psutil.Process) -> tuple[str, psutil.Process] | None:
     return None
 
 
-def checkpoints(workdir: Path, outs: list[str]) -> list[str]:
-    """Checkpoints beside the stage's outputs (flagops.training.common.checkpoint_dir), oldest first."""
+def checkpoints(workdir: Path, outs: list[str], complete: bool = False) -> list[str]:
+    """Checkpoints beside the stage's outputs (flagops.training.common.checkpoint_dir), oldest
+    first; with ``complete``, only those the step would resume from (a kill while the Trainer
+    saves leaves one without its trainer_state.json, which the step removes and ignores)."""
     found = []
     for out in outs:
         ckpt = workdir / Path(out).parent / f".{Path(out).name}.checkpoints"
         if ckpt.is_dir():
-            found += [p.name for p in ckpt.iterdir() if p.name.startswith("checkpoint-")]
+            found += [p.name for p in ckpt.iterdir() if p.name.startswith("checkpoint-") and (not complete or checkpoint_complete(p))]
     return sorted(found, key=lambda n: int(n.rsplit("-", 1)[1]))
 
 
@@ -219,8 +223,9 @@ def run_until_kill(workdir: Path, proc: subprocess.Popen, target: str, wait_for:
             psutil.wait_procs(kids, timeout=30)  # the step may have its own session: gone before we look
             if not ckpt:
                 return True, f"t+{delay:.1f}s"
-            left = checkpoints(workdir, outs)
-            return True, f"{ckpt} +{delay:.1f}s (on disk: {','.join(left) or 'none, model saved'})"
+            left, whole = checkpoints(workdir, outs), checkpoints(workdir, outs, complete=True)
+            cut = [f"{name} (cut short)" for name in left if name not in whole]
+            return True, f"{ckpt} +{delay:.1f}s (on disk: {','.join(whole + cut) or 'none, model saved'})"
         time.sleep(0.05)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -342,7 +347,7 @@ def kill_chain(
         marker = f"{outcome.step}: "
         resumed = [line.split("resuming from ")[1].strip() for line in log.splitlines() if marker in line and "resuming from " in line]
         outcome.resumed_from = resumed[-1] if resumed else ""
-        if "on disk: checkpoint-" in outcome.kill and not outcome.resumed_from:
+        if re.search(r"on disk: checkpoint-\d+(,|\))", outcome.kill) and not outcome.resumed_from:
             bad.append("STARTED OVER: checkpoints were on disk")
             outcome.result = "; ".join(bad)
         outcome.ok = outcome.killed and outcome.lock_clean and not outcome.partial and not bad
