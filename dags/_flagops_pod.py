@@ -15,11 +15,12 @@ from flagops import catalog
 
 
 def pod_task(task: catalog.Task, argv: list[str], *, workdir: str, **kw):
-    return pod(task.name, argv, task.step.resources, workdir=workdir, **kw)
+    return pod(task.name, argv, task.step.resources, workdir=workdir, secret_env=task.env, **kw)
 
 
-def pod(task_id: str, argv: list[str], r: catalog.Resources, *, workdir: str, **kw):
-    """A pod on the flagops image running argv in the workspace PVC, MLflow env from the Secret."""
+def pod(task_id: str, argv: list[str], r: catalog.Resources, *, workdir: str, secret_env=(), **kw):
+    """A pod on the flagops image running argv in the workspace PVC, MLflow env from the Secret,
+    and ``secret_env``'s (Secret, key, variable) triples (catalog.Task.env) as optional variables."""
     requests = {"cpu": r.cpu, "memory": r.memory}
     limits = requests | ({"nvidia.com/gpu": str(r.gpus)} if r.gpus else {})
     # GPU nodes are usually tainted so that only pods asking for a GPU land there.
@@ -40,7 +41,11 @@ def pod(task_id: str, argv: list[str], r: catalog.Resources, *, workdir: str, **
         volumes=[k8s.V1Volume(name="workspace", persistent_volume_claim=pvc)],
         volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path=workdir)],
         env_from=[k8s.V1EnvFromSource(secret_ref=secret)],
-        env_vars=dict(PIPELINE_KEY),
+        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in PIPELINE_KEY.items()]
+        + [
+            k8s.V1EnvVar(name=env, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=name, key=key, optional=True)))
+            for name, key, env in secret_env
+        ],
         tolerations=gpu_taint,
         full_pod_spec=in_workspace,
         get_logs=True,

@@ -49,6 +49,17 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class SecretEnv:
+    """A Kubernetes Secret's key a step's pod reads as an environment variable (KFP task, Airflow
+    pod): credentials reach the step from the cluster, never through params or MLflow."""
+
+    secret: str  # the Secret's name, in the pipeline's namespace
+    key: str  # the key in it
+    env_from: str  # the dotted config key that names the environment variable (the step reads it there)
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # as Step.when: only where the config uses it
+
+
+@dataclass(frozen=True)
 class Step:
     name: str  # snake_case verb phrase, the same in every face
     module: str  # flagops.steps.<module>, which defines run(cfg, inputs, outputs, **params)
@@ -63,6 +74,7 @@ class Step:
     # input -> the artifacts it may be fed from, first produced wins; an input not listed takes its own name.
     sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
     params: tuple[tuple[str, Any], ...] = ()  # keyword arguments run() gets: one module, several steps
+    secrets: tuple[SecretEnv, ...] = ()  # credentials its pod reads from the cluster
 
     @property
     def run(self) -> Callable:
@@ -101,6 +113,7 @@ class Task:
 
     step: Step
     wiring: tuple[tuple[str, Artifact], ...]  # (input name, the artifact feeding it); absent optional inputs left out
+    env: tuple[tuple[str, str, str], ...] = ()  # (Secret, key, environment variable) its pod reads (Step.secrets)
 
     @property
     def name(self) -> str:
@@ -164,7 +177,9 @@ def resolve(steps: Iterable[Step], cfg) -> Pipeline:
             elif name not in s.optional:
                 wanted = " or ".join(repr(a) for a in s.feeds(name))
                 raise CatalogError(f"step {s.name}: input {name!r} needs {wanted}, which no step of this pipeline produces")
-        tasks[s.name] = Task(s, tuple(wiring))
+        used = [e for e in s.secrets if all(config_value(cfg, k) in v for k, v in e.when)]
+        env = tuple((e.secret, e.key, config_value(cfg, e.env_from)) for e in used)
+        tasks[s.name] = Task(s, tuple(wiring), env)
     return Pipeline(_toposort(tasks, producer))
 
 
@@ -219,6 +234,8 @@ STEPS: tuple[Step, ...] = (
         ("corpus",),
         (Artifact("train_pairs", "data/train_pairs.jsonl"), Artifact("eval_set", "data/eval", is_dir=True)),
         summary="Generate a query per passage; split train/test by group (module).",
+        # synthesis.generator=llm: the endpoint's API key, from the Secret docs/synthesis.md creates
+        secrets=(SecretEnv("flagops-llm", "api-key", "synthesis.llm.api_key_env", when=(("synthesis.generator", ("llm",)),)),),
     ),
     Step(
         "build_ood_eval",

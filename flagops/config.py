@@ -51,7 +51,9 @@ class ModelConfig(Section):
     # openvino: the bge embedder's transformer runs in OpenVINO on CPU at inference (evaluate, mining; not
     # serving), numerics from dtype (float32, or bfloat16: 3.6x torch fp32 on an AMX CPU); quantize is torch's
     # and does not apply. Needs `pip install flagops[openvino]`. See flagops/models/openvino_backend.py.
-    backend: Literal["torch", "openvino"] = "torch"
+    # auto: OpenVINO bf16 where the model directory carries a passing openvino-bf16 check, openvino is
+    # installed, the CPU has bf16 units and dtype and quantize are auto; else torch (and quantize=auto).
+    backend: Literal["torch", "openvino", "auto"] = "auto"
 
     @model_validator(mode="after")
     def _quantize_bge_only(self) -> ModelConfig:
@@ -415,7 +417,9 @@ class ServeConfig(Section):
     quantize: Literal["none", "int8", "auto"] = "auto"
     # openvino: an embedder's transformer in OpenVINO on CPU, in float32 or (serve.dtype=bfloat16, on a CPU
     # with bf16 units) bfloat16: 3.6x torch fp32 by CPU time (benchmarks/README.md). Takes the place of int8.
-    backend: Literal["torch", "openvino"] = "torch"
+    # auto: OpenVINO bf16 where the model carries a passing openvino-bf16 check (evaluate measures it, the
+    # registry keeps it), openvino is installed and the CPU has bf16 units (dtype, quantize auto); else torch.
+    backend: Literal["torch", "openvino", "auto"] = "auto"
 
     @model_validator(mode="after")
     def _openvino_without_int8(self) -> ServeConfig:

@@ -75,9 +75,10 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_
     dims = len(vectors[0]) if vectors else 0
     example = [round(v, 4) for v in vectors[0][:3]]
     console.print(f"served {model_uri} through KServe: {len(vectors)} queries -> {dims}-dim embeddings, e.g. {example}")
-    console.print(f"  inference backend: {served.backend} (serve.quantize={cfg.serve.quantize})", markup=False)
+    settings = f"serve.backend={cfg.serve.backend}, serve.quantize={cfg.serve.quantize}"
+    console.print(f"  inference backend: {served.backend} ({settings})", markup=False)
     if served.quantization_check:
-        console.print(f"  int8 accuracy check (evaluate, registered with the model): {served.quantization_check}", markup=False)
+        console.print(f"  accuracy check (evaluate, registered with the model): {served.quantization_check}", markup=False)
     if served.lexical is not None:
         weights = ", ".join(f"{token!r} {w:.3f}" for token, w in served.lexical)
         console.print(f"  and lexical weights (return_sparse) of {SAMPLE_QUERIES[0]!r}: {weights}", markup=False)

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 import components
 from flagops import catalog
@@ -45,8 +45,9 @@ def default_params(source: str | Path) -> str:
     return json.dumps(load_config(source).model_dump(mode="json", exclude_unset=True))
 
 
-def configure(task: dsl.PipelineTask, step: catalog.Step) -> dsl.PipelineTask:
-    """Resources, retries and caching for ``step``'s task, all derived from the catalog."""
+def configure(task: dsl.PipelineTask, placed: catalog.Task) -> dsl.PipelineTask:
+    """Resources, retries, caching and Secrets for a task, all derived from the catalog."""
+    step = placed.step
     res = step.resources
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
     task.set_memory_request(res.memory).set_memory_limit(res.memory)
@@ -55,6 +56,8 @@ def configure(task: dsl.PipelineTask, step: catalog.Step) -> dsl.PipelineTask:
     task.set_retry(RETRIES, backoff_duration=BACKOFF)
     # A record describes MLflow state (a registration, an alias): a cache hit would skip the change.
     task.set_caching_options(enable_caching=not any(a.kind == "record" for a in step.outputs))
+    for secret, key, env in placed.env:  # optional: the pod starts without it, and the step says what is missing
+        kubernetes.use_secret_as_env(task, secret, {key: env}, optional=True)
     return task
 
 
@@ -81,7 +84,7 @@ def build(pipe: catalog.Pipeline, name: str, params_default: str, built: dict | 
         producer = pipe.producer()
         for t in pipe.tasks:
             wired = {n: tasks[producer[art]].outputs[art] for n, art in t.inputs.items()}
-            tasks[t.name] = configure(built[t.name](**common, **wired), t.step)
+            tasks[t.name] = configure(built[t.name](**common, **wired), t)
         # The evaluation metrics are the pipeline's output: the run page shows them, a caller gets them.
         return tasks[metrics[0]].outputs[metrics[1]]
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from flagops.config import ConfigError
 from flagops.data.formats import atomic_path
 from flagops.models.device import inference_placement, place
 from flagops.models.layout import SETTINGS_FILE
@@ -119,7 +118,8 @@ class Embedder(nn.Module):
         places it on ``model.device`` in ``model.dtype`` (float16 on CUDA); training leaves
         that to the Trainer, and there ``model.quantize`` makes its Linears int8 (int8: always; auto:
         where the directory carries a passing int8 check). ``model.backend=openvino`` runs the
-        transformer in OpenVINO instead (``flagops.models.openvino_backend``).
+        transformer in OpenVINO instead (``flagops.models.openvino_backend``); ``auto`` does so in
+        bf16 where the directory carries a passing openvino-bf16 check and the CPU has bf16 units.
         """
         path = resolve_model_source(str(source or model_cfg.base))
         if (path / SETTINGS_FILE).is_file():
@@ -136,12 +136,13 @@ class Embedder(nn.Module):
         if not inference:
             return embedder
         placement = inference_placement(model_cfg)
-        if model_cfg.backend == "openvino":
-            if placement.device.type != "cpu":
-                raise ConfigError(f"model.backend=openvino runs on CPU, but model.device gives {placement.device}; set model.device=cpu")
-            from flagops.models.openvino_backend import use_openvino
+        from flagops.models import openvino_backend  # openvino itself loads only where it is used
 
-            return use_openvino(embedder, path, placement.dtype)
+        settings = {"kind": model_cfg.kind, "dtype": model_cfg.dtype, "quantize": model_cfg.quantize, "device": placement.device.type}
+        if model_cfg.backend == "auto" and openvino_backend.auto_openvino(path, **settings):
+            return openvino_backend.use_openvino(embedder, path, torch.bfloat16)
+        if model_cfg.backend == "openvino":
+            return openvino_backend.openvino_on_cpu(embedder, path, placement)
         embedder = place(embedder, placement)
         if model_cfg.quantize == "none" or model_cfg.kind != "bge":
             return embedder

@@ -18,6 +18,7 @@ stays as it was and loads unchanged in transformers, sentence-transformers and F
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -42,6 +43,30 @@ def import_openvino():
         hint = "pip install flagops[openvino] (or model.backend=torch)"
         raise ConfigError(f"model.backend=openvino needs the openvino package: {hint}") from None
     return openvino
+
+
+@functools.cache
+def bf16_ready() -> bool:
+    """True where OpenVINO is installed and this CPU has bf16 units (AMX or AVX512-BF16): only
+    there is bf16 worth choosing (elsewhere OpenVINO runs the bf16 hint in f32)."""
+    try:
+        import openvino
+    except ImportError:
+        return False
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def auto_openvino(model_dir: str | Path, *, kind: str, dtype: str, quantize: str, device: str) -> bool:
+    """``backend=auto``: run ``model_dir`` in OpenVINO bf16? Yes only for a bge embedder whose
+    placement and lossy settings are left to flagops (``dtype=auto``, ``quantize=auto``) on a CPU
+    with bf16 units, and which carries a passing ``openvino-bf16`` accuracy check (evaluate
+    measures it on the released model; register_model saves it beside the weights)."""
+    from flagops.models.quantize import OPENVINO_BF16, QuantCheck
+
+    if kind != "bge" or dtype != "auto" or quantize != "auto" or device == "cuda":
+        return False
+    check = QuantCheck.load(model_dir, OPENVINO_BF16)
+    return check is not None and check.passed and bf16_ready()
 
 
 def directory_digest(directory: Path) -> str:
@@ -110,6 +135,14 @@ class OpenVINOModel(nn.Module):
             given["token_type_ids"] = torch.zeros_like(input_ids)
         hidden = self.compiled([given[k].numpy() for k in self.input_names])[0]  # inputs in order; (batch, seq, dim)
         return BaseModelOutput(last_hidden_state=torch.from_numpy(np.asarray(hidden)))
+
+
+def openvino_on_cpu(embedder, model_dir: str | Path, placement, key: str = "model"):
+    """``use_openvino`` at ``placement`` (a section's device and dtype): a one-line ConfigError
+    naming ``key`` (model or serve) where that is not the CPU."""
+    if placement.device.type != "cpu":
+        raise ConfigError(f"{key}.backend=openvino runs on CPU, but {key}.device gives {placement.device}; set {key}.device=cpu")
+    return use_openvino(embedder, model_dir, placement.dtype)
 
 
 def use_openvino(embedder, model_dir: str | Path, dtype: torch.dtype = torch.float32, threads: int | None = None):

@@ -139,21 +139,25 @@ QUANT_CHECK_FILE = "flagops_quantization.json"
 # the one stated beside it (int8 measured min 0.987 on MiniLM); a model below it fails too.
 MAX_NDCG_DELTA = 0.005
 MIN_COSINE = 0.98
-METHOD = "int8-dynamic"
-METRICS_PREFIX = "quant/int8"  # evaluate's keys for the check (as_metrics / from_metrics)
+METHOD = "int8-dynamic"  # torch's dynamic int8 (this module)
+OPENVINO_BF16 = "openvino-bf16"  # the transformer in OpenVINO, bf16 kernels (flagops.models.openvino_backend)
+# evaluate's metric keys for each method's check (as_metrics / from_metrics)
+METRICS_PREFIXES = {METHOD: "quant/int8", OPENVINO_BF16: "quant/openvino-bf16"}
+METRICS_PREFIX = METRICS_PREFIXES[METHOD]
 
 
 @dataclass(frozen=True)
 class QuantCheck:
-    """The measured cost of serving a model in int8 instead of fp32, saved beside its weights.
+    """The measured cost of running a model by a lossy method instead of torch fp32, saved beside its weights.
 
-    The quantised model is not a second set of weights: torch's dynamic int8 is applied at load
-    time. What travels with the model (and into the registry) is this record, which says on which
-    held-out set it was measured and whether it kept within the rule; ``model.quantize=auto`` and
-    ``serve.quantize=auto`` use int8 only where it passed.
+    Neither lossy path is a second set of weights: torch's dynamic int8 is applied at load time,
+    and OpenVINO converts the same fp32 weights and computes in bf16. What travels with the model
+    (and into the registry) is one record per method, which says on which held-out set it was
+    measured and whether it kept within the rule; ``quantize=auto`` and ``backend=auto`` use a
+    method only where its record passed.
     """
 
-    method: str  # "int8-dynamic"
+    method: str  # METHOD or OPENVINO_BF16
     eval_set: str  # what the nDCG was measured on, e.g. "heldout (737 queries)"
     ndcg_fp32: float
     ndcg_quant: float
@@ -177,25 +181,36 @@ class QuantCheck:
         )
 
     def save(self, model_dir: str | Path) -> Path:
+        """Write this record into ``model_dir``'s file, in place of an earlier one of the same method."""
         from flagops.data.formats import atomic_path
 
         path = Path(model_dir) / QUANT_CHECK_FILE
+        kept = [c for c in load_checks(model_dir).values() if c.method != self.method]
+        records = [{**asdict(c), "passed": c.passed} for c in sorted([*kept, self], key=lambda c: c.method)]
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({**asdict(self), "passed": self.passed}, indent=2) + "\n")
+            tmp.write_text(json.dumps({"checks": records}, indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> QuantCheck | None:
-        """The record in ``model_dir``, or None when the model was never checked."""
-        path = Path(model_dir) / QUANT_CHECK_FILE
-        if not path.is_file():
-            return None
-        try:
-            raw = json.loads(path.read_text())
-            # ``passed`` is derived (written for readers of the file); fields this version does not know are left out
-            return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a quantization check record ({exc}); delete it to check the model again") from None
+    def load(cls, model_dir: str | Path, method: str = METHOD) -> QuantCheck | None:
+        """``method``'s record in ``model_dir``, or None when the model was never checked that way."""
+        return load_checks(model_dir).get(method)
+
+
+def load_checks(model_dir: str | Path) -> dict[str, QuantCheck]:
+    """Every check record in ``model_dir`` by method (a file of one bare record, as flagops wrote
+    before OpenVINO was checked too, is an int8 one)."""
+    path = Path(model_dir) / QUANT_CHECK_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        records = raw["checks"] if "checks" in raw else [raw]
+        # ``passed`` is derived (written for readers of the file); fields this version does not know are left out
+        checks = [QuantCheck(**{f.name: r[f.name] for f in fields(QuantCheck) if f.name in r}) for r in records]
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{path}: not a quantization check record ({exc}); delete it to check the model again") from None
+    return {c.method: c for c in checks}
 
 
 def resolve_quantize(setting: str, model_dir: str | Path) -> str:
@@ -222,7 +237,7 @@ def auto_int8(embedder, model_dir: str | Path):
 
 
 def as_metrics(check: QuantCheck) -> dict[str, float]:
-    """``quant/int8/*`` keys for the metrics file (and MLflow)."""
+    """``quant/int8/*`` (or ``quant/openvino-bf16/*``) keys for the metrics file (and MLflow)."""
     found = {
         "ndcg_fp32": check.ndcg_fp32,
         "ndcg": check.ndcg_quant,
@@ -231,18 +246,20 @@ def as_metrics(check: QuantCheck) -> dict[str, float]:
         "mean_cosine": check.mean_cosine,
         "passed": float(check.passed),
     }
-    return {f"{METRICS_PREFIX}/{key}": value for key, value in found.items()}
+    return {f"{METRICS_PREFIXES[check.method]}/{key}": value for key, value in found.items()}
 
 
-def from_metrics(metrics: Mapping[str, float], eval_set: str = "held-out (evaluate)") -> QuantCheck | None:
-    """The check the metrics carry (``as_metrics``' keys), or None when evaluate ran none."""
-    if f"{METRICS_PREFIX}/ndcg" not in metrics:
-        return None
-    return QuantCheck(
-        method=METHOD,
-        eval_set=eval_set,
-        ndcg_fp32=metrics[f"{METRICS_PREFIX}/ndcg_fp32"],
-        ndcg_quant=metrics[f"{METRICS_PREFIX}/ndcg"],
-        min_cosine=metrics[f"{METRICS_PREFIX}/min_cosine"],
-        mean_cosine=metrics[f"{METRICS_PREFIX}/mean_cosine"],
-    )
+def from_metrics(metrics: Mapping[str, float], eval_set: str = "held-out (evaluate)") -> list[QuantCheck]:
+    """The checks the metrics carry (``as_metrics``' keys), one per method evaluate ran."""
+    return [
+        QuantCheck(
+            method=method,
+            eval_set=eval_set,
+            ndcg_fp32=metrics[f"{prefix}/ndcg_fp32"],
+            ndcg_quant=metrics[f"{prefix}/ndcg"],
+            min_cosine=metrics[f"{prefix}/min_cosine"],
+            mean_cosine=metrics[f"{prefix}/mean_cosine"],
+        )
+        for method, prefix in METRICS_PREFIXES.items()
+        if f"{prefix}/ndcg" in metrics
+    ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,13 +68,13 @@ def register(
     metrics: Mapping[str, float],
     train_data: str | Path,
     family: str = "embedder",
-    quant: QuantCheck | None = None,
+    quant: Sequence[QuantCheck] = (),
 ) -> dict[str, Any]:
     """Log ``model_dir`` as a pyfunc and register it, or reuse the version with the same content.
 
     ``cfg`` is the family's projection (``families.project``). Needs an active run (see
     ``tracking.ensure_run``); metrics go to that run in either case. ``quant``, evaluate's int8
-    check of this model, is logged beside the weights (``QUANT_CHECK_FILE``) and as a tag; the
+    and OpenVINO bf16 checks of this model, are logged beside the weights (``QUANT_CHECK_FILE``) and as a tag; the
     content hash stays that of the weights alone.
     """
     tracking.configure_env()
@@ -100,7 +100,7 @@ def register(
     # register_model (not log_model's registered_model_name) so the lineage tags, the
     # sha256 that makes re-runs idempotent among them, are written with the version itself.
     tags = lineage_tags(cfg, model_dir, metrics, train_data, sha, family=family)
-    tags |= {"flagops.quantization": quant.summary()[:TEXT_LIMIT]} if quant is not None else {}
+    tags |= {"flagops.quantization": "; ".join(c.summary() for c in quant)[:TEXT_LIMIT]} if quant else {}
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     facts = _card_facts(cfg, model_dir, mv.version, metrics, tags, info.flavors, family)
     card = render_reranker_card(facts) if family == "reranker" else render_card(facts)
@@ -113,17 +113,18 @@ def register(
 
 
 @contextmanager
-def with_quant_check(model_dir: Path, check: QuantCheck | None) -> Iterator[Path]:
-    """``model_dir`` itself, or (with a check) a staged copy of it plus the check record: the
+def with_quant_check(model_dir: Path, checks: Sequence[QuantCheck]) -> Iterator[Path]:
+    """``model_dir`` itself, or (with checks) a staged copy of it plus the check records: the
     step's input directory, another step's output, stays as it was. Files are hard links where
     the filesystem allows (MLflow refuses symbolic links out of the logged directory), else copies."""
-    if check is None:
+    if not checks:
         yield model_dir
         return
     with tempfile.TemporaryDirectory(prefix="flagops-register-") as tmp:
         staged = Path(tmp) / model_dir.name
         shutil.copytree(model_dir, staged, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(QUANT_CHECK_FILE))
-        check.save(staged)
+        for check in checks:
+            check.save(staged)
         yield staged
 
 

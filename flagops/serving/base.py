@@ -107,13 +107,13 @@ class ServedModel(kserve.Model):
 
     def load(self) -> bool:
         self.backend = self.load_backend(resolve_source(self.source))
-        check = f"; int8 check {self.quant_check.summary()}" if self.quant_check else "; no int8 check"
+        check = f"; accuracy check {self.quant_check.summary()}" if self.quant_check else "; no accuracy check"
         log.info("model %s served by %s%s", self.name, self.backend_name, check)
         self.ready = True
         return self.ready
 
     def backend_metadata(self) -> dict[str, Any]:
-        """What the V2 metadata route adds: the backend, and the int8 check when the model carries one."""
+        """What the V2 metadata route adds: the backend, and the accuracy check of its lossy path when the model carries one."""
         meta: dict[str, Any] = {"backend": self.backend_name}
         if self.quant_check is not None:
             meta["quantization_check"] = {"summary": self.quant_check.summary(), "passed": self.quant_check.passed}

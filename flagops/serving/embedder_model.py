@@ -136,33 +136,32 @@ class EmbedderModel(ServedModel):
     backend: TextEncoder
 
     def load_backend(self, source: str) -> TextEncoder:
+        import torch  # torch loads only for a real model
+
+        from flagops.models import openvino_backend
         from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
-        from flagops.models.embedder import Embedder  # torch loads only for a real model
-        from flagops.models.quantize import quantize_int8
+        from flagops.models.embedder import Embedder
+        from flagops.models.quantize import OPENVINO_BF16, QuantCheck, quantize_int8
 
         placement = inference_placement(self.serve_cfg, name="serve")
-        if self.serve_cfg.backend == "openvino":
-            embedder = self.openvino_embedder(source, placement)
+        cfg = self.serve_cfg
+        settings = {"kind": "bge", "dtype": cfg.dtype, "quantize": cfg.quantize, "device": placement.device.type}
+        if cfg.backend == "openvino" or (cfg.backend == "auto" and openvino_backend.auto_openvino(source, **settings)):
+            embedder = Embedder.load(source)
+            if cfg.backend == "auto":  # the bf16 its record passed
+                self.quant_check = QuantCheck.load(source, OPENVINO_BF16)
+                embedder = openvino_backend.use_openvino(embedder, source, torch.bfloat16)
+            else:
+                embedder = openvino_backend.openvino_on_cpu(embedder, source, placement, key="serve")
+            self.backend_name = embedder.model.numerics  # openvino-f32 / openvino-bf16
         else:
-            quantize, self.quant_check = serve_quantize(self.serve_cfg.quantize, source, placement, supported=True)
+            quantize, self.quant_check = serve_quantize(cfg.quantize, source, placement, supported=True)
             embedder = place(Embedder.load(source), placement)
             if quantize == "int8":
                 quantize_int8(embedder)
             self.backend_name = torch_backend_name(embedder.model)
-        embedder.pad_to_multiple_of = self.serve_cfg.pad_to_multiple_of
+        embedder.pad_to_multiple_of = cfg.pad_to_multiple_of
         return BGEEncoder(embedder)
-
-    def openvino_embedder(self, source: str, placement):
-        """``serve.backend=openvino``: the embedder's transformer compiled by OpenVINO for this CPU."""
-        from flagops.config import ConfigError
-        from flagops.models.embedder import Embedder
-        from flagops.models.openvino_backend import use_openvino
-
-        if placement.device.type != "cpu":
-            raise ConfigError(f"serve.backend=openvino runs on CPU, but serve.device gives {placement.device}; set serve.device=cpu")
-        embedder = use_openvino(Embedder.load(source), source, placement.dtype)
-        self.backend_name = embedder.model.numerics  # openvino-f32 / openvino-bf16
-        return embedder
 
     def token_lengths(self, is_query: bool, texts: list[str]) -> list[int]:
         return self.backend.token_lengths(texts, is_query=is_query)

@@ -70,7 +70,7 @@ class SmokeResult(NamedTuple):
     vectors: list[list[float]]  # one dense vector per sample query, from /v1/embeddings
     lexical: list[tuple[str, float]] | None  # M3: the first query's heaviest tokens, from V1 return_sparse
     backend: str = "unknown"  # what served, from GET /v2/models/NAME: torch-fp32, torch-int8-dynamic...
-    quantization_check: str | None = None  # the int8 check's summary, when the model carries one
+    quantization_check: str | None = None  # the summary of the accuracy check of the lossy path it serves, when the model carries one
 
 
 # A reranker's smoke request: the first sample query against passages, one of which answers it.

@@ -96,12 +96,13 @@ def run(cfg, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[st
     if merging:
         default = ("ndcg@10", "ood/ndcg@10") if ood is not None else ("ndcg@10",)
         metrics.update(select_release(cfg.merge.select, cfg.merge.select_on or default, metrics))
-    if ev.quant_check and cfg.model.kind == "bge":  # may the released model run in int8? (serving, quantize=auto)
+    if ev.quant_check and cfg.model.kind == "bge":  # may the release run in int8 or OpenVINO bf16? (quantize/backend=auto)
         released = sources["merged"] if metrics.get("candidate/merged") == 1.0 else sources[trained]
-        check = quant_check.check_int8(cfg.model, released, evaluator, metrics[f"candidate/{ev.primary_metric}"], primary=ev.primary_metric)
-        if check is not None:
-            print(f"evaluate: int8 check of the release: {check.summary()}")
-            metrics.update(as_metrics(check))
+        for measure in (quant_check.check_int8, quant_check.check_openvino_bf16):
+            check = measure(cfg.model, released, evaluator, metrics[f"candidate/{ev.primary_metric}"], primary=ev.primary_metric)
+            if check is not None:
+                print(f"evaluate: accuracy check of the release: {check.summary()}")
+                metrics.update(as_metrics(check))
     layers_chart = None
     if rerank:
         metrics.update(rerank_stage(cfg, eval_set, candidate_run, inputs["reranker_model"], tasks))

@@ -26,7 +26,7 @@ def run(cfg, inputs: dict[str, Path], outputs: dict[str, Path], family: str = "e
     metrics = models.read_metrics(inputs["metrics"])
     model = release_dir(inputs, metrics) if family == "embedder" else Path(inputs["model"])
     with tracking.ensure_run(cfg, families.step(family, "register")):
-        quant = quantize.from_metrics(metrics, eval_set=f"evaluate's held-out set ({inputs['metrics']})") if family == "embedder" else None
+        quant = quantize.from_metrics(metrics, eval_set=f"evaluate's held-out set ({inputs['metrics']})") if family == "embedder" else []
         record = models.register(cfg, model, metrics, inputs["train_data"], family=family, quant=quant)
     write_json(outputs[families.artifact(family, "registration")], record)
     return outputs

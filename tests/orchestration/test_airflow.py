@@ -39,6 +39,8 @@ K8S = {
     "MLFLOW_TRACKING_URI": "http://user:hunter2@mlflow.internal:5000",
 }
 
+LLM_KEY_ENV = "VLLM_API_KEY"  # synthesis.llm.api_key_env of the kubernetes probe's profile
+
 # Prints what the tests compare with the catalog; the DagBag is what the dag processor builds.
 PROBE = r"""
 import json, sys
@@ -97,6 +99,10 @@ def _probe(mode: str, home: Path) -> tuple[str, dict, dict]:
     # The local probe builds the reranker profile's DAG (two families, a fan-in at evaluate).
     local = {"FLAGOPS_WORKDIR": str(home / "ws"), "FLAGOPS_PROFILE": "demo_reranker"}
     extra = {"FLAGOPS_AIRFLOW_MODE": mode} | (K8S if mode == "kubernetes" else local)
+    if mode == "kubernetes":  # M3, and LLM synthesis: its pod reads the endpoint's key from a Secret
+        profile = home / "k8s-profile.yaml"
+        profile.write_text(f"extends: {K8S['FLAGOPS_PROFILE']}\nsynthesis:\n  generator: llm\n  llm:\n    api_key_env: {LLM_KEY_ENV}\n")
+        extra |= {"FLAGOPS_PROFILE": str(profile)}
     stdout = _run([AIRFLOW_BIN / "python", "-c", PROBE, DAGS], _env(home, **extra))
     line = next(line for line in stdout.splitlines() if line.startswith("PROBE-JSON "))
     return mode, extra, json.loads(line.removeprefix("PROBE-JSON "))
@@ -186,8 +192,15 @@ def test_kubernetes_tasks_are_pods_with_the_catalog_image_command_and_resources(
         assert pod["spec"]["volumes"] == [{"name": "workspace", "persistentVolumeClaim": {"claimName": extra["FLAGOPS_K8S_PVC"]}}]
         # MLflow settings come from the Secret only; nothing from the scheduler's env is copied in.
         assert container["envFrom"] == [{"secretRef": {"name": extra["FLAGOPS_K8S_MLFLOW_SECRET"]}}]
-        # The only plain env var is the (templated) pipeline key that groups the run's MLflow runs.
-        assert [e["name"] for e in container.get("env", [])] == ["FLAGOPS_PIPELINE_KEY"]
+        # The only plain env var is the (templated) pipeline key that groups the run's MLflow runs;
+        # the LLM synthesis pod also reads the endpoint's key, from its Secret, optionally.
+        env = container.get("env", [])
+        assert env[0]["name"] == "FLAGOPS_PIPELINE_KEY" and "value" in env[0]
+        if step.name == "synthesize_queries":
+            ref = {"name": "flagops-llm", "key": "api-key", "optional": True}
+            assert env[1:] == [{"name": LLM_KEY_ENV, "valueFrom": {"secretKeyRef": ref}}]
+        else:
+            assert len(env) == 1
         assert "hunter2" not in json.dumps(pod)
     assert any(s.resources.gpus for s in catalog.STEPS), "no GPU step left to check the GPU limit with"
 

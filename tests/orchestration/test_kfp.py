@@ -405,3 +405,18 @@ def test_cron_is_checked():
     assert kfp_client.kfp_cron("*/30 * * * * *") == "*/30 * * * * *"
     with pytest.raises(ValueError, match="5 fields"):
         kfp_client.kfp_cron("daily")
+
+
+def test_llm_synthesis_task_reads_the_api_key_from_a_secret(tmp_path):
+    """synthesis.generator=llm: the synthesize_queries task, and no other, gets the endpoint's key
+    as the variable synthesis.llm.api_key_env names, from the flagops-llm Secret (optional, so a
+    pod without it starts and the step says what is missing); a heuristic profile mounts none."""
+    params = tmp_path / "llm.yaml"
+    params.write_text("extends: tiny\nsynthesis:\n  generator: llm\n  llm:\n    api_key_env: VLLM_API_KEY\n")
+    ir = list(yaml.safe_load_all(retrain.compile_to(tmp_path / "llm-ir.yaml", params).read_text()))
+    executors = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert list(executors) == ["exec-synthesize-queries"]
+    [secret] = executors["exec-synthesize-queries"]["secretAsEnv"]
+    assert secret["secretName"] == "flagops-llm" and secret["optional"] is True
+    assert secret["keyToEnv"] == [{"secretKey": "api-key", "envVar": "VLLM_API_KEY"}]
+    assert len(list(yaml.safe_load_all(retrain.package("tiny").read_text()))) == 1  # heuristic: no platform spec

@@ -101,7 +101,7 @@ def test_int8_server_reports_its_backend_and_stays_close_to_fp32(int8_server, mo
     assert meta["backend"] == meta["platform"] == "torch-int8-dynamic"
     assert meta["quantization_check"]["passed"] is True and "PASS" in meta["quantization_check"]["summary"]
     assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 64]}]
-    assert "served by torch-int8-dynamic; int8 check int8-dynamic on heldout (4 queries)" in int8_server.log.read_text()
+    assert "served by torch-int8-dynamic; accuracy check int8-dynamic on heldout (4 queries)" in int8_server.log.read_text()
 
     body = {"input": TEXTS, "model": int8_server.name}
     got = np.asarray([d["embedding"] for d in httpx.post(f"{int8_server.url}/v1/embeddings", json=body).json()["data"]])
@@ -132,3 +132,29 @@ def test_openvino_backend_serves_the_same_vectors_and_says_so(model_dirs):
     assert cosines.min() > 0.9999
     with pytest.raises(ConfigError, match=r"serve: .*backend=openvino does not run torch's int8"):
         load_config("tiny", ["serve.backend=openvino", "serve.quantize=int8"])
+
+
+def test_auto_backend_serves_openvino_bf16_where_its_check_passed(tmp_path, model_dirs, monkeypatch):
+    """serve.backend=auto (the default): a model that also carries a passing openvino-bf16 check is
+    served by OpenVINO in bf16 (the faster path wins over int8), and the metadata carries that
+    check; a failing bf16 record falls back to int8's. The CPU's bf16 units are mocked present so
+    the decision is tested on any CPU; test_openvino_backend covers the numerics."""
+    import shutil
+
+    from flagops.models import openvino_backend
+    from flagops.models.quantize import OPENVINO_BF16
+
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(openvino_backend, "bf16_ready", lambda: True)
+    monkeypatch.setattr(openvino_backend, "cache_dir", lambda: tmp_path / "cache")
+    for name, quant in (("bf16-pass", 0.701), ("bf16-fail", 0.690)):
+        shutil.copytree(model_dirs["pass"], tmp_path / name)
+        QuantCheck(OPENVINO_BF16, "heldout (4 queries)", ndcg_fp32=0.700, ndcg_quant=quant, min_cosine=0.9999, mean_cosine=0.99995).save(
+            tmp_path / name
+        )
+    assert ServeConfig().backend == "auto"
+    model = loaded(tmp_path / "bf16-pass")
+    assert model.backend_name == "openvino-bf16" and model.quant_check.method == OPENVINO_BF16
+    assert model.backend_metadata()["quantization_check"]["passed"] is True
+    assert loaded(tmp_path / "bf16-fail").backend_name == "torch-int8-dynamic"  # int8's record still passes
+    assert loaded(model_dirs["pass"]).backend_name == "torch-int8-dynamic"  # no bf16 record

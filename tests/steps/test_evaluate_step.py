@@ -9,6 +9,7 @@ import pytest
 from flagops.config import ConfigError, FlagopsConfig, ModelConfig, apply_override, load_config, validate
 from flagops.data.formats import EvalSet, Passage, read_json, write_beir, write_jsonl
 from flagops.evaluation import RETRIEVAL_METRICS
+from flagops.models.openvino_backend import bf16_ready
 from flagops.models.sources import resolve_model_source
 from flagops.steps import execute
 
@@ -79,12 +80,13 @@ def test_metrics_json_has_every_system_and_metric(untracked):
     metrics = read_json(outputs["metrics"])
     expected = {f"{s}/{m}" for s in SYSTEMS for m in RETRIEVAL_METRICS}
     expected |= {"candidate/sts_spearman", "base/sts_spearman"}
-    expected |= {f"quant/int8/{k}" for k in ("ndcg_fp32", "ndcg", "ndcg_delta", "min_cosine", "mean_cosine", "passed")}
+    checked = ("int8",) + (("openvino-bf16",) if bf16_ready() else ())  # OpenVINO bf16 only where the CPU has bf16 units
+    expected |= {f"quant/{m}/{k}" for m in checked for k in ("ndcg_fp32", "ndcg", "ndcg_delta", "min_cosine", "mean_cosine", "passed")}
     assert set(metrics) == expected
     assert metrics == returned
     for key, value in metrics.items():
         assert isinstance(value, float), key
-        if key == "quant/int8/ndcg_delta":
+        if key.endswith("/ndcg_delta"):
             continue
         low = -1.0 if key.endswith("sts_spearman") else 0.0
         assert low <= value <= 1.0, (key, value)
@@ -131,7 +133,21 @@ def test_int8_check_of_the_candidate(untracked):
     assert 0.0 <= metrics["quant/int8/ndcg"] <= 1.0
     assert metrics["quant/int8/ndcg_delta"] == pytest.approx(metrics["quant/int8/ndcg"] - metrics["quant/int8/ndcg_fp32"], abs=2e-6)
     assert 0.5 < metrics["quant/int8/min_cosine"] <= metrics["quant/int8/mean_cosine"] <= 1.0
-    assert metrics["quant/int8/passed"] == float(from_metrics(metrics).passed)
+    assert metrics["quant/int8/passed"] == float(from_metrics(metrics)[0].passed)
+
+
+@pytest.mark.skipif(not bf16_ready(), reason="OpenVINO bf16 is checked only on a CPU with bf16 units (AMX or AVX512-BF16)")
+def test_openvino_bf16_check_of_the_candidate(untracked):
+    """evaluate measures the release in OpenVINO bf16 too: a real second evaluation against the
+    candidate's fp32 score, bf16-close in cosine, and passed follows the rule."""
+    from flagops.models.quantize import OPENVINO_BF16, from_metrics
+
+    _, outputs = untracked
+    metrics = read_json(outputs["metrics"])
+    assert metrics["quant/openvino-bf16/ndcg_fp32"] == metrics["candidate/ndcg@10"]
+    assert 0.99 < metrics["quant/openvino-bf16/min_cosine"] <= metrics["quant/openvino-bf16/mean_cosine"] <= 1.0
+    (check,) = [c for c in from_metrics(metrics) if c.method == OPENVINO_BF16]
+    assert metrics["quant/openvino-bf16/passed"] == float(check.passed)
 
 
 def test_int8_check_runs_int8(workspace):

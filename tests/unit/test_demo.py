@@ -38,12 +38,12 @@ def test_summary_names_the_workspace_store_by_default(workdir, capsys):
     assert f"MLFLOW_TRACKING_URI={db} flagops serve" in out and f"mlflow ui --backend-store-uri {db}" in out
 
 
-def test_summary_says_which_backend_served_and_its_int8_check(workdir, capsys):
+def test_summary_says_which_backend_served_and_its_accuracy_check(workdir, capsys):
     served = SERVED._replace(backend="torch-int8-dynamic", quantization_check="int8-dynamic on held-out: nDCG@10 0.7287 -> 0.7324 ... PASS")
     print_summary(validate({"profile": "tiny"}), workdir, served, "models:/bge@champion")
     out = capsys.readouterr().out
-    assert "inference backend: torch-int8-dynamic (serve.quantize=auto)" in out
-    assert "int8 accuracy check (evaluate, registered with the model): int8-dynamic on held-out: nDCG@10 0.7287 -> 0.7324 ... PASS" in out
+    assert "inference backend: torch-int8-dynamic (serve.backend=auto, serve.quantize=auto)" in out
+    assert "accuracy check (evaluate, registered with the model): int8-dynamic on held-out: nDCG@10 0.7287 -> 0.7324 ... PASS" in out
     print_summary(validate({"profile": "tiny"}), workdir, SERVED, "models:/bge@champion")
     out = capsys.readouterr().out
-    assert "inference backend: unknown" in out and "int8 accuracy check" not in out
+    assert "inference backend: unknown" in out and "accuracy check" not in out

@@ -111,8 +111,48 @@ def test_missing_package_is_a_config_error(ir_cache, monkeypatch):
 
 
 def test_config_refuses_what_it_cannot_run():
-    assert load_config("tiny").model.backend == "torch"
+    assert load_config("tiny").model.backend == "auto"
     with pytest.raises(ConfigError, match="backend=openvino runs kind=bge without torch's int8"):
         load_config("tiny", ["model.backend=openvino", "model.quantize=int8"])
     with pytest.raises(ConfigError, match="float32 or bfloat16"):
         use_openvino(Embedder.load("tiny-bert"), resolve_model_source("tiny-bert"), torch.float16)
+
+
+def _bf16_check(tmp_path, ndcg_quant: float):
+    from flagops.models.quantize import OPENVINO_BF16, QuantCheck
+
+    QuantCheck(OPENVINO_BF16, "heldout", ndcg_fp32=0.70, ndcg_quant=ndcg_quant, min_cosine=0.9999, mean_cosine=0.99995).save(tmp_path)
+
+
+@pytest.mark.parametrize("cpu_has_bf16", [True, False])
+def test_auto_runs_openvino_bf16_only_where_its_check_passed(ir_cache, tmp_path, monkeypatch, cpu_has_bf16):
+    """backend=auto (the default): OpenVINO bf16 for a model that carries a passing openvino-bf16
+    check on a CPU with bf16 units; torch for one never checked, one that failed, a CPU without
+    bf16 units (mocked here both ways: the decision, not the hardware, is under test), or a
+    profile that pins dtype or turns quantize off; training loads stay torch."""
+    monkeypatch.setattr(openvino_backend, "bf16_ready", lambda: cpu_has_bf16)
+    cfg = load_config("tiny", ["model.quantize=auto"]).model
+    Embedder.load("tiny-bert").save(tmp_path)
+
+    def numerics(model_cfg=cfg, **kw):
+        model = Embedder.from_config(model_cfg, source=tmp_path, **kw).model
+        return getattr(model, "numerics", "torch")
+
+    assert numerics(inference=True) == "torch"  # never checked
+    _bf16_check(tmp_path, ndcg_quant=0.701)
+    assert numerics(inference=True) == ("openvino-bf16" if cpu_has_bf16 else "torch")
+    assert numerics() == "torch"  # training
+    for pinned in (["model.dtype=float32"], ["model.quantize=none"], ["model.backend=torch"]):
+        assert numerics(load_config("tiny", ["model.quantize=auto", *pinned]).model, inference=True) == "torch", pinned
+    _bf16_check(tmp_path, ndcg_quant=0.690)  # -0.010: failed
+    assert numerics(inference=True) == "torch"
+    assert not openvino_backend.auto_openvino(tmp_path, kind="bge", dtype="auto", quantize="auto", device="cuda")
+    assert not openvino_backend.auto_openvino(tmp_path, kind="m3", dtype="auto", quantize="auto", device="cpu")
+
+
+def test_bf16_ready_reads_the_cpu_capabilities():
+    """The real query (no mock): a bool from OpenVINO's CPU plugin; True where /proc/cpuinfo names bf16 units."""
+    openvino_backend.bf16_ready.cache_clear()
+    ready = openvino_backend.bf16_ready()
+    flags = open("/proc/cpuinfo").read() if sys.platform == "linux" else ""
+    assert ready is ("avx512_bf16" in flags or "amx_bf16" in flags) or not flags

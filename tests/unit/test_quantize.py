@@ -161,7 +161,7 @@ def test_quant_check_round_trip_and_auto(tmp_path):
     assert quantize.resolve_quantize("auto", tmp_path) == "none"  # never checked: fp32
     _check().save(tmp_path)
     saved = json.loads((tmp_path / quantize.QUANT_CHECK_FILE).read_text())
-    assert saved["passed"] is True
+    assert [r["passed"] for r in saved["checks"]] == [True]
     assert quantize.QuantCheck.load(tmp_path) == _check()
     assert quantize.resolve_quantize("auto", tmp_path) == "int8"
     assert quantize.resolve_quantize("none", tmp_path) == "none"
@@ -171,6 +171,25 @@ def test_quant_check_round_trip_and_auto(tmp_path):
     (tmp_path / quantize.QUANT_CHECK_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match=r"flagops_quantization\.json: not a quantization check record"):
         quantize.QuantCheck.load(tmp_path)
+
+
+def test_one_record_per_method_and_the_old_single_record_format(tmp_path):
+    """The file keeps one record per method: saving one method's check replaces that method's only.
+    A file of one bare record (what flagops wrote before OpenVINO bf16 was checked) reads as int8."""
+    bf16 = _check(method=quantize.OPENVINO_BF16, ndcg_quant=0.7001, min_cosine=0.9999)
+    _check().save(tmp_path)
+    bf16.save(tmp_path)
+    _check(ndcg_quant=0.6).save(tmp_path)  # int8 again: replaced, bf16 kept
+    checks = quantize.load_checks(tmp_path)
+    assert checks == {"int8-dynamic": _check(ndcg_quant=0.6), "openvino-bf16": bf16}
+    assert quantize.QuantCheck.load(tmp_path, quantize.OPENVINO_BF16) == bf16
+    (tmp_path / quantize.QUANT_CHECK_FILE).write_text(json.dumps({**vars(_check()), "passed": True, "speedup": None}))
+    assert quantize.load_checks(tmp_path) == {"int8-dynamic": _check()}
+    # evaluate's metrics carry each method it measured; register_model reads them all back
+    metrics = {**quantize.as_metrics(_check()), **quantize.as_metrics(bf16)}
+    assert metrics["quant/openvino-bf16/ndcg_delta"] == pytest.approx(0.0001)
+    assert quantize.from_metrics(metrics, eval_set="heldout") == [_check(), bf16]
+    assert quantize.from_metrics({}) == []
 
 
 def test_auto_loads_int8_only_where_the_check_passed(tmp_path):
