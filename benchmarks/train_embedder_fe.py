@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_embedder_fe.py [--max-steps 30] [--repeats 2]
     .venv/bin/python benchmarks/train_embedder_fe.py --max-steps 6 --repeats 1          # a quick check
-    .venv/bin/python benchmarks/train_embedder_fe.py --flagops-set train.passage_chunk=null   # a lever off
+    .venv/bin/python benchmarks/train_embedder_fe.py --flagops-set train.length_chunk=null   # a lever off
 
 Issue 13's settings by default: batch 8 queries, group 8 (1 positive + 7 negatives), query 32 /
 passage 128 tokens, temperature 0.02, in-batch negatives, 30 steps, fp32 on CPU. Both sides

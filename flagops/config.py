@@ -145,6 +145,10 @@ class TrainConfig(Section):
     # Encode a step's queries and passages sorted by length, N at a time, each chunk padded to its
     # own longest: the same loss with far fewer padded tokens. null: one batch padded to its longest.
     length_chunk: int | None = Field(16, ge=1)
+    # GradCache's memory: each length chunk runs under activation checkpointing, so a step holds one
+    # chunk's activations, not the batch's; the loss (every in-batch negative) and its gradients are
+    # unchanged, backward costs one more forward. For big batches in small memory; needs length_chunk.
+    checkpoint_chunks: bool = False
     deepspeed: str | None = None  # ZeRO JSON; passed to the Trainer only when CUDA is present
     resume_from_checkpoint: bool = True  # continue from the newest checkpoint in the output dir
     seed: int = 42

@@ -144,10 +144,19 @@ def unwrap_batch(collate: Callable) -> Callable:
 # --------------------------------------------------------------------------- length-sorted chunks
 
 
-def encode_length_sorted(encode: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor, size: int | None) -> torch.Tensor:
+def encode_length_sorted(
+    encode: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor, size: int | None, checkpointed: bool = False
+) -> torch.Tensor:
     """``encode(input_ids, attention_mask)`` -> (rows, ...), run ``size`` rows at a time in order of length,
-    each chunk without the trailing columns that are padding in all its rows; rows come back in input order."""
+    each chunk without the trailing columns that are padding in all its rows; rows come back in input order.
+
+    ``checkpointed`` (with gradients on) runs each chunk under non-reentrant activation
+    checkpointing: GradCache's trade (Gao et al., 2021). Only one chunk's activations are alive
+    at a time, backward runs each chunk's forward again (dropout replayed), and the loss over
+    the whole batch and its gradients stay those of the plain run."""
     n = input_ids.shape[0]
+    if checkpointed and torch.is_grad_enabled():
+        encode = _checkpointed(encode)
     if size is None or n <= size:
         return encode(input_ids, attention_mask)
     lengths = attention_mask.sum(dim=1)
@@ -159,6 +168,13 @@ def encode_length_sorted(encode: Callable, input_ids: torch.Tensor, attention_ma
         width = int(used[-1]) + 1 if len(used) else 1  # the last column any row of the chunk uses
         outs.append(encode(input_ids[rows, :width], attention_mask[rows, :width]))
     return torch.cat(outs)[torch.argsort(order)]
+
+
+def _checkpointed(encode: Callable) -> Callable:
+    def run(*tensors):
+        return checkpoint(encode, *tensors, use_reentrant=False)
+
+    return run
 
 
 # --------------------------------------------------------------------------- sub-batches

@@ -6,7 +6,8 @@ Each query is trained against a group of ``train_group_size`` passages: one posi
 every other query's group when in-batch negatives are on. With teacher scores and
 ``distill`` on, a KL term pulls the group's softmax towards the teacher's. Queries and
 passages are encoded in length-sorted chunks of ``train.length_chunk`` rows, each padded to
-its own longest (``batching.encode_length_sorted``): the same loss, far fewer padded tokens.
+its own longest (``batching.encode_length_sorted``): the same loss, far fewer padded tokens;
+with ``train.checkpoint_chunks`` each chunk is checkpointed (GradCache's memory trade).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ class BiEncoderForTraining(nn.Module):
         distill_weight: float,
         cross_device: bool = False,
         length_chunk: int | None = None,
+        checkpoint_chunks: bool = False,
     ):
         super().__init__()
         self.embedder = embedder
         self.length_chunk = length_chunk
+        self.checkpoint_chunks = checkpoint_chunks
         self.in_batch = in_batch
         self.temperature = temperature
         self.contrastive = InBatchContrastiveLoss(temperature, in_batch, cross_device)  # gathers across ranks if asked
@@ -51,8 +54,9 @@ class BiEncoderForTraining(nn.Module):
         self.distill_weight = distill_weight
 
     def forward(self, q_input_ids, q_attention_mask, p_input_ids, p_attention_mask, teacher_scores=None):
-        q = encode_length_sorted(self.embedder, q_input_ids, q_attention_mask, self.length_chunk)  # (batch, dim)
-        p = encode_length_sorted(self.embedder, p_input_ids, p_attention_mask, self.length_chunk)  # (batch * group, dim)
+        chunks = (self.length_chunk, self.checkpoint_chunks)
+        q = encode_length_sorted(self.embedder, q_input_ids, q_attention_mask, *chunks)  # (batch, dim)
+        p = encode_length_sorted(self.embedder, p_input_ids, p_attention_mask, *chunks)  # (batch * group, dim)
         loss = self.contrastive(q, p)
         if teacher_scores is not None:  # each query's group is on its own rank: the KL term stays local
             scores = group_scores(q, p, self.temperature, self.in_batch)
@@ -68,6 +72,8 @@ def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path, 
     # ---- setup
     if train_cfg.cross_device_negatives and not train_cfg.in_batch_negatives:
         raise ConfigError("train.cross_device_negatives=true needs train.in_batch_negatives=true")
+    if train_cfg.checkpoint_chunks and train_cfg.length_chunk is None:
+        raise ConfigError("train.checkpoint_chunks=true checkpoints each length chunk; set train.length_chunk (e.g. 16)")
     torch.manual_seed(train_cfg.seed)
     embedder = Embedder.from_config(model_cfg)
     if train_cfg.gradient_checkpointing:
@@ -80,6 +86,7 @@ def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path, 
         train_cfg.distill_weight,
         train_cfg.cross_device_negatives,
         train_cfg.length_chunk,
+        train_cfg.checkpoint_chunks,
     )
 
     args = common.training_arguments(train_cfg, output, train_cfg.batch_size)  # joins the process group under torchrun
