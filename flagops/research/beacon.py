@@ -44,8 +44,8 @@ from torch import nn
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 from flagops.config import ConfigError
-from flagops.data.formats import Passage, atomic_path, write_json
-from flagops.longctx.evaluate import MAX_NEW_TOKENS, greedy_answers, load, rouge_l
+from flagops.data.formats import DataError, Passage, atomic_path, write_json
+from flagops.longctx.evaluate import MAX_NEW_TOKENS, load, rouge_l
 from flagops.longctx.needle import IGNORE, TokenPool, needle_keys, needle_sample, random_code, training_samples
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -111,6 +111,11 @@ def kv_kept(plan: Sequence[Window]) -> int:
 
 
 # --------------------------------------------------------------------------- the model
+
+
+def device() -> torch.device:
+    """CUDA when present (the tiny runs use the CPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -186,11 +191,19 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def load_beacon(base_dir: Path, beacon_dir: Path):
     """(tokenizer, BeaconLlama, settings) from the base LM and the trained beacon parameters."""
+    weights, settings = Path(beacon_dir) / WEIGHTS_FILE, Path(beacon_dir) / SETTINGS_FILE
+    if not weights.is_file() or not settings.is_file():
+        raise DataError(f"{beacon_dir}: no {WEIGHTS_FILE} and {SETTINGS_FILE}; point beacon_lm at train_beacon's output")
     tokenizer, base = load(base_dir)
     model = BeaconLlama(base)
-    model.load_state_dict(load_file(str(Path(beacon_dir) / WEIGHTS_FILE)), strict=False)
-    settings = json.loads((Path(beacon_dir) / SETTINGS_FILE).read_text(encoding="utf-8"))
-    return tokenizer, model.eval(), settings
+    loaded = model.load_state_dict(load_file(str(weights)), strict=False)  # the base's weights come from base_dir
+    missing = [k for k in loaded.missing_keys if not k.startswith("base.")]
+    if missing or loaded.unexpected_keys:
+        raise DataError(
+            f"{weights}: beacon weights do not fit the base LM in {base_dir} (missing {missing[:3]}, unexpected "
+            f"{loaded.unexpected_keys[:3]}); retrain train_beacon on this base"
+        )
+    return tokenizer, model.eval(), json.loads(settings.read_text(encoding="utf-8"))
 
 
 def check_window(cfg, base_context: int) -> None:
@@ -207,7 +220,7 @@ def train(cfg, base_context: int, base_dir: Path, passages: Sequence[Passage], o
     check_window(cfg, base_context)
     tokenizer, base = load(base_dir)
     torch.manual_seed(cfg.seed)
-    model = BeaconLlama(base)
+    model = BeaconLlama(base).to(device())
     length = cfg.train_factor * base_context
     samples = training_samples(tokenizer, passages, cfg.samples, (length, length), length, cfg.short_fraction, cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -221,11 +234,10 @@ def train(cfg, base_context: int, base_dir: Path, passages: Sequence[Passage], o
 
     # ---- train
     curve = []
-    model.train()
     for step in range(1, cfg.steps + 1):
         batch = [samples[((step - 1) * cfg.batch_size + j) % len(samples)] for j in range(cfg.batch_size)]
-        input_ids = torch.tensor([s["input_ids"] for s in batch])  # (batch, length)
-        labels = torch.tensor([s["labels"] for s in batch])
+        input_ids = torch.tensor([s["input_ids"] for s in batch], device=device())  # (batch, length)
+        labels = torch.tensor([s["labels"] for s in batch], device=device())
         plan = plan_windows(length, cfg.window, [rng.choice(cfg.ratios) for _ in range(n_windows)])
         loss = lm_loss(model(input_ids, plan)[0], labels)
         optimizer.zero_grad()
@@ -274,7 +286,7 @@ def truncated_nll(base, input_ids: torch.Tensor, context: int, bos: int) -> tupl
         end = min(begin + context - prefix, length)
         chunk = input_ids[:, begin:end]
         if prefix:
-            chunk = torch.cat([torch.full((chunk.shape[0], 1), bos), chunk], dim=1)
+            chunk = torch.cat([torch.full((chunk.shape[0], 1), bos, device=chunk.device), chunk], dim=1)
         # chunk position p holds input token begin + p - prefix, and its logits predict the token after
         logits = base(chunk).logits[:, scored - 1 - begin + prefix : end - 1 - begin + prefix]
         targets = input_ids[:, scored:end]
@@ -285,19 +297,26 @@ def truncated_nll(base, input_ids: torch.Tensor, context: int, bos: int) -> tupl
 
 
 @torch.no_grad()
-def beacon_greedy(model, tokenizer, prompts: list[list[int]], window: int, ratio: int) -> list[str]:
-    """Greedy continuations of equal-length prompts, cut at eos or a newline. The windows before the
+def greedy_ids(model, prompts: list[list[int]], window: int, ratio: int) -> torch.Tensor:
+    """(batch, MAX_NEW_TOKENS) greedy continuations of equal-length prompts. The full windows before the
     prompt's last are read once into the beacon cache; each new token re-reads only the raw tail after
-    them (it stays a window or two: the answer is a few tokens)."""
-    input_ids = torch.tensor(prompts)  # (batch, prompt)
-    tail_start = (input_ids.shape[1] - 1) // window * window  # the last window's first token
-    _, memory = model(input_ids, plan_windows(tail_start, window, [ratio] * (tail_start // window))) if tail_start else (None, None)
+    them (a window or two: the answer is a few tokens)."""
+    input_ids = torch.tensor(prompts, device=device())  # (batch, prompt)
+    tail_start = (input_ids.shape[1] - 1) // window * window  # the first token of the prompt's last window
+    memory = None
+    if tail_start:  # these windows are never the input's last: each is condensed into its beacons
+        _, memory = model(input_ids[:, :tail_start], plan_windows(tail_start + 1, window, [ratio] * (tail_start // window + 1))[:-1])
     for _ in range(MAX_NEW_TOKENS):
         tail = input_ids[:, tail_start:]
         logits, _ = model(tail, plan_windows(tail.shape[1], window, [ratio] * math.ceil(tail.shape[1] / window)), memory)
         input_ids = torch.cat([input_ids, logits[:, -1].argmax(-1)[:, None]], dim=1)
+    return input_ids[:, len(prompts[0]) :]
+
+
+def decode_answers(tokenizer, ids: torch.Tensor) -> list[str]:
+    """Each row cut at eos, decoded, cut at a newline (as longctx's needle evaluation)."""
     answers = []
-    for row in input_ids[:, len(prompts[0]) :].tolist():
+    for row in ids.tolist():
         row = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
         answers.append(tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip())
     return answers
@@ -307,6 +326,7 @@ def evaluate(cfg, base_context: int, base_dir: Path, beacon_dir: Path, held_out:
     """(flat metrics, per-length rows) of the beacon model vs the base truncated to its window, on held-out text
     at ``cfg.eval_factors`` x ``base_context`` tokens: perplexity, needle exact match / ROUGE-L, KV kept per token."""
     tokenizer, model, settings = load_beacon(base_dir, beacon_dir)
+    model.to(device())
     window, ratios = settings["window"], settings["ratios"]
     pool, keys = TokenPool(tokenizer, held_out), needle_keys(held_out)
     bos = tokenizer.bos_token_id
@@ -317,7 +337,7 @@ def evaluate(cfg, base_context: int, base_dir: Path, beacon_dir: Path, held_out:
         ratio = adaptive_ratio(length, window, base_context, ratios)
         plan = plan_windows(length, window, [ratio] * math.ceil(length / window))
         # perplexity on the same held-out texts
-        texts = torch.tensor([[bos] + pool.haystack(length - 1, rng) for _ in range(cfg.eval_segments)])  # (segments, length)
+        texts = torch.tensor([[bos] + pool.haystack(length - 1, rng) for _ in range(cfg.eval_segments)], device=device())
         b_nll, b_n = truncated_nll(model.base, texts, base_context, bos)
         a_nll, a_n = beacon_nll(model, texts, plan)
         # needles: the base reads the prompt's last window only
@@ -328,10 +348,11 @@ def evaluate(cfg, base_context: int, base_dir: Path, beacon_dir: Path, held_out:
             ]
             keep = base_context - MAX_NEW_TOKENS - 1
             truncated = [[bos] + s.prompt_ids[-keep:] for s in samples]
-            for hits, answers in (
-                (base_hits, greedy_answers(model.base, tokenizer, truncated)),
-                (beacon_hits, beacon_greedy(model, tokenizer, [s.prompt_ids for s in samples], window, ratio)),
+            for hits, ids in (
+                (base_hits, greedy_ids(model, truncated, base_context, ratio)),  # a single window: the base itself
+                (beacon_hits, greedy_ids(model, [s.prompt_ids for s in samples], window, ratio)),
             ):
+                answers = decode_answers(tokenizer, ids)
                 hits += [(float(a == s.answer), rouge_l(a, s.answer)) for a, s in zip(answers, samples, strict=True)]
         rows.append(
             {

@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from flagops.config import ConfigError, validate
 from flagops.data.corpus import module_passages
-from flagops.data.formats import write_jsonl
+from flagops.data.formats import DataError, write_jsonl
 from flagops.longctx.evaluate import load
 from flagops.longctx.needle import IGNORE
 from flagops.research import beacon
@@ -199,6 +199,26 @@ def test_reading_on_from_the_cache_equals_reading_the_whole_input(base_lm):
     assert torch.allclose(torch.cat([first, tail], dim=1), whole, atol=1e-5)
 
 
+def test_greedy_decoding_from_the_cache_equals_re_reading_everything(base_lm):
+    _, base = load(base_lm)
+    model = BeaconLlama(base).eval()
+    with torch.no_grad():
+        model.beacon_embedding.add_(0.5)  # beacons that differ from eos: a wrong cache shows
+    prompts = torch.randint(3, 300, (2, 37), generator=torch.Generator().manual_seed(5)).tolist()
+    ids = torch.tensor(prompts)
+    with torch.no_grad():
+        for _ in range(beacon.MAX_NEW_TOKENS):  # the plain way: re-read the whole input for each token
+            logits, _ = model(ids, plan_windows(ids.shape[1], 16, [4] * math.ceil(ids.shape[1] / 16)))
+            ids = torch.cat([ids, logits[:, -1].argmax(-1)[:, None]], dim=1)
+    assert torch.equal(beacon.greedy_ids(model, prompts, 16, 4), ids[:, 37:])
+    # a prompt that fits one window is read by the base alone: its own greedy continuation
+    short = torch.tensor([prompts[0][:20]])
+    with torch.no_grad():
+        for _ in range(beacon.MAX_NEW_TOKENS):
+            short = torch.cat([short, base(short).logits[:, -1].argmax(-1)[:, None]], dim=1)
+    assert torch.equal(beacon.greedy_ids(model, [prompts[0][:20]], 64, 4), short[:, 20:])
+
+
 # ---------------------------------------------------------------- the steps
 
 
@@ -217,6 +237,17 @@ def test_train_saves_only_beacon_parameters_and_logs_the_loss(beacon_lm):
     assert not any(k.startswith("base.") for k in state)
     assert json.loads((out / beacon.SETTINGS_FILE).read_text()) == {"window": 16, "ratios": [2, 4, 8], "base_context": 64}
     assert [c["step"] for c in curve] == [1, 2, 3] and all(math.isfinite(c["loss"]) for c in curve)
+
+
+def test_beacon_weights_must_fit_the_base(base_lm, beacon_lm, tmp_path):
+    with pytest.raises(DataError, match="point beacon_lm at train_beacon's output"):
+        beacon.load_beacon(base_lm, tmp_path)
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / beacon.SETTINGS_FILE).write_text("{}")
+    save_file({"beacon_embedding": torch.zeros(32)}, str(wrong / beacon.WEIGHTS_FILE))  # no projections
+    with pytest.raises(DataError, match="do not fit the base LM"):
+        beacon.load_beacon(base_lm, wrong)
 
 
 def test_evaluation_writes_flat_metrics_and_the_plot(base_lm, beacon_lm, corpus, tmp_path):
