@@ -614,7 +614,9 @@ class BeaconConfig(Section):
     # The paper: Llama-2 (4K) read in windows of 1024 with ratios {2, 4, 8, 16, 32, 64, 128}. The window
     # must stay <= longctx.base_context (checked by the step) and leave room for the beacons' positions.
     window: int = Field(32, ge=8, le=8192)  # raw tokens per window; the paper's 1024, scaled down
-    ratios: tuple[int, ...] = Field((2, 4, 8), min_length=1)  # condensing ratios, one drawn per window in training
+    # Condensing ratios, one drawn uniformly per window in training: repeat one to weight it, as FlagEmbedding's
+    # (2 2 2 2 2 4 4 4 4 4 8 8 16 16 32 32 64 128); at evaluation the smallest that fits the base's positions.
+    ratios: tuple[int, ...] = Field((2, 4, 8), min_length=1)
     train_factor: int = Field(4, ge=2, le=64)  # training samples are this x base_context tokens
     samples: int = Field(64, ge=1)  # training samples (plain text, and needle QA with loss on the answer)
     short_fraction: float = Field(0.5, ge=0.0, le=1.0)  # share of plain text among them (loss on every token)

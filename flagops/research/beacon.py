@@ -324,7 +324,8 @@ def decode_answers(tokenizer, ids: torch.Tensor) -> list[str]:
 
 def evaluate(cfg, base_context: int, base_dir: Path, beacon_dir: Path, held_out: Sequence[Passage]) -> tuple[dict[str, float], list[dict]]:
     """(flat metrics, per-length rows) of the beacon model vs the base truncated to its window, on held-out text
-    at ``cfg.eval_factors`` x ``base_context`` tokens: perplexity, needle exact match / ROUGE-L, KV kept per token."""
+    at ``cfg.eval_factors`` x ``base_context`` tokens: perplexity, needle exact match / ROUGE-L, KV kept per token.
+    ``base_beacon_window/ppl``: the base truncated to the beacons' raw window instead, what the beacons add to."""
     tokenizer, model, settings = load_beacon(base_dir, beacon_dir)
     model.to(device())
     window, ratios = settings["window"], settings["ratios"]
@@ -339,6 +340,7 @@ def evaluate(cfg, base_context: int, base_dir: Path, beacon_dir: Path, held_out:
         # perplexity on the same held-out texts
         texts = torch.tensor([[bos] + pool.haystack(length - 1, rng) for _ in range(cfg.eval_segments)], device=device())
         b_nll, b_n = truncated_nll(model.base, texts, base_context, bos)
+        w_nll, w_n = truncated_nll(model.base, texts, window, bos)  # the base with the beacons' raw window and no memory
         a_nll, a_n = beacon_nll(model, texts, plan)
         # needles: the base reads the prompt's last window only
         base_hits, beacon_hits = [], []
@@ -361,6 +363,7 @@ def evaluate(cfg, base_context: int, base_dir: Path, beacon_dir: Path, held_out:
                 "ratio": ratio,
                 "base/ppl": math.exp(b_nll / b_n),
                 "beacon/ppl": math.exp(a_nll / a_n),
+                "base_beacon_window/ppl": math.exp(w_nll / w_n),
                 "base/needle_exact_match": float(np.mean([h[0] for h in base_hits])),
                 "beacon/needle_exact_match": float(np.mean([h[0] for h in beacon_hits])),
                 "base/needle_rouge_l": float(np.mean([h[1] for h in base_hits])),
@@ -375,20 +378,23 @@ def evaluate(cfg, base_context: int, base_dir: Path, beacon_dir: Path, held_out:
         metrics[f"{m}/needle_exact_match"] = float(np.mean([r[f"{m}/needle_exact_match"] for r in rows]))
         metrics[f"{m}/needle_rouge_l"] = float(np.mean([r[f"{m}/needle_rouge_l"] for r in rows]))
         metrics[f"{m}/kv_per_token@{longest['factor']}x"] = longest[f"{m}/kv_per_token"]
+    metrics[f"base_beacon_window/ppl@{longest['factor']}x"] = longest["base_beacon_window/ppl"]
     return metrics, rows
 
 
 def write_plot(path: str | Path, rows: Sequence[dict]) -> None:
-    """Perplexity by context length, base (truncated) vs beacon; written atomically."""
-    fig = Figure(figsize=(4.5, 3.4), dpi=100, layout="constrained")
+    """Perplexity by context length: the base truncated to its window and to the beacons', and the beacons; written atomically."""
+    fig = Figure(figsize=(5.5, 3.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     x = np.arange(len(rows))
-    for offset, model in ((-0.2, "base"), (0.2, "beacon")):
-        ax.bar(x + offset, [r[f"{model}/ppl"] for r in rows], width=0.4, label="base, truncated" if model == "base" else "beacon")
+    bars = (("base_beacon_window", "base, beacon's window"), ("base", "base, its window"), ("beacon", "beacon"))
+    for k, (model, label) in enumerate(bars):
+        ax.bar(x + (k - 1) * 0.27, [r[f"{model}/ppl"] for r in rows], width=0.27, label=label)
     ax.set_xticks(x, [f"{r['factor']}x ({r['length']}, ratio {r['ratio']})" for r in rows])
     ax.set_xlabel("context (x the base's window)")
     ax.set_ylabel("held-out perplexity")
-    ax.legend()
+    ax.set_ylim(0, 1.3 * max(r[f"{m}/ppl"] for r in rows for m, _ in bars))  # room for the legend above the bars
+    ax.legend(loc="upper center", ncols=3, fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})

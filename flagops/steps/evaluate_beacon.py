@@ -15,8 +15,9 @@ def run(cfg, inputs, outputs):
     tracking.log_metrics(metrics)
     for r in rows:
         print(
-            f"evaluate_beacon: {r['length']} tokens ({r['factor']}x, ratio {r['ratio']}): perplexity base (truncated) {r['base/ppl']:.2f}, "
-            f"beacon {r['beacon/ppl']:.2f}; needle ROUGE-L {r['base/needle_rouge_l']:.2f} vs {r['beacon/needle_rouge_l']:.2f}; "
+            f"evaluate_beacon: {r['length']} tokens ({r['factor']}x, ratio {r['ratio']}): perplexity base truncated to its window "
+            f"{r['base/ppl']:.2f}, to the beacons' {r['base_beacon_window/ppl']:.2f}, beacon {r['beacon/ppl']:.2f}; "
+            f"needle ROUGE-L {r['base/needle_rouge_l']:.2f} vs {r['beacon/needle_rouge_l']:.2f}; "
             f"KV kept per token {r['base/kv_per_token']:.3f} vs {r['beacon/kv_per_token']:.3f}"
         )
     return outputs

@@ -42,6 +42,7 @@ def test_beacon_pipeline_trains_beacons_and_scores_them_against_the_truncated_ba
             assert 1.0 < metrics[f"{model}/ppl@{factor}x"] < 512  # better than uniform over the 512-token vocabulary
             assert math.isfinite(metrics[f"{model}/ppl@{factor}x"])
         assert 0.0 <= metrics[f"{model}/needle_exact_match"] <= metrics[f"{model}/needle_rouge_l"] <= 1.0
+    assert 1.0 < metrics["base_beacon_window/ppl@8x"] < 512
     # at 512 tokens: the base keeps its 64-token window; beacons at ratio 8 (the adaptive pick) keep
     # 31 windows x 2 beacons plus the last window's 16 raw tokens
     assert metrics["base/kv_per_token@8x"] == 64 / 512

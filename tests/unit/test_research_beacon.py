@@ -257,6 +257,7 @@ def test_evaluation_writes_flat_metrics_and_the_plot(base_lm, beacon_lm, corpus,
     assert set(metrics) == {
         *(f"{m}/ppl@{f}x" for m in ("base", "beacon") for f in (2, 4)),
         *(f"{m}/{k}" for m in ("base", "beacon") for k in ("needle_exact_match", "needle_rouge_l", "kv_per_token@4x")),
+        "base_beacon_window/ppl@4x",
     }
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     # 256 tokens: the base keeps its 64-token window; the beacons (ratio 8: (64 - 16) x 4 + 16 < 256) 15 windows x 2
