@@ -470,6 +470,32 @@ STEPS: tuple[Step, ...] = (
     # LLM-Embedder (llm_embedder.enabled).
     # LLaRA (llara.enabled).
     # Activation Beacon (beacon.enabled).
+    Step(
+        "train_beacon",
+        "flagops.steps.train_beacon",
+        ("beacon", "longctx"),
+        ("base_lm", "corpus"),
+        (
+            Artifact("beacon_lm", "models/beacon_lm", kind="model", is_dir=True),
+            Artifact("beacon_loss_curve", "plots/beacon_train_loss.json", kind="plot"),
+        ),
+        GPU,
+        summary="Train Activation Beacon's beacon embedding and q/k/v/o on the frozen base LM, reading long text window by window.",
+        when=(("beacon.enabled", (True,)),),
+    ),
+    Step(
+        "evaluate_beacon",
+        "flagops.steps.evaluate_beacon",
+        ("beacon", "longctx"),
+        ("base_lm", "beacon_lm", "corpus"),
+        (
+            Artifact("beacon_metrics", "metrics/research_beacon.json", kind="metrics"),
+            Artifact("beacon_plot", "plots/beacon_perplexity.png", kind="plot"),
+        ),
+        EVAL,
+        summary="Perplexity and needles at 4x/8x the base's context: beacons vs the base truncated to its window; KV kept per token.",
+        when=(("beacon.enabled", (True,)),),
+    ),
     # Visualized-BGE (visual_bge.enabled).
 )
 

@@ -612,9 +612,40 @@ class LlaraConfig(Section):
 
 class BeaconConfig(Section):
     """Activation Beacon (FlagEmbedding research/Long_LLM/activation_beacon): the tiny Llama reads
-    past its window by condensing each window's activations into beacons. Off by default."""
+    past its window by condensing each window's activations into beacons. Off by default.
+
+    train_beacon trains only the beacon parameters (one embedding, per-layer q/k/v/o) on text
+    ``train_factor`` x ``longctx.base_context`` tokens long; evaluate_beacon scores perplexity and
+    needles at ``eval_factors`` x the base context against the base truncated to its window."""
 
     enabled: bool = False
+    # The paper: Llama-2 (4K) read in windows of 1024 with ratios {2, 4, 8, 16, 32, 64, 128}. The window
+    # must stay <= longctx.base_context (checked by the step) and leave room for the beacons' positions.
+    window: int = Field(32, ge=8, le=8192)  # raw tokens per window; the paper's 1024, scaled down
+    # Condensing ratios, one drawn uniformly per window in training: repeat one to weight it, as FlagEmbedding's
+    # (2 2 2 2 2 4 4 4 4 4 8 8 16 16 32 32 64 128); at evaluation the smallest that fits the base's positions.
+    ratios: tuple[int, ...] = Field((2, 4, 8), min_length=1)
+    train_factor: int = Field(4, ge=2, le=64)  # training samples are this x base_context tokens
+    samples: int = Field(64, ge=1)  # training samples (plain text, and needle QA with loss on the answer)
+    short_fraction: float = Field(0.5, ge=0.0, le=1.0)  # share of plain text among them (loss on every token)
+    steps: int = Field(40, ge=1)  # optimizer steps; only the beacon parameters train
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)  # fresh-ish parameters on a tiny LM; the paper used 5e-5 on 7B
+    logging_steps: int = Field(5, ge=1)
+    # Evaluation on held-out passages (longctx.held_out_fraction, the split train_base_lm kept out).
+    eval_factors: tuple[int, ...] = Field((4, 8), min_length=1)  # context lengths, x base_context
+    eval_segments: int = Field(4, ge=1)  # held-out texts per length for perplexity
+    needle_depths: tuple[float, ...] = Field((0.0, 0.5, 1.0), min_length=1)
+    needle_trials: int = Field(2, ge=1)  # needles per (length, depth)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _shapes(self) -> BeaconConfig:
+        if any(r < 1 or self.window % r for r in self.ratios):
+            raise ValueError(f"beacon.ratios {list(self.ratios)}: each must be >= 1 and divide beacon.window ({self.window})")
+        if any(not 0.0 <= d <= 1.0 for d in self.needle_depths):
+            raise ValueError(f"beacon.needle_depths {list(self.needle_depths)}: each must lie in [0, 1]")
+        return self
 
 
 class VisualBGEConfig(Section):
