@@ -14,7 +14,7 @@ def score_with_lm(
     train_data: Input[Dataset],
     llm_embedder_data: Output[Dataset],
 ):
-    """LLM-Embedder's reward: every key of the training data scored by the base LM's answer likelihood."""
+    """LLM-Embedder's reward: each key of the training data scored by the base LM's answer likelihood (-mean NLL)."""
     run_step(
         "score_with_lm",
         params,
