@@ -618,7 +618,8 @@ class LLMEmbedderConfig(Section):
     the keys each embedder finds. Off by default."""
 
     enabled: bool = False
-    lm_batch_size: int = Field(16, ge=1)  # prompts per LM forward pass (score_with_lm, evaluate_llm_embedder)
+    # Prompts per LM forward pass (score_with_lm, evaluate_llm_embedder), and texts per encoder batch in the latter.
+    lm_batch_size: int = Field(16, ge=1)
     # Passages the LM reads per eval query (joined); FlagEmbedding reads several, the tiny LM's 64-128 token window ~1.
     top_k: int = Field(1, ge=1, le=10)
     train: LLMEmbedderTrainConfig = LLMEmbedderTrainConfig()
