@@ -468,6 +468,39 @@ STEPS: tuple[Step, ...] = (
     ),
     # The research systems (docs/research.md), each a branch with its own section.
     # LLM-Embedder (llm_embedder.enabled).
+    Step(
+        "score_with_lm",
+        "flagops.steps.score_with_lm",
+        ("llm_embedder",),
+        ("base_lm", "train_data"),
+        (Artifact("llm_embedder_data", "data/llm_embedder_train.jsonl"),),
+        Resources(cpu="2", memory="8Gi", gpus=1),
+        summary="LLM-Embedder's reward: each key of the training data scored by the base LM's answer likelihood (-mean NLL).",
+        when=(("llm_embedder.enabled", (True,)),),
+    ),
+    Step(
+        "train_llm_embedder",
+        "flagops.steps.train_llm_embedder",
+        ("model", "llm_embedder"),
+        ("llm_embedder_data",),
+        (
+            Artifact("llm_embedder_model", "models/llm_embedder", kind="model", is_dir=True),
+            Artifact("llm_embedder_loss_curve", "plots/llm_embedder_train_loss.json", kind="plot"),
+        ),
+        GPU,
+        summary="Train the base encoder on the LM's rewards: stabilized distillation + contrastive, one task per batch.",
+        when=(("llm_embedder.enabled", (True,)),),
+    ),
+    Step(
+        "evaluate_llm_embedder",
+        "flagops.steps.evaluate_llm_embedder",
+        ("model", "llm_embedder"),
+        ("llm_embedder_model", "base_lm", "eval_set"),
+        (Artifact("research_llm_embedder", "metrics/research_llm_embedder.json", kind="metrics"),),
+        EVAL,
+        summary="Base encoder vs LLM-Embedder: nDCG@10, and the LM's answer NLL / exact match with the top-k each retrieves.",
+        when=(("llm_embedder.enabled", (True,)),),
+    ),
     # LLaRA (llara.enabled).
     # Activation Beacon (beacon.enabled).
     Step(

@@ -596,11 +596,41 @@ class LongContextConfig(Section):
 # and training live in ``longctx``); Visualized-BGE on the text encoder of ``model``.
 
 
+class LLMEmbedderTrainConfig(TrainerRunConfig):
+    """train_llm_embedder: FlagEmbedding's llm_embedder defaults (cosine / 0.01, distillation x 1, contrastive x 0.2)."""
+
+    learning_rate: float = Field(5e-6, gt=0.0, le=1.0)  # FlagEmbedding's, from bge-base; a random tiny encoder wants ~1e-4
+    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
+    batch_size: int = Field(8, ge=1)  # queries per step, all of one task; each sees every key of the batch
+    group_size: int = Field(8, ge=2)  # keys per query: the positive + sampled negatives (repeated when too few)
+    temperature: float = Field(0.01, gt=0.0)  # the cosine's temperature
+    stable_distill: bool = True  # the ranked, teacher-weighted CE sum; False: KL with the two temperatures below
+    distill_weight: float = Field(1.0, ge=0.0)
+    contrastive_weight: float = Field(0.2, ge=0.0)  # InfoNCE with the positive as target, beside distillation; 0: off
+    teacher_temperature: float = Field(1.0, gt=0.0)  # KL only: softmax(teacher_scores / this)
+    student_temperature: float = Field(1.0, gt=0.0)  # KL only: log_softmax(cosine / temperature / this)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    save_steps: int = Field(100, ge=1)  # checkpoint every N optimizer steps
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> LLMEmbedderTrainConfig:
+        if self.distill_weight == 0 and self.contrastive_weight == 0:
+            raise ValueError("distill_weight and contrastive_weight are both 0: nothing to train on; set one above 0")
+        return self
+
+
 class LLMEmbedderConfig(Section):
-    """LLM-Embedder (FlagEmbedding research/llm_embedder): an embedder trained on the tiny LM's
-    answer likelihoods. Off by default."""
+    """LLM-Embedder (FlagEmbedding research/llm_embedder): score_with_lm rewards each key of the mined
+    training data by the base LM's answer likelihood, train_llm_embedder distils the embedder (model.base,
+    CLS pooling) from those rewards, evaluate_llm_embedder compares retrieval and the LM's answers with
+    the keys each embedder finds. Off by default."""
 
     enabled: bool = False
+    # Prompts per LM forward pass (score_with_lm, evaluate_llm_embedder), and texts per encoder batch in the latter.
+    lm_batch_size: int = Field(16, ge=1)
+    # Passages the LM reads per eval query (joined); FlagEmbedding reads several, the tiny LM's 64-128 token window ~1.
+    top_k: int = Field(1, ge=1, le=10)
+    train: LLMEmbedderTrainConfig = LLMEmbedderTrainConfig()
 
 
 class LlaraConfig(Section):
