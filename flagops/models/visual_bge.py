@@ -12,9 +12,9 @@ plain BGE embedding (no image tokens, positions 0..T-1). The model lives here, b
 ``flagops.serving``, so the server can load it; training and evaluation are in
 ``flagops.research.visual_bge``.
 
-A saved directory holds ``flagops_visual_bge.json`` (the settings; it also tells the server
-the kind), ``text/`` (the text encoder and its tokenizer, as transformers saves them),
-``vision/`` (the ``ViTModel``) and ``visual_proj.safetensors``.
+A saved directory is the text encoder's own (transformers loads it as the plain BGE it is, and
+every model-source check applies) plus ``flagops_visual_bge.json`` (the settings; it also tells
+the server the kind), ``vision/`` (the ``ViTModel``) and ``visual_proj.safetensors``.
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ class VisualBGE(nn.Module):
     def load(cls, directory: str | Path) -> VisualBGE:
         directory = Path(directory)
         settings = VisualSettings(**json.loads((directory / SETTINGS_FILE).read_text()))
-        with weights_fit(directory / "text"):
-            text = AutoModel.from_pretrained(str(directory / "text"))
-        tokenizer = AutoTokenizer.from_pretrained(str(directory / "text"))
+        with weights_fit(directory):
+            text = AutoModel.from_pretrained(str(directory))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
         vision = ViTModel.from_pretrained(str(directory / "vision"), add_pooling_layer=False)
         proj = nn.Linear(settings.vit_hidden_size, text.config.hidden_size)
         proj.load_state_dict(load_file(str(directory / PROJ_FILE)))
@@ -110,8 +110,8 @@ class VisualBGE(nn.Module):
 
     def save(self, directory: str | Path) -> None:
         with atomic_path(directory, is_dir=True) as tmp:
-            self.text.save_pretrained(str(tmp / "text"), safe_serialization=True)
-            self.tokenizer.save_pretrained(str(tmp / "text"))
+            self.text.save_pretrained(str(tmp), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
             self.vision.save_pretrained(str(tmp / "vision"), safe_serialization=True)
             save_file({k: v.contiguous() for k, v in self.proj.state_dict().items()}, str(tmp / PROJ_FILE))
             (tmp / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")

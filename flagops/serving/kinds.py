@@ -83,7 +83,7 @@ V1_SCHEMAS: dict[ModelKind, dict] = {
 # before the embedder: an M3 checkpoint also holds flagops_embedder.json (its dense part).
 # FlagEmbedding's M3 checkpoints carry the head files alone.
 MARKER_FILES: tuple[tuple[str, ModelKind], ...] = (
-    ("flagops_visual_bge.json", ModelKind.VISUAL),  # train_visual_bge's output (its text encoder lies in text/)
+    ("flagops_visual_bge.json", ModelKind.VISUAL),  # train_visual_bge's output: a text encoder's directory plus vision/
     ("flagops_m3.json", ModelKind.M3),
     ("colbert_linear.pt", ModelKind.M3),
     ("sparse_linear.pt", ModelKind.M3),
