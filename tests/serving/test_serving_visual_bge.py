@@ -7,15 +7,19 @@ bad images and empty instances are 400s naming the field.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
 import numpy as np
 import pytest
+from kserve.errors import InvalidInput
 from PIL import Image
 from serving_helpers import LIMITS, bytes_input, start_server, stop_server, v1, v2
 
+from flagops.config import ServeConfig
 from flagops.models.visual_bge import VisualBGE, VisualSettings
+from flagops.serving.dummy import DummyVisualModel
 from flagops.serving.kinds import ModelKind, detect_kind
 
 ATOL = 1e-5
@@ -109,3 +113,16 @@ def test_v2_inputs_of_different_lengths_or_names_are_400s(server, images):
     assert r.status_code == 400 and "as many rows" in r.text, r.text
     r = v2(server, {"inputs": [bytes_input("texts", TEXTS)]})
     assert r.status_code == 400 and "'image' (base64) and/or 'text'" in r.text, r.text
+
+
+def test_the_dummy_decodes_images_and_gives_each_input_its_own_vector(images):
+    model = DummyVisualModel(serve_cfg=ServeConfig(max_texts=4))
+    model.load()
+    body = {"instances": [{"image": b64(images[0])}, {"image": b64(images[0]), "text": "x"}, {"image": b64(images[1])}, "x"]}
+    try:
+        got = np.asarray(asyncio.run(model.predict(body))["predictions"])
+        with pytest.raises(InvalidInput, match="too many inputs: 5"):
+            asyncio.run(model.predict({"instances": ["x"] * 5}))
+    finally:
+        model.stop()
+    assert got.shape == (4, 8) and len({tuple(np.round(v, 6)) for v in got}) == 4
