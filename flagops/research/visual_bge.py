@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from flagops.config import ConfigError
 from flagops.data.formats import DataError, atomic_path, iter_jsonl, write_jsonl
 from flagops.losses.infonce import compute_loss_from_embeddings
 from flagops.models.visual_bge import VisualBGE, VisualSettings
@@ -260,7 +261,9 @@ def train_batches(data: Dataset, cfg, rng: random.Random):
 
 def train(cfg, model_cfg, data: Dataset, out_dir: str | Path) -> dict[str, float]:
     """Stage 2: the ViT and projection learn under the frozen text encoder; saves the model to ``out_dir``."""
-    torch.manual_seed(cfg.seed)
+    edits = sum(e.split == "train" for e in data.edits)
+    if cfg.batch_size > edits:
+        raise ConfigError(f"visual_bge.batch_size {cfg.batch_size} exceeds the {edits} training edits; lower it or raise train_renderings")
     model = create_model(cfg, model_cfg)
     params = model.freeze_text()
     model.train()
@@ -327,7 +330,8 @@ def evaluate(cfg, model_cfg, data: Dataset, trained_dir: str | Path) -> dict[str
     sources = np.array([index[e.source] for e in edits])
     targets = np.array([index[e.target] for e in edits])
     metrics: dict[str, float] = {}
-    for name, model in (("visual_bge", VisualBGE.load(trained_dir)), ("random_init", create_model(cfg, model_cfg).eval())):
+    untrained = create_model(cfg, model_cfg).eval()
+    for name, model in (("visual_bge", VisualBGE.load(trained_dir)), ("random_init", untrained)):
         gallery = model.embed([""] * len(test), pictures)
         t2i = _retrieval(model.embed(queries), gallery, np.arange(len(test)))
         composed = _retrieval(model.embed([e.instruction for e in edits], [pictures[i] for i in sources]), gallery, targets, sources)
@@ -336,7 +340,7 @@ def evaluate(cfg, model_cfg, data: Dataset, trained_dir: str | Path) -> dict[str
         if name == "visual_bge":
             metrics["visual_bge/t2i_recall@5"] = t2i[5]
             metrics["visual_bge/composed_recall@5"] = composed[5]
-        text_encoder = model  # text-only input: the plain text encoder, the same in both
+    text_encoder = untrained  # a text alone is the plain text encoder's embedding (frozen: the same in both)
     captions = text_encoder.embed([r.caption for r in test])
     t2i = _retrieval(text_encoder.embed(queries), captions, np.arange(len(test)))
     composed = _retrieval(

@@ -225,3 +225,10 @@ def test_the_three_steps_on_a_tiny_workspace(tmp_path):
         "caption_search/composed_recall@1",
     }
     assert all(0.0 <= v <= 1.0 for v in result.values())
+
+
+def test_a_batch_larger_than_the_training_edits_is_a_config_error(dataset, tmp_path):
+    cfg = validate({"visual_bge": {"batch_size": 121}})
+    with pytest.raises(ConfigError, match="batch_size 121 exceeds the 120 training edits"):
+        vb.train(cfg.visual_bge, cfg.model, dataset, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
