@@ -272,7 +272,10 @@ def train(cfg, model_cfg, data: Dataset, out_dir: str | Path) -> dict[str, float
     cache: dict[str, Image.Image] = {}
 
     def images(ids: list[str]) -> list[Image.Image]:
-        return [cache.setdefault(i, data.load(i)) for i in ids]
+        for i in ids:
+            if i not in cache:
+                cache[i] = data.load(i)
+        return [cache[i] for i in ids]
 
     blank = [""] * (cfg.batch_size * cfg.group_size)
     losses: dict[str, list[float]] = {"t2i": [], "edit": []}
