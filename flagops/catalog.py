@@ -530,6 +530,35 @@ STEPS: tuple[Step, ...] = (
         when=(("beacon.enabled", (True,)),),
     ),
     # Visualized-BGE (visual_bge.enabled).
+    Step(
+        "build_visual_bge_data",
+        "flagops.steps.build_visual_bge_data",
+        ("visual_bge",),
+        (),
+        (Artifact("visual_bge_data", "data/visual_bge", is_dir=True),),
+        summary="Draw shapes with captions and edit instructions (Pillow): Visualized-BGE's train and held-out images.",
+        when=(("visual_bge.enabled", (True,)),),
+    ),
+    Step(
+        "train_visual_bge",
+        "flagops.steps.train_visual_bge",
+        ("visual_bge", "model"),
+        ("visual_bge_data",),
+        (Artifact("visual_bge_model", "models/visual_bge", kind="model", is_dir=True),),
+        Resources(cpu="2", memory="8Gi", gpus=1),
+        summary="Visualized-BGE stage 2: the ViT and projection train under the frozen text encoder (InfoNCE, one task per batch).",
+        when=(("visual_bge.enabled", (True,)),),
+    ),
+    Step(
+        "evaluate_visual_bge",
+        "flagops.steps.evaluate_visual_bge",
+        ("visual_bge", "model"),
+        ("visual_bge_data", "visual_bge_model"),
+        (Artifact("visual_bge_metrics", "metrics/research_visual_bge.json", kind="metrics"),),
+        EVAL,
+        summary="Recall@1/5 on held-out images, text->image and composed, against the random init and a caption-only search.",
+        when=(("visual_bge.enabled", (True,)),),
+    ),
 )
 
 BY_NAME = {s.name: s for s in STEPS}

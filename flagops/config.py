@@ -391,7 +391,7 @@ class ServeConfig(Section):
     # What the model directory holds; "auto" reads it (flagops_m3.json or M3 head files: m3;
     # flagops_embedder.json or an AutoModel architecture: embedder; *ForSequenceClassification:
     # reranker). The values are flagops.serving.kinds.ModelKind's (a test checks them).
-    kind: Literal["auto", "embedder", "reranker", "m3"] = "auto"
+    kind: Literal["auto", "embedder", "reranker", "m3", "visual"] = "auto"
     max_texts: int = Field(128, ge=1)  # texts per request (documents, for a reranker)
     max_chars: int = Field(20000, ge=1)  # characters per text
     # Tokens per text (per query+document pair for a reranker); None: the model's own limit.
@@ -680,9 +680,41 @@ class BeaconConfig(Section):
 
 class VisualBGEConfig(Section):
     """Visualized-BGE (FlagEmbedding research/visual_bge): a small ViT's patch tokens in the text
-    encoder's embedding space. Off by default."""
+    encoder's embedding space. Off by default. build_visual_bge_data draws shapes with Pillow
+    (captions, edit instructions); train_visual_bge trains the ViT and projection with the text
+    encoder frozen (stage 2); evaluate_visual_bge measures Recall@1/5 (flagops/research/visual_bge.py)."""
 
     enabled: bool = False
+    # The text encoder (any model source). None: model.base. Its CLS output is the embedding, so it must
+    # already tell texts apart: a random tiny-bert gives every caption the same CLS (cosine 1.0000).
+    text_encoder: str | None = None
+    # The ViT (random init; FlagEmbedding starts from EVA-CLIP, which is not available offline).
+    image_size: int = Field(32, ge=8, le=1024)  # pixels per side; the drawn images have this size too
+    patch_size: int = Field(8, ge=2)  # (image_size / patch_size)^2 image tokens join the text's
+    vit_hidden_size: int = Field(64, ge=8)
+    vit_layers: int = Field(2, ge=1)
+    vit_heads: int = Field(2, ge=1)
+    text_max_len: int = Field(32, ge=4, le=512)  # text tokens per input
+    # Data: every (shape, colour, size, position) combination, drawn train_renderings times with jitter for
+    # training and once more, apart, for the held-out split; one edit instruction per image.
+    train_renderings: int = Field(2, ge=1)
+    # Training (stage 2): InfoNCE over in-batch candidates, each query's group = its positive + hard negatives.
+    temperature: float = Field(0.02, gt=0.0)  # FlagEmbedding's Visualized-BGE
+    group_size: int = Field(4, ge=2)  # candidates per query: 1 positive + group_size-1 hard negatives
+    batch_size: int = Field(8, ge=1)  # queries per batch; each batch is one task (text->image or composed)
+    max_steps: int = Field(200, ge=1)
+    # For the random ViT; 1e-3 collapsed every image onto one embedding within 20 steps of tiny_visual_bge
+    # (the loss stuck at ln(batch x group): all candidates scored alike).
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _patches(self) -> VisualBGEConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"visual_bge.image_size {self.image_size} is no multiple of patch_size {self.patch_size}; change one")
+        if self.vit_hidden_size % self.vit_heads:
+            raise ValueError(f"visual_bge.vit_hidden_size {self.vit_hidden_size} is no multiple of vit_heads {self.vit_heads}")
+        return self
 
 
 class FlagopsConfig(Section):

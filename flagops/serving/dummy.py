@@ -1,7 +1,8 @@
 """Weightless models for API tests: the real request handling over fake outputs.
 
 ``DummyEmbedderModel`` is an ``EmbedderModel`` whose encoder is ``HashEncoder``,
-``DummyM3Model`` an ``M3Model`` whose encoder is ``HashM3Encoder`` and ``DummyRerankerModel``
+``DummyM3Model`` an ``M3Model`` whose encoder is ``HashM3Encoder``, ``DummyVisualModel`` a
+``VisualModel`` whose encoder is ``HashVisualEncoder`` and ``DummyRerankerModel``
 a ``RerankerModel`` whose scorer is ``OverlapScorer``, so the HTTP surface (parsing,
 validation, limits, batching, response shapes) is exactly the served one, without torch or
 a model directory. Use them alongside the real-model tests, never instead. All count
@@ -18,6 +19,7 @@ from flagops.config import ServeConfig
 from flagops.serving.embedder_model import EmbedderModel
 from flagops.serving.m3_model import MODES, M3Model, M3Row, SparseRow
 from flagops.serving.reranker_model import RerankerModel
+from flagops.serving.visual_model import VisualModel
 
 DUMMY_MAX_LENGTH = 512  # "tokens" (words) per text or pair
 DUMMY_VOCAB = 2**20  # the dummy M3's token ids: hashed words, so collisions are rare
@@ -141,3 +143,28 @@ class DummyM3Model(M3Model):
     def load_backend(self, source: str) -> HashM3Encoder:
         self.backend_name = "dummy"
         return HashM3Encoder()
+
+
+class HashVisualEncoder(HashEncoder):
+    """A deterministic unit vector per (image pixels, text), seeded by a SHA-256 of both."""
+
+    def max_length(self) -> int:
+        return DUMMY_MAX_LENGTH
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [count_words(t) for t in texts]
+
+    def encode(self, items, *, max_length: int) -> np.ndarray:
+        keys = [("" if img is None else hashlib.sha256(img.tobytes()).hexdigest()) + "\0" + text for img, text in items]
+        return np.asarray([unit_vector(key, self.dim) for key in keys], dtype=np.float32).reshape(len(items), self.dim)
+
+
+class DummyVisualModel(VisualModel):
+    """``VisualModel`` with ``HashVisualEncoder`` vectors; ``load`` reads nothing (images are still decoded)."""
+
+    def __init__(self, name: str = "dummy", source: str = "dummy", serve_cfg: ServeConfig = ServeConfig()):
+        super().__init__(name, source=source, serve_cfg=serve_cfg)
+
+    def load_backend(self, source: str) -> HashVisualEncoder:
+        self.backend_name = "dummy"
+        return HashVisualEncoder()

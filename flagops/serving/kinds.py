@@ -19,17 +19,19 @@ import kserve
 from pydantic import BaseModel
 
 from flagops.config import ServeConfig
-from flagops.serving import embedder_model, m3_model, reranker_model
-from flagops.serving.dummy import DummyEmbedderModel, DummyM3Model, DummyRerankerModel
+from flagops.serving import embedder_model, m3_model, reranker_model, visual_model
+from flagops.serving.dummy import DummyEmbedderModel, DummyM3Model, DummyRerankerModel, DummyVisualModel
 from flagops.serving.embedder_model import EmbedderModel, OpenAIEmbeddingRequest, openai_embeddings
 from flagops.serving.m3_model import M3Model
 from flagops.serving.reranker_model import RerankerModel, RerankRequest, rerank_route
+from flagops.serving.visual_model import VisualModel
 
 
 class ModelKind(StrEnum):
     EMBEDDER = "embedder"
     RERANKER = "reranker"
     M3 = "m3"
+    VISUAL = "visual"  # Visualized-BGE: an image and/or a text in, one embedding out
 
 
 # config.py spells the kinds out as a Literal (loading a profile imports no kserve);
@@ -57,26 +59,31 @@ MODEL_CLASSES: dict[ModelKind, type[kserve.Model]] = {
     ModelKind.EMBEDDER: EmbedderModel,
     ModelKind.RERANKER: RerankerModel,
     ModelKind.M3: M3Model,
+    ModelKind.VISUAL: VisualModel,
 }
 DUMMY_CLASSES: dict[ModelKind, type[kserve.Model]] = {
     ModelKind.EMBEDDER: DummyEmbedderModel,
     ModelKind.RERANKER: DummyRerankerModel,
     ModelKind.M3: DummyM3Model,
+    ModelKind.VISUAL: DummyVisualModel,
 }
 ROUTES: dict[ModelKind, tuple[JsonRoute, ...]] = {
     ModelKind.EMBEDDER: (EMBEDDINGS,),
     ModelKind.RERANKER: (RERANK,),
     ModelKind.M3: (EMBEDDINGS,),  # its dense vectors
+    ModelKind.VISUAL: (),
 }
 V1_SCHEMAS: dict[ModelKind, dict] = {
     ModelKind.EMBEDDER: embedder_model.V1_SCHEMA,
     ModelKind.RERANKER: reranker_model.V1_SCHEMA,
     ModelKind.M3: m3_model.V1_SCHEMA,
+    ModelKind.VISUAL: visual_model.V1_SCHEMA,
 }
 # A file only one kind writes decides first; then config.json's architecture name. M3 comes
 # before the embedder: an M3 checkpoint also holds flagops_embedder.json (its dense part).
 # FlagEmbedding's M3 checkpoints carry the head files alone.
 MARKER_FILES: tuple[tuple[str, ModelKind], ...] = (
+    ("flagops_visual_bge.json", ModelKind.VISUAL),  # train_visual_bge's output: a text encoder's directory plus vision/
     ("flagops_m3.json", ModelKind.M3),
     ("colbert_linear.pt", ModelKind.M3),
     ("sparse_linear.pt", ModelKind.M3),

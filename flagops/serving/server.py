@@ -6,7 +6,7 @@ Routes: KServe V1 (``/v1/models/NAME:predict``), V2 / Open Inference Protocol
 ``POST /v1/rerank`` (reranker).
 
     flagops serve --model DIR|pkg:PACKAGE|tiny-bert|tiny-reranker|models:/NAME@alias | --dummy \
-        [--kind auto|embedder|reranker|m3] [--host 127.0.0.1] [--port 8080] [--name embedder] \
+        [--kind auto|embedder|reranker|m3|visual] [--host 127.0.0.1] [--port 8080] [--name embedder] \
         [--profile P] [serve.max_texts=N serve.truncation=reject ...]
 
 The command line is ``flagops.cli``'s; this module only builds the model and runs the server.

@@ -108,7 +108,7 @@ def test_entry_point_names_a_kind_it_cannot_tell(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2
-    assert "cannot tell the kind" in r.stderr and "--kind {embedder, reranker, m3}" in r.stderr
+    assert "cannot tell the kind" in r.stderr and "--kind {embedder, reranker, m3, visual}" in r.stderr
 
 
 # ---------------------------------------------------------------- the real model, served
