@@ -452,6 +452,53 @@ STEPS: tuple[Step, ...] = (
     # The research systems (docs/research.md), each a branch with its own section.
     # LLM-Embedder (llm_embedder.enabled).
     # LLaRA (llara.enabled).
+    Step(
+        "pretrain_llara",
+        "flagops.steps.pretrain_llara",
+        ("llara", "longctx"),
+        ("base_lm", "corpus"),
+        (
+            Artifact("llara_pretrained_lm", "models/llara_pretrained", kind="model", is_dir=True),
+            Artifact("llara_pretrain_loss_curve", "plots/llara_pretrain_loss.json", kind="plot"),
+        ),
+        GPU,
+        summary="EBAE/EBAR pretraining: the 8 special tokens' pooled logits predict the passage and the next one, beside the LM loss.",
+        when=(("llara.enabled", (True,)),),
+    ),
+    Step(
+        "finetune_llara",
+        "flagops.steps.finetune_llara",
+        ("llara",),
+        ("lm", "train_data"),
+        (Artifact("llara_model", "models/llara", kind="model", is_dir=True),),
+        GPU,
+        summary="Fine-tune the EBAE/EBAR-pretrained LM as a retriever: mean of the 8 special states, InfoNCE, LoRA.",
+        when=(("llara.enabled", (True,)),),
+        sources=(("lm", ("llara_pretrained_lm",)),),
+        params=(("output", "llara_model"),),
+    ),
+    Step(
+        "finetune_llara_plain",
+        "flagops.steps.finetune_llara",
+        ("llara",),
+        ("lm", "train_data"),
+        (Artifact("llara_plain_model", "models/llara_plain", kind="model", is_dir=True),),
+        GPU,
+        summary="The baseline: the same fine-tuning from the plain base LM, without EBAE/EBAR.",
+        when=(("llara.enabled", (True,)),),
+        sources=(("lm", ("base_lm",)),),
+        params=(("output", "llara_plain_model"),),
+    ),
+    Step(
+        "evaluate_llara",
+        "flagops.steps.evaluate_llara",
+        ("llara",),
+        ("llara_model", "llara_plain_model", "llara_pretrained_lm", "eval_set"),
+        (Artifact("research_llara", "metrics/research_llara.json", kind="metrics"),),
+        EVAL,
+        summary="Held-out nDCG@10 of LLaRA fine-tuned with vs without EBAE/EBAR pretraining.",
+        when=(("llara.enabled", (True,)),),
+    ),
     # Activation Beacon (beacon.enabled).
     # Visualized-BGE (visual_bge.enabled).
 )
