@@ -635,9 +635,32 @@ class LLMEmbedderConfig(Section):
 
 class LlaraConfig(Section):
     """LLaRA (FlagEmbedding research/LLARA): the tiny Llama as a dense retriever, EBAE/EBAR
-    pretraining then LoRA fine-tuning. Off by default."""
+    pretraining then LoRA fine-tuning. Off by default. FlagEmbedding's values in the comments
+    (Llama-2-7B); the defaults are for the tiny Llama of train_base_lm."""
 
     enabled: bool = False
+    # Tokens per prompt-wrapped text, the prompt included (Llama-2: ~20 tokens; the tiny 512-word BPE: ~35).
+    # FlagEmbedding: query 64, passage 160, pretraining 128. At most the base LM's window
+    # (longctx.base_context); the pretraining row takes passage_max_len positions (its suffixes share theirs).
+    query_max_len: int = Field(64, ge=24, le=8192)
+    passage_max_len: int = Field(128, ge=24, le=8192)
+    # EBAE/EBAR pretraining (pretrain_llara): the whole LM trains (FlagEmbedding: lr 1e-5 on 7B, no LoRA).
+    pretrain_steps: int = Field(200, ge=1)
+    pretrain_batch_size: int = Field(8, ge=1)
+    pretrain_learning_rate: float = Field(1e-3, gt=0.0, le=1.0)  # a from-scratch tiny LM wants ~1e-3
+    # Contrastive fine-tuning (finetune_llara, finetune_llara_plain): InfoNCE with LoRA through peft.
+    finetune_steps: int = Field(100, ge=1)
+    finetune_batch_size: int = Field(8, ge=1)  # queries per step; the other queries' passages are negatives too
+    train_group_size: int = Field(4, ge=1)  # 1 positive + (n-1) mined negatives (FlagEmbedding: 16)
+    finetune_learning_rate: float = Field(1e-3, gt=0.0, le=1.0)  # FlagEmbedding: 3e-4
+    temperature: float = Field(0.01, gt=0.0)  # FlagEmbedding's
+    lora_rank: int = Field(16, ge=1)  # FlagEmbedding: 64 on 4096-wide layers
+    lora_alpha: float = Field(16.0, gt=0.0)  # FlagEmbedding's
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # FlagEmbedding's
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    eval_batch_size: int = Field(64, ge=1)
+    seed: int = 42
 
 
 class BeaconConfig(Section):
