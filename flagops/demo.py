@@ -42,6 +42,29 @@ def print_summary(cfg: FlagopsConfig, workdir: Path, served: SmokeResult, model_
         weights = ", ".join(f"{Path(i['source']).name} {i['weight']:.4f}" for i in record["ingredients"])
         picked = "merged" if metrics.get("candidate/merged") == 1.0 else "fine-tuned"
         console.print(f"merge ({record['method']}): weights {weights}; released the {picked} model (merge.select={cfg.merge.select})")
+    longctx = workdir / "metrics/longctx.json"
+    if longctx.is_file():  # the long-context branch: the extended LM against its base (docs/long-context.md)
+        m = read_json(longctx)
+        console.print(
+            "long context (base -> extended, up to {} tokens): needle ROUGE-L {:.3f} -> {:.3f}, exact match {:.3f} -> {:.3f}, "
+            "topic {:.2f} -> {:.2f}, short-context perplexity {:.1f} -> {:.1f}".format(
+                cfg.longctx.base_context * cfg.longctx.factor,
+                *(
+                    m[f"{model}/{key}"]
+                    for key in ("needle_rouge_l", "needle_exact_match", "topic_accuracy", "short_ppl")
+                    for model in ("base", "extended")
+                ),
+            ),
+            markup=False,
+        )
+        registration = workdir / "registry/longctx_registration.json"
+        if registration.is_file():
+            record = read_json(registration)
+            reasons = "; ".join(record["promotion"].get("reasons", []))
+            console.print(
+                f"registered: {record['name']} version {record['version']} -> alias {record['promotion']['alias']} ({reasons})",
+                markup=False,
+            )
     for stem, title in RESEARCH_TITLES.items():  # a research branch's measure (docs/research.md)
         path = workdir / "metrics" / f"{stem}.json"
         if path.is_file():

@@ -47,3 +47,23 @@ def test_summary_says_which_backend_served_and_its_accuracy_check(workdir, capsy
     print_summary(validate({"profile": "tiny"}), workdir, SERVED, "models:/bge@champion")
     out = capsys.readouterr().out
     assert "inference backend: unknown" in out and "accuracy check" not in out
+
+
+def test_summary_prints_the_long_context_and_research_measures(workdir, capsys):
+    """A profile with the long-context branch or a research branch prints its measure: the
+    extended LM against its base, and each metrics/research_<name>.json under its system's title."""
+    cfg = validate({"profile": "tiny", "longctx": {"enabled": True, "base_context": 64, "factor": 4, "needle_lengths": [64, 128]}})
+    scores = {"needle_rouge_l": (0.5, 0.625), "needle_exact_match": (0.25, 0.125), "topic_accuracy": (0.4, 0.2), "short_ppl": (30.0, 25.5)}
+    write_json(workdir / "metrics/longctx.json", {f"{m}/{k}": v[i] for k, v in scores.items() for i, m in enumerate(("base", "extended"))})
+    promotion = {"alias": "champion", "reasons": ["first model"]}
+    write_json(workdir / "registry/longctx_registration.json", {"name": "flagops-longctx", "version": 3, "promotion": promotion})
+    write_json(workdir / "metrics/research_beacon.json", {"beacon/ppl@8x": 100.0, "base/ppl@8x": 100.5})
+    print_summary(cfg, workdir, SERVED, "models:/bge@champion")
+    out = capsys.readouterr().out
+    assert (
+        "long context (base -> extended, up to 256 tokens): needle ROUGE-L 0.500 -> 0.625, exact match 0.250 -> 0.125, "
+        "topic 0.40 -> 0.20, short-context perplexity 30.0 -> 25.5"
+    ) in out
+    assert "registered: flagops-longctx version 3 -> alias champion (first model)" in out
+    assert "Activation Beacon: beacon/ppl@8x 100.0000, base/ppl@8x 100.5000" in out
+    assert "LLaRA" not in out  # no metrics file, no line
