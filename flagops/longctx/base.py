@@ -175,7 +175,7 @@ def train_lm(model, tokenizer, samples: list[dict[str, list[int]]], train_cfg, o
         data_collator=PadCollator(tokenizer.pad_token_id),
         callbacks=[common.MlflowThroughputCallback(train_cfg.batch_size * world)],
     )
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train(trainer, resume)
     return trainer, common.loss_summary(trainer, result), ckpt
 
 

@@ -27,6 +27,7 @@ from flagops.data.formats import DataError, Passage, atomic_path
 from flagops.longctx.base import data_fingerprint, train_lm
 from flagops.longctx.needle import training_samples
 from flagops.models.llm_reranker import save_tokenizer
+from flagops.models.lora import stable_adapter_config
 from flagops.training import common
 
 log = logging.getLogger(__name__)
@@ -151,17 +152,6 @@ def extend_context(cfg, base_dir: Path, passages: Sequence[Passage], output: Pat
     return summary
 
 
-def stable_adapter_config(path: Path) -> None:
-    """Sort the module lists peft writes from sets (``target_modules``, ``modules_to_save``): their
-    order changed between processes, and with it the model's hash, so a re-run never matched the
-    version it had registered (found by tests/reliability's kill-and-resume chain)."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("target_modules", "modules_to_save"):
-        if isinstance(config.get(key), list):
-            config[key] = sorted(config[key])
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def save_extended(peft_model, tokenizer, base_dir: Path, cfg, output: Path) -> None:
     """The adapter, then the merged model: the adapter merged into a full-precision reload of the
     base under the extended config (a 4-bit base cannot take the merge without losing it)."""
@@ -169,7 +159,7 @@ def save_extended(peft_model, tokenizer, base_dir: Path, cfg, output: Path) -> N
 
     with atomic_path(output, is_dir=True) as tmp:
         peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
-        stable_adapter_config(tmp / ADAPTER_DIR / "adapter_config.json")
+        stable_adapter_config(tmp / ADAPTER_DIR)
         _, base = load_extended(base_dir, cfg)
         merged = PeftModel.from_pretrained(base, str(tmp / ADAPTER_DIR)).merge_and_unload()
         merged.config.use_cache = True

@@ -42,6 +42,7 @@ from flagops.config import DEFAULT_RERANK_PROMPT, ConfigError
 from flagops.data.formats import atomic_path
 from flagops.models.cache import cache_dir
 from flagops.models.layout import RERANKER_FILE
+from flagops.models.lora import stable_adapter_config
 from flagops.models.pair_scoring import PairScoring
 from flagops.models.sources import ModelSourceError, resolve_model_source
 
@@ -345,6 +346,7 @@ class LLMReranker(PairScoring, nn.Module):
             save_tokenizer(self.tokenizer, tmp)
             if lora:
                 self.model.save_pretrained(str(tmp / ADAPTER_DIR))
+                stable_adapter_config(tmp / ADAPTER_DIR)
             self._save_extra(tmp)
             (tmp / RERANKER_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n", encoding="utf-8")
 

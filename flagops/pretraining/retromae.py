@@ -306,7 +306,7 @@ def train(cfg, base: str, texts: Sequence[str], output: Path) -> dict[str, float
     )
 
     # ---- train
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train(trainer, resume)
 
     # ---- save (rank 0 only: the encoder) and cleanup
     common.save_and_clean_up(trainer, model, output, ckpt)

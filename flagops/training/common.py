@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from flagops.data.formats import DataError, TrainExample, write_json
 from flagops.registry import tracking
@@ -209,6 +209,24 @@ def schedule(batches: int, world: int, train_cfg, *, queries: int, queries_per_b
         )
     total = train_cfg.max_steps if train_cfg.max_steps > 0 else int(steps_per_epoch * train_cfg.epochs)
     return steps_per_epoch, total
+
+
+def train(trainer: Trainer, resume: str | None):
+    """``trainer.train(resume_from_checkpoint=resume)``, except from a checkpoint of the last step.
+
+    There the HF Trainer would run one more batch: it skips the batches its epoch already
+    trained, then steps before it checks ``max_steps`` (a run killed after its final checkpoint,
+    before the model was saved, came back with a step 7 of 6 on its loss curve; found by
+    tests/reliability's kill-and-resume chain). So the checkpoint's weights and state are loaded
+    and training is not entered; the result is what ``train`` returns, from the logged losses."""
+    if resume is not None and trainer.args.max_steps > 0:
+        state = TrainerState.load_from_json(os.path.join(resume, TRAINER_STATE_NAME))
+        if state.global_step >= trainer.args.max_steps:
+            trainer._load_from_checkpoint(resume)  # the weights (a peft adapter too), as train() would load them
+            trainer.state = state
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            return TrainOutput(state.global_step, statistics.fmean(losses) if losses else float("nan"), {})
+    return trainer.train(resume_from_checkpoint=resume)
 
 
 def save_and_clean_up(trainer: Trainer, model, output: Path, ckpt: Path) -> None:

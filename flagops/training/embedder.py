@@ -115,7 +115,7 @@ def train(model_cfg, train_cfg, examples: Sequence[TrainExample], output: Path, 
     )
 
     # ---- train
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train(trainer, resume)
 
     # ---- save (rank 0 only) and cleanup
     common.save_and_clean_up(trainer, embedder, output, ckpt)

@@ -181,7 +181,7 @@ def train(model_cfg, m3_cfg, train_cfg, examples: Sequence[TrainExample], output
         set_head_learning_rate(trainer, model, m3_cfg.head_learning_rate)
 
     # ---- train
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train(trainer, resume)
 
     # ---- save (rank 0 only) and cleanup
     common.save_and_clean_up(trainer, m3, output, ckpt)

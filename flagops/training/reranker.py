@@ -205,7 +205,7 @@ def train(reranker_cfg, examples: Sequence[TrainExample], output: Path, loss_cur
     )
 
     # ---- train
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train(trainer, resume)
 
     # ---- save (rank 0 only) and cleanup
     common.save_and_clean_up(trainer, model, output, ckpt)

@@ -182,3 +182,31 @@ def test_train_step_via_execute(tmp_path):
     execute("train_embedder", cfg, {"train_data": data}, {"model": tmp_path / "m", "loss_curve": tmp_path / "loss.json"}, track=False)
     assert Embedder.load(tmp_path / "m").settings.pooling == cfg.model.pooling
     torch.manual_seed(0)
+
+
+def test_resume_from_the_final_checkpoint_trains_no_further(tmp_path, monkeypatch, capsys):
+    """Killed after its last checkpoint but before the model was saved, a re-run loads that
+    checkpoint and ends: the HF Trainer alone would run one more batch (a step 5 of 4 on the
+    loss curve). The model equals the uninterrupted run's, and so does the curve."""
+    cfg = _cfg("train.max_steps=4", "train.save_steps=2", "train.batch_size=2", "train.logging_steps=1")
+    assert len(_examples()) // 2 > 4  # more batches in an epoch than steps: where the Trainer oversteps
+    clean = recipe.train(cfg.model, cfg.train, _examples(), tmp_path / "clean", loss_curve=tmp_path / "clean.json")
+
+    out, curve = tmp_path / "model", tmp_path / "curve.json"
+    real = common.save_and_clean_up
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the final checkpoint")
+
+    monkeypatch.setattr(common, "save_and_clean_up", killed)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(cfg.model, cfg.train, _examples(), out)
+    assert (common.checkpoint_dir(out) / "checkpoint-4").is_dir() and not out.exists()
+    monkeypatch.setattr(common, "save_and_clean_up", real)
+    summary = recipe.train(cfg.model, cfg.train, _examples(), out, loss_curve=curve)
+    assert "resuming from checkpoint-4" in capsys.readouterr().out
+    assert summary["steps"] == clean["steps"] == 4
+    assert json.loads(curve.read_text()) == json.loads((tmp_path / "clean.json").read_text())
+    assert [row["step"] for row in json.loads(curve.read_text())] == [1, 2, 3, 4]
+    for name in ("model.safetensors",):
+        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()

@@ -141,6 +141,8 @@ def test_lora_save_writes_merged_model_and_adapter_that_reload_to_the_same_score
     model.save(tmp_path / "out")
     out = tmp_path / "out"
     assert (out / "model.safetensors").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    targets = json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(targets)  # peft writes a set: sorted, the same bytes in every process (a re-run hashes alike)
     meta = json.loads((out / RERANKER_FILE).read_text())
     assert meta["kind"] == kind and meta["yes_token_id"] == model.yes_token_id
     assert (meta["query_max_len"], meta["passage_max_len"], meta["prompt"]) == (8, 16, DEFAULT_RERANK_PROMPT)

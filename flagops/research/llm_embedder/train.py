@@ -138,7 +138,7 @@ def train(model_cfg, cfg, rows: Sequence[RewardedExample], output: Path, loss_cu
     )
 
     # ---- train
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = common.train(trainer, resume)
 
     # ---- save (rank 0 only) and cleanup
     common.save_and_clean_up(trainer, model, output, ckpt)
