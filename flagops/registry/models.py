@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,7 +102,7 @@ def register(
     # sha256 that makes re-runs idempotent among them, are written with the version itself.
     tags = lineage_tags(cfg, model_dir, metrics, train_data, sha, family=family)
     tags |= {"flagops.quantization": "; ".join(c.summary() for c in quant)[:TEXT_LIMIT]} if quant else {}
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    mv = _register_version(info.model_uri, name, tags)
     facts = _card_facts(cfg, model_dir, mv.version, metrics, tags, info.flavors, family)
     card = render_reranker_card(facts) if family == "reranker" else render_card(facts)
     mlflow.log_text(card, "README.md")
@@ -110,6 +111,21 @@ def register(
     client.update_model_version(name, mv.version, description=card)
     print(f"register_model: registered {name} v{mv.version} (sha256 {sha[:12]}, run {mv.run_id})")
     return _record(client.get_model_version(name, mv.version), dict(metrics), reused=False)
+
+
+def _register_version(model_uri: str, name: str, tags: dict[str, str], attempts: int = 3):
+    """``mlflow.register_model``, again when another pipeline created the registered model at the
+    same moment: on sqlite MLflow can let that race through as a raw UNIQUE-constraint error
+    instead of "already exists" (tests/reliability/test_concurrent_registry.py hit it once in
+    three clean runs); the next attempt finds the model and adds its version."""
+    for attempt in range(attempts - 1):
+        try:
+            return mlflow.register_model(model_uri, name, tags=tags)
+        except Exception as exc:
+            if "UNIQUE constraint failed: registered_models" not in str(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return mlflow.register_model(model_uri, name, tags=tags)
 
 
 @contextmanager
