@@ -179,6 +179,7 @@ def test_m3_pipeline_trains_evaluates_every_mode_and_registers(tmp_path_factory,
     assert str(MlflowClient(uri, uri).get_model_version_by_alias("bge-m3-tiny", "champion").version) == "1"
 
 
+@pytest.mark.long  # make test-long; in make test the merge branch runs end to end in kfp.local's tiny_all
 def test_merge_pipeline_scores_two_domains_and_registers_its_pick(tmp_path_factory, repo_root):
     """Profile tiny_merge under `dvc repro`: merge_models mixes the candidate and its base with
     data-driven weights, build_ood_eval adds a second domain, and register_model logs the model
