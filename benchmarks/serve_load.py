@@ -181,13 +181,16 @@ OPENVINO_SETTINGS = {
 }
 
 
-def flagops_server(model_dir: Path, logs: Path, device: str | None = None, quantize: str | None = None) -> Server:
+def flagops_server(
+    model_dir: Path, logs: Path, device: str | None = None, quantize: str | None = None, extra: Sequence[str] = ()
+) -> Server:
     """``device`` None leaves the placement to ``serve.device=auto`` (soak.py); cpu or cuda pins it.
 
     ``quantize`` None leaves ``serve.quantize`` at its default; a setting pins it, and any but
     ``none`` names the server after it (``flagops-int8``).
     """
     name = "flagops" if quantize in (None, "none") else f"flagops-{quantize}"
+    name += "".join(f"@{o}" for o in extra)  # openvino-bf16@serve.max_wait_ms=0: a setting told apart by name
     port = free_port()
     argv = [
         sys.executable,
@@ -204,6 +207,7 @@ def flagops_server(model_dir: Path, logs: Path, device: str | None = None, quant
         SERVED_NAME,
         *(FLAGOPS_PLACEMENT[device] if device else []),
         *(OPENVINO_SETTINGS[quantize] if quantize in OPENVINO_SETTINGS else [f"serve.quantize={quantize}"] if quantize else []),
+        *extra,
     ]
     return Server(name, argv, {"HF_HUB_OFFLINE": "1"}, port, "/v1/embeddings", f"/v2/models/{SERVED_NAME}/ready", logs / f"{name}.log")
 
@@ -521,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         "--quantize",
         type=lambda t: t.split(","),
         help="serve.quantize of each flagops server (none, int8, auto), or openvino-f32 / openvino-bf16, comma-separated "
-        "(default: none,int8 on cpu, none on cuda)",
+        "(default: none,int8 on cpu, none on cuda); @serve.key=value after one adds a setting to that server, "
+        "e.g. openvino-bf16,openvino-bf16@serve.max_wait_ms=0",
     )
     ap.add_argument("--min-cos", type=float, default=0.999, help="cosine floor to infinity's vectors, fp32 flagops")
     ap.add_argument("--min-cos-int8", type=float, default=0.98, help="the same for int8 (quantize.MIN_COSINE)")
@@ -534,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = save_model(args.model, args.pooling, tmp / "model")
         texts = docstring_texts(model_dir, args.tokens, n=args.requests * args.batch)
         quantize = args.quantize or (["none"] if args.device == "cuda" else ["none", "int8"])
-        servers = [flagops_server(model_dir, tmp, args.device, q) for q in quantize]
+        variants = [q.split("@") for q in quantize]  # QUANTIZE[@serve.key=value...]
+        servers = [flagops_server(model_dir, tmp, args.device, q, extra) for q, *extra in variants]
         servers.append(infinity_server(model_dir, tmp, args.infinity_venv, args.device))
         for s in servers:
             s.env.update(env_pairs(args.env))

@@ -140,7 +140,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report and Path(args.report).suffix not in (".png", ".html"):
         raise DataError(f"--report {args.report}: the report is a .png chart or an .html page; name the file FILE.png or FILE.html")
     tasks = load_tasks(args.tasks)  # all read and checked before any model loads
-    search = IndexSettings(**{k: v for k, v in (("ivf_above", args.ivf_above), ("nprobe", args.nprobe)) if v is not None})
+    given = (("ivf_above", args.ivf_above), ("nprobe", args.nprobe), ("method", args.index))
+    search = IndexSettings(**{k: v for k, v in given if v is not None})
     if args.no_cache or args.cache_dir:
         search = replace(search, cache_dir=None if args.no_cache else Path(args.cache_dir))
     with index_settings(search):
@@ -298,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ivf-above", type=_count, metavar="N", help="search corpora of more than N passages with faiss IVF, not exactly (default 200000)"
     )
     p.add_argument("--nprobe", type=_count, metavar="N", help="IVF lists searched per query: more is slower, closer to exact (default 32)")
+    p.add_argument(
+        "--index",
+        choices=("auto", "flat", "ivf", "hnsw"),
+        help="faiss index: auto (exact up to --ivf-above passages, IVF above), or force flat, ivf or hnsw (default auto)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="serve an embedder, BGE-M3 model or reranker with KServe (V1, V2, OpenAI, rerank)")

@@ -115,6 +115,10 @@ class MiningConfig(Section):
     false_negatives: Literal["keep", "absolute", "relative"] = "keep"
     fn_threshold: float = Field(0.9, ge=-1.0, le=1.0)  # a cosine: the teacher embedder's score scale
     fn_margin: float = Field(0.95, gt=0.0, le=1.0)
+    # The pool's search: auto is exact up to ivf_above passages and faiss IVF above; flat, ivf
+    # or hnsw force one (an approximate index logs its recall@10 against exact search).
+    index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    ivf_above: int = Field(200_000, ge=1)
 
     @model_validator(mode="after")
     def _window(self) -> MiningConfig:
@@ -408,6 +412,10 @@ class ServeConfig(Section):
     batch_size: int = Field(32, ge=1)
     max_batch_tokens: int = Field(16384, ge=1)
     max_wait_ms: float = Field(5.0, ge=0.0, le=10000.0)
+    # adaptive: a batch waits for company only when it is likely (another request is being tokenised,
+    # or the last batch merged requests), so a lone request on an idle server runs at once;
+    # always: every batch not yet full waits up to max_wait_ms (flagops/serving/batching.py).
+    batch_wait: Literal["adaptive", "always"] = "adaptive"
     # Pad each batch to a multiple of this many tokens (None: to its longest text). Far fewer
     # tensor shapes reach torch, so its and malloc's caches stop growing sooner (benchmarks/README.md).
     pad_to_multiple_of: int | None = Field(8, ge=1)

@@ -2,7 +2,7 @@
 #   make bench-mine          the mine_hard_negatives step vs FlagEmbedding's hn_mine method on the demo's pairs (3-6 min)
 #   make bench-mine MINE_ARGS="--repeats 1 --warm"
 #   make bench-mine MINE_ARGS="--threads 1 --backend openvino-bf16"   flagops' encoder in OpenVINO bf16 (CPU time is the figure)
-#   make bench-mine-scale    search at 10^4..10^6 synthetic passages, flat vs IVF, recall; encode rate extrapolated (5-10 min)
+#   make bench-mine-scale    search at 10^4..10^6 synthetic passages, flat vs IVF vs HNSW, recall; encode rate extrapolated (5-10 min)
 MINE_ARGS ?=
 MINE_SCALE_ARGS ?=
 

@@ -16,10 +16,13 @@
 * **Streaming.** The corpus is encoded ``chunk`` passages at a time into a float32 ``.npy``
   memmap, so memory holds one chunk's tensors and vectors plus the faiss index. The file is
   written under a temporary name and renamed when complete: a partial file is never read.
-* **Search.** Exact ``IndexFlatIP`` up to ``ivf_above`` passages; above it ``IndexIVFFlat``
-  with ``nlist = 4 * sqrt(N)`` lists, ``nprobe`` of them searched. IVF is approximate, so its
-  loss is measured on up to 100 queries (recall@10 of IVF against an exact search of the
-  memmap) and returned as the metric ``ivf_recall@10``.
+* **Search.** ``method`` ``auto``: exact ``IndexFlatIP`` up to ``ivf_above`` passages; above it
+  ``IndexIVFFlat`` with ``nlist = 4 * sqrt(N)`` lists, ``nprobe`` of them searched. ``flat``,
+  ``ivf`` or ``hnsw`` force one; ``hnsw`` is ``IndexHNSWFlat`` (``hnsw_m`` links per node,
+  ``efSearch`` the larger of ``ef_search`` and k): no training pass, the slowest build, the
+  fastest search. An approximate index's loss is measured on up to 100 queries (recall@10
+  against an exact search of the memmap) and returned as the metric ``ivf_recall@10`` or
+  ``hnsw_recall@10``.
 
 The settings come from ``index_settings`` (the CLI's ``--cache-dir``, ``--no-cache``,
 ``--ivf-above``, ``--nprobe``), a context variable rather than a parameter, so the suite's
@@ -62,12 +65,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FLAGOPS_EMBEDDING_CACHE") or cache_dir() / "embeddings")
 
 
+HNSW_M = 32  # links per node: faiss's usual 32 keeps recall high at a 1M-passage scale
+EF_SEARCH = 128  # candidates kept while searching; raised to k when k is larger
+INDEX_METHODS = ("auto", "flat", "ivf", "hnsw")
+
+
 @dataclass(frozen=True)
 class IndexSettings:
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
     ivf_above: int = IVF_ABOVE
     nprobe: int = NPROBE
     chunk: int = CHUNK
+    method: str = "auto"  # auto: flat up to ivf_above, IVF above; or flat, ivf, hnsw
+    hnsw_m: int = HNSW_M
+    ef_search: int = EF_SEARCH
+
+    def __post_init__(self) -> None:
+        if self.method not in INDEX_METHODS:
+            raise ValueError(f"unknown index method {self.method!r}; use one of {', '.join(INDEX_METHODS)}")
+
+    def method_for(self, n: int) -> str:
+        """The index ``build_index`` makes for ``n`` passages."""
+        if self.method != "auto":
+            return self.method
+        return "flat" if n <= self.ivf_above else "ivf"
 
 
 _SETTINGS: ContextVar[IndexSettings | None] = ContextVar("flagops_index_settings", default=None)
@@ -174,11 +195,16 @@ def passage_embeddings(
 
 
 def build_index(emb: np.ndarray, settings: IndexSettings, label: str) -> faiss.Index:
-    """Flat inner product up to ``settings.ivf_above`` rows, IVF above, filled chunk by chunk from ``emb``."""
+    """The index ``settings.method_for(rows)`` names, filled chunk by chunk from ``emb``."""
     n, dim = emb.shape
-    if n <= settings.ivf_above:
+    method = settings.method_for(n)
+    if method == "flat":
         index = faiss.IndexFlatIP(dim)
         print(f"eval: {label}exact search (faiss IndexFlatIP) over {n} passages")
+    elif method == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = settings.ef_search
+        print(f"eval: {label}HNSW search (faiss IndexHNSWFlat) over {n} passages: M {settings.hnsw_m}, efSearch >= {settings.ef_search}")
     else:
         nlist = max(1, round(4 * math.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -190,6 +216,36 @@ def build_index(emb: np.ndarray, settings: IndexSettings, label: str) -> faiss.I
     for start in tqdm(starts, desc=f"{label}index", unit="chunk", leave=False, disable=len(starts) < 2):
         index.add(np.ascontiguousarray(emb[start : start + settings.chunk], dtype=np.float32))
     return index
+
+
+def approximate_method(index: faiss.Index) -> str | None:
+    """``ivf`` or ``hnsw`` for an approximate index, None for an exact one."""
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf"
+    return "hnsw" if isinstance(index, faiss.IndexHNSW) else None
+
+
+def search_index(
+    index: faiss.Index, queries: np.ndarray, emb: np.ndarray, k: int, settings: IndexSettings, label: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(scores, ids, extra): each query's top ``k``, best first (id -1 where an approximate index found fewer).
+
+    For an approximate index, ``extra`` is ``{"<method>_recall@10": r}``: recall@10 against exact
+    search of ``emb`` on up to ``RECALL_QUERIES`` queries.
+    """
+    method = approximate_method(index)
+    if method == "hnsw":
+        index.hnsw.efSearch = max(settings.ef_search, k)  # HNSW returns at most efSearch candidates
+    scores, ids = index.search(queries, k)  # (n_queries, k)
+    if method is None:
+        return scores, ids, {}
+    sample = np.sort(np.random.default_rng(0).choice(len(queries), min(len(queries), RECALL_QUERIES), replace=False))
+    kk = min(RECALL_K, k)
+    exact_scores = exact_top_k(queries[sample], emb, kk, settings.chunk)
+    found = np.where(ids[sample, :kk] >= 0, scores[sample, :kk], -np.inf)  # both indexes score with exact inner products
+    recall = recall_at_k(found, exact_scores)
+    print(f"eval: {label}{method.upper()} recall@10 against exact search on {len(sample)} queries: {recall:.4f}")
+    return scores, ids, {f"{method}_recall@10": recall}
 
 
 def exact_top_k(queries: np.ndarray, emb: np.ndarray, k: int, chunk: int) -> np.ndarray:
@@ -214,7 +270,7 @@ def recall_at_k(found_scores: np.ndarray, exact_scores: np.ndarray) -> float:
 
 
 def corpus_search(eval_set: EvalSet, encoder: TextEncoder, batch_size: int, *, top_k: int, label: str = "") -> tuple[Run, dict[str, float]]:
-    """(run, extra metrics): each query's ``top_k`` passages; ``{"ivf_recall@10": r}`` when IVF searched."""
+    """(run, extra metrics): each query's ``top_k`` passages; ``{"ivf_recall@10": r}`` when IVF searched (``hnsw_`` for HNSW)."""
     settings = current_settings()
     tag = f"{label} " if label else ""
     corpus = eval_set.corpus
@@ -224,16 +280,7 @@ def corpus_search(eval_set: EvalSet, encoder: TextEncoder, batch_size: int, *, t
     with tempfile.TemporaryDirectory(prefix="flagops-passages-") as scratch:
         emb = passage_embeddings(corpus, encoder, batch_size, settings, Path(scratch), tag)  # (n_docs, dim) memmap
         index = build_index(emb, settings, tag)
-        k = min(top_k, len(corpus))
-        scores, ids = index.search(queries, k)  # (n_queries, k), best first; id -1 where IVF found fewer
-        extra: dict[str, float] = {}
-        if isinstance(index, faiss.IndexIVF):
-            sample = np.sort(np.random.default_rng(0).choice(len(query_ids), min(len(query_ids), RECALL_QUERIES), replace=False))
-            kk = min(RECALL_K, len(corpus))
-            exact_scores = exact_top_k(queries[sample], emb, kk, settings.chunk)
-            found = np.where(ids[sample, :kk] >= 0, scores[sample, :kk], -np.inf)  # IVFFlat's scores are exact inner products
-            extra["ivf_recall@10"] = recall_at_k(found, exact_scores)
-            print(f"eval: {tag}IVF recall@10 against exact search on {len(sample)} queries: {extra['ivf_recall@10']:.4f}")
+        scores, ids, extra = search_index(index, queries, emb, min(top_k, len(corpus)), settings, tag)
         del emb  # the memmap, before its scratch file goes
     run: Run = {
         qid: {corpus[j].id: float(s) for s, j in zip(row_scores, row_ids, strict=True) if j >= 0}

@@ -379,7 +379,7 @@ def score_task(task: Task, model, is_reranker: bool, batch_size: int) -> dict[st
         return None
     if task.type == "retrieval":
         run, search_metrics = corpus_search(task.data, model, batch_size, top_k=RETRIEVAL_TOP_K, label=task.name)
-        return retrieval_metrics(task.data.qrels, run) | search_metrics  # search_metrics: ivf_recall@10 when IVF ran
+        return retrieval_metrics(task.data.qrels, run) | search_metrics  # search_metrics: ivf_ or hnsw_recall@10 when approximate
     return {"spearman": sts_spearman(model, task.data, batch_size, progress=task.name)}
 
 

@@ -10,8 +10,9 @@ Speed and scale (``flagops.evaluation.index``, settings from ``index_settings``)
 queries are encoded tokenized once and sorted by token count (``Embedder.encode``); the
 pool's vectors go through the embedding cache keyed by model and pool hash, so a re-run with
 another window or filter does not encode again; a pool above ``ivf_above`` passages is searched
-with IVF, and its recall@10 against exact search is returned in ``Mined.search``. Up to
-``ivf_above`` the search is exact and the output the same as a plain ``IndexFlatIP``'s.
+with IVF (``mining.index`` may force flat, IVF or HNSW), and an approximate index's recall@10
+against exact search is returned in ``Mined.search``. Up to ``ivf_above`` the search is exact
+and the output the same as a plain ``IndexFlatIP``'s.
 
 The window starts below the top ranks because the passages nearest a query are often
 relevant too (an alias's docstring, an overload's). A window still holds some: the filter
@@ -33,20 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from flagops.data.formats import Passage, TrainExample
-from flagops.evaluation.index import (
-    RECALL_K,
-    RECALL_QUERIES,
-    IndexSettings,
-    build_index,
-    current_settings,
-    exact_top_k,
-    passage_embeddings,
-    recall_at_k,
-)
+from flagops.evaluation.index import IndexSettings, build_index, current_settings, passage_embeddings, search_index
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +69,7 @@ class MiningStats:
 class Mined:
     examples: list[TrainExample]
     stats: MiningStats
-    search: dict[str, float] = field(default_factory=dict)  # {"ivf_recall@10": r} when the pool was searched with IVF
+    search: dict[str, float] = field(default_factory=dict)  # {"ivf_recall@10": r} (or hnsw_) when an approximate index searched
 
 
 def clamp_window(start: int, end: int, pool_size: int, negatives: int) -> Window:
@@ -105,21 +96,15 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(scores, pool indices, extra): top-k inner products per query, both (n_queries, k), best first.
 
-    Exact up to ``settings.ivf_above`` pool passages, IVF above (index -1 where it found fewer
-    than k); ``extra`` is then ``{"ivf_recall@10": r}``, measured against exact search on a sample.
+    The index ``settings.method_for(pool size)`` names: exact up to ``ivf_above`` pool passages,
+    IVF above, or as forced (index -1 where an approximate one found fewer than k); for an
+    approximate index ``extra`` is ``{"ivf_recall@10": r}`` (or ``hnsw_``), measured against exact
+    search on a sample.
     """
     settings = settings or current_settings()
     queries = np.ascontiguousarray(query_emb, dtype=np.float32)
     index = build_index(pool_emb, settings, "mining: ")
-    scores, ranked = index.search(queries, k)
-    extra: dict[str, float] = {}
-    if isinstance(index, faiss.IndexIVF):
-        sample = np.sort(np.random.default_rng(0).choice(len(queries), min(len(queries), RECALL_QUERIES), replace=False))
-        kk = min(RECALL_K, k)
-        found = np.where(ranked[sample, :kk] >= 0, scores[sample, :kk], -np.inf)
-        extra["ivf_recall@10"] = recall_at_k(found, exact_top_k(queries[sample], pool_emb, kk, settings.chunk))
-        log.info("mining: IVF recall@10 against exact search on %d queries: %.4f", len(sample), extra["ivf_recall@10"])
-    return scores, ranked, extra
+    return search_index(index, queries, pool_emb, k, settings, "mining: ")
 
 
 def false_negative_ceiling(mode: str, positive_scores: np.ndarray, threshold: float, margin: float) -> float:

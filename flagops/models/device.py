@@ -95,3 +95,21 @@ def place(module: nn.Module, placement: Placement) -> nn.Module:
         log.info("inference on %s", placement)
         module = move(module, placement)
     return module
+
+
+def torch_backend_name(module: nn.Module) -> str:
+    """``torch-int8-dynamic``, or ``torch-`` and the weights' dtype (``fp32``, ``fp16``, ``bf16``), ``-cuda`` on a GPU."""
+    from torch.ao.nn.quantized import dynamic as nnqd  # what flagops.models.quantize swaps in
+
+    if any(isinstance(m, nnqd.Linear) for m in module.modules()):
+        return "torch-int8-dynamic"
+    placement = current_placement(module)
+    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+    dtype = str(placement.dtype).removeprefix("torch.")
+    name = f"torch-{short.get(dtype, dtype)}"
+    return name if placement.device.type == "cpu" else f"{name}-{placement.device.type}"
+
+
+def backend_name(module: nn.Module) -> str:
+    """What runs ``module``'s maths: an OpenVINO stand-in's ``openvino-bf16`` / ``openvino-f32``, else ``torch_backend_name``."""
+    return getattr(module, "numerics", None) or torch_backend_name(module)

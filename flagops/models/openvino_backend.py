@@ -92,13 +92,20 @@ class _LastHidden(nn.Module):
         return self.model(**dict(zip(self.names, inputs, strict=True))).last_hidden_state
 
 
-def converted_model(embedder, model_dir: Path):
-    """The OpenVINO IR of ``embedder.model`` (read from the cache, else converted and cached) and its input names."""
+def ir_dir(embedder, model_dir: Path) -> tuple[Path, list[str], dict]:
+    """Where the IR of ``model_dir`` is cached (keyed by its content, OpenVINO's version and the
+    inputs), the input names, and an example batch to trace with."""
     ov = import_openvino()
     example = embedder.tokenizer(["an example", "a longer example text"], padding=True, return_tensors="pt")
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in example]
     key = hashlib.sha256(f"{directory_digest(model_dir)} openvino {ov.__version__} {names}".encode()).hexdigest()[:32]
-    cached = cache_dir() / "openvino" / key
+    return cache_dir() / "openvino" / key, names, example
+
+
+def converted_model(embedder, model_dir: Path):
+    """The OpenVINO IR of ``embedder.model`` (read from the cache, else converted and cached) and its input names."""
+    ov = import_openvino()
+    cached, names, example = ir_dir(embedder, model_dir)
     if not (cached / IR_FILE).is_file():
         wrapped = _LastHidden(embedder.model, names).eval()
         with torch.inference_mode(False), torch.no_grad():

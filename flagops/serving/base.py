@@ -29,8 +29,6 @@ from flagops.config import ConfigError, ServeConfig
 from flagops.serving.runtime import ModelRuntime
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from flagops.models.device import Placement
     from flagops.models.quantize import QuantCheck
 
@@ -67,20 +65,6 @@ def serve_quantize(setting: str, model_dir: str, placement: Placement, *, suppor
     return resolve_quantize(setting, model_dir), check
 
 
-def torch_backend_name(module: nn.Module) -> str:
-    """``torch-int8-dynamic``, or ``torch-`` and the weights' dtype (``fp32``, ``fp16``, ``bf16``), ``-cuda`` on a GPU."""
-    from flagops.models.device import current_placement
-    from flagops.models.quantize import is_quantized
-
-    if is_quantized(module):
-        return "torch-int8-dynamic"
-    placement = current_placement(module)
-    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-    dtype = str(placement.dtype).removeprefix("torch.")
-    name = f"torch-{short.get(dtype, dtype)}"
-    return name if placement.device.type == "cpu" else f"{name}-{placement.device.type}"
-
-
 class ServedModel(kserve.Model):
     """One model of one kind behind KServe's routes, with limits, micro-batching and metrics.
 
@@ -95,7 +79,7 @@ class ServedModel(kserve.Model):
         self.source = source
         self.serve_cfg = serve_cfg
         self.backend: Any = None  # set by load()
-        self.backend_name = "unloaded"  # what does the maths, set by load_backend (torch_backend_name)
+        self.backend_name = "unloaded"  # what does the maths, set by load_backend (flagops.models.device.backend_name)
         self.quant_check: QuantCheck | None = None  # the model's int8 accuracy check, when it carries one
         self.runtime = ModelRuntime(
             name,

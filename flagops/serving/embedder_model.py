@@ -25,7 +25,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from flagops.serving.base import TEXT_INPUTS, ServedModel, serve_quantize, torch_backend_name
+from flagops.serving.base import TEXT_INPUTS, ServedModel, serve_quantize
 from flagops.serving.protocol import check_bool, check_keys, check_texts, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "embedding"
@@ -139,7 +139,7 @@ class EmbedderModel(ServedModel):
         import torch  # torch loads only for a real model
 
         from flagops.models import openvino_backend
-        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
+        from flagops.models.device import inference_placement, place, torch_backend_name  # serve.device / serve.dtype
         from flagops.models.embedder import Embedder
         from flagops.models.quantize import OPENVINO_BF16, QuantCheck, quantize_int8
 

@@ -32,7 +32,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
 from flagops.serving import embedder_model
-from flagops.serving.base import TEXT_INPUTS, ServedModel, resolve_source, serve_quantize, torch_backend_name
+from flagops.serving.base import TEXT_INPUTS, ServedModel, resolve_source, serve_quantize
 from flagops.serving.embedder_model import BGEEncoder
 from flagops.serving.protocol import check_bool, check_texts, v2_response
 
@@ -213,7 +213,7 @@ class M3Model(ServedModel):
     backend: M3TextEncoder
 
     def load_backend(self, source: str) -> M3TextEncoder:
-        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
+        from flagops.models.device import inference_placement, place, torch_backend_name  # serve.device / serve.dtype
 
         placement = inference_placement(self.serve_cfg, name="serve")
         _, self.quant_check = serve_quantize(self.serve_cfg.quantize, source, placement, supported=False)  # float only

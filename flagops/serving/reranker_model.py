@@ -28,7 +28,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
 
 from flagops.config import ServeConfig
-from flagops.serving.base import ServedModel, serve_quantize, torch_backend_name
+from flagops.serving.base import ServedModel, serve_quantize
 from flagops.serving.protocol import check_bool, check_keys, check_text, check_texts, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "score"
@@ -153,7 +153,7 @@ class RerankerModel(ServedModel):
     backend: PairScorer
 
     def load_backend(self, source: str) -> PairScorer:
-        from flagops.models.device import inference_placement, place  # serve.device / serve.dtype
+        from flagops.models.device import inference_placement, place, torch_backend_name  # serve.device / serve.dtype
         from flagops.models.reranker import load_reranker  # torch loads only for a real model
 
         placement = inference_placement(self.serve_cfg, name="serve")

@@ -55,6 +55,7 @@ class ModelRuntime:
             max_wait_ms=cfg.max_wait_ms,
             executor=self.model_pool,
             observer=self.metrics,
+            wait=cfg.batch_wait,
         )
 
     def limit(self, key: Hashable) -> int:
@@ -68,8 +69,9 @@ class ModelRuntime:
     async def infer(self, key: Hashable, items: list[Any], field: str) -> tuple[list[Any], int]:
         """One result row per item, and the tokens the model read for them."""
         loop = asyncio.get_running_loop()
-        lengths = await loop.run_in_executor(self.tokenizer_pool, self._token_lengths, key, items)
-        lengths = check_token_lengths(lengths, self.limit(key), self.cfg, field)
+        with self.batcher.on_the_way():  # a batch forming now may wait for these items
+            lengths = await loop.run_in_executor(self.tokenizer_pool, self._token_lengths, key, items)
+            lengths = check_token_lengths(lengths, self.limit(key), self.cfg, field)
         rows = await self.batcher.submit(key, items, lengths)
         return rows, sum(lengths)
 

@@ -27,7 +27,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 from PIL import Image
 
-from flagops.serving.base import ServedModel, torch_backend_name
+from flagops.serving.base import ServedModel
 from flagops.serving.protocol import check_keys, check_text, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "embedding"
@@ -169,7 +169,7 @@ class VisualModel(ServedModel):
     backend: VisualEncoder
 
     def load_backend(self, source: str) -> VisualEncoder:
-        from flagops.models.device import inference_placement, place
+        from flagops.models.device import inference_placement, place, torch_backend_name
         from flagops.models.visual_bge import VisualBGE  # torch loads only for a real model
 
         model = place(VisualBGE.load(source), inference_placement(self.serve_cfg, name="serve"))

@@ -14,8 +14,9 @@ Cases (issue 15, item 6):
 * disconnects: clients that hang up mid-upload or before the answer do not disturb the others,
   leave no error lines in the log, and RSS grows less than ``RSS_SLACK_MIB`` in a second round.
 
-The slow requests are made slow by micro-batching alone (``serve.max_wait_ms``: a lone text
-waits that long for company), not by hooks in the library.
+The slow requests are made slow by micro-batching alone (``serve.max_wait_ms`` with
+``serve.batch_wait=always``: a lone text waits that long for company), not by hooks in the
+library.
 """
 
 from __future__ import annotations
@@ -109,7 +110,13 @@ def limited(tmp_path_factory):
     from flagops.models.embedder import Embedder
 
     Embedder.load("tiny-bert")  # build the tiny model into the cache here, so the server only reads it
-    overrides = ["serve.request_timeout_s=0.5", "serve.max_wait_ms=2000", "serve.batch_size=16", "serve.max_body_bytes=4096"]
+    overrides = [
+        "serve.request_timeout_s=0.5",
+        "serve.max_wait_ms=2000",
+        "serve.batch_wait=always",
+        "serve.batch_size=16",
+        "serve.max_body_bytes=4096",
+    ]
     s = start(tmp_path_factory.mktemp("limited"), *overrides)
     yield s
     stop(s)
@@ -172,7 +179,7 @@ async def drain_run(url: str, proc: subprocess.Popen, n_inflight: int, n_after: 
 
 
 def test_sigterm_drains_requests_in_flight(tmp_path):
-    s = start(tmp_path, "serve.max_wait_ms=3000", "serve.batch_size=1000", "serve.max_batch_tokens=100000")
+    s = start(tmp_path, "serve.max_wait_ms=3000", "serve.batch_wait=always", "serve.batch_size=1000", "serve.max_batch_tokens=100000")
     try:
         t0 = time.monotonic()
         done, after = asyncio.run(drain_run(s.url, s.proc, n_inflight=12, n_after=3))

@@ -179,3 +179,83 @@ def test_model_runtime_merges_embedder_requests_exactly():
     stats = model.runtime.batcher.stats
     assert stats.items == 12 and stats.batches == 2  # one query batch, one passage batch
     assert stats.merged_batches == 2
+
+
+def test_adaptive_wait_runs_a_lone_request_at_once_and_always_holds_it():
+    # max_wait a minute: a batch that waited for company would miss the 1 s deadline
+    for wait, answered in (("adaptive", True), ("always", False)):
+        run = Recorder()
+        b = batcher(run, max_wait_ms=60_000, wait=wait)
+
+        async def main(b=b):
+            try:
+                return await asyncio.wait_for(b.submit("k", ["alone"], [1]), 1)
+            except TimeoutError:
+                return None
+            finally:
+                b.close()
+
+        assert (asyncio.run(main()) == [("k", "alone")]) is answered, wait
+
+
+def test_adaptive_wait_holds_the_batch_for_a_request_on_its_way():
+    run = Recorder()
+    b = batcher(run, max_wait_ms=60_000)
+
+    async def arriving_later():
+        with b.on_the_way():
+            await asyncio.sleep(0.1)  # its tokens being counted
+        return await b.submit("k", ["second"], [1])
+
+    async def main():
+        later = asyncio.ensure_future(arriving_later())
+        await asyncio.sleep(0.01)
+        first = await asyncio.wait_for(b.submit("k", ["first"], [1]), 5)
+        return first, await later
+
+    assert asyncio.run(main()) == ([("k", "first")], [("k", "second")])
+    assert [sorted(items) for _, items in run.batches] == [["first", "second"]]  # one batch: the first waited
+
+
+def test_adaptive_wait_stops_when_the_request_on_its_way_is_rejected():
+    run = Recorder()
+    b = batcher(run, max_wait_ms=60_000)
+
+    async def rejected():
+        with pytest.raises(ValueError), b.on_the_way():
+            await asyncio.sleep(0.1)
+            raise ValueError("too long")  # never submits
+
+    async def main():
+        gone = asyncio.ensure_future(rejected())
+        await asyncio.sleep(0.01)
+        answer = await asyncio.wait_for(b.submit("k", ["first"], [1]), 5)
+        await gone
+        return answer
+
+    assert asyncio.run(main()) == [("k", "first")]
+
+
+def test_adaptive_wait_keeps_waiting_while_batches_merge():
+    # Under concurrent load (the last batch merged requests) a lone item waits for company as before.
+    run = Recorder()
+    b = batcher(run, max_wait_ms=200)
+
+    async def main():
+        await asyncio.gather(b.submit("k", ["a"], [1]), b.submit("k", ["b"], [1]))  # one merged batch
+        first = asyncio.ensure_future(b.submit("k", ["c"], [1]))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.submit("k", ["d"], [1]))  # within the 200 ms
+        return await first, await second
+
+    asyncio.run(main())
+    assert [sorted(items) for _, items in run.batches] == [["a", "b"], ["c", "d"]]
+
+
+def test_batch_wait_reaches_the_runtime_batcher():
+    model = DummyEmbedderModel("m", serve_cfg=ServeConfig(batch_wait="always"))
+    model.load()
+    assert model.runtime.batcher.wait == "always"
+    model.stop()
+    with pytest.raises(ValueError, match="batch_wait"):
+        ServeConfig(batch_wait="never")

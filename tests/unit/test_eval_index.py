@@ -234,3 +234,12 @@ def test_model_hash_tells_int8_from_fp32():
 
     fp32 = model_hash(Embedder.load("tiny-bert"))
     assert model_hash(quantize_int8(Embedder.load("tiny-bert"))) != fp32
+
+
+def test_cli_index_hnsw_reports_hnsw_recall(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["eval", "--model", "tiny-bert", "--task", str(BEIR), "--no-cache", "--index", "hnsw", "--out", str(out)]
+    assert main(args) == 0
+    metrics = json.loads(out.read_text())["rows"][0]["metrics"]
+    assert metrics["hnsw_recall@10"] > 0.9 and "ivf_recall@10" not in metrics
+    assert "HNSW search (faiss IndexHNSWFlat) over 199 passages" in capsys.readouterr().out

@@ -167,3 +167,19 @@ def test_step_prints_and_logs_the_dropped_count(tmp_path, monkeypatch, capsys):
     assert logged["queries_with_false_negatives"] == 12 and logged["queries_topped_up"] == 12
     line = capsys.readouterr().out.splitlines()[-1]
     assert f"dropped {logged['false_negatives_dropped']} window candidates in 12 queries" in line, line
+
+
+def test_step_searches_with_the_configured_index_and_logs_its_recall(tmp_path, monkeypatch, capsys):
+    from flagops.config import load_config
+    from flagops.data.formats import write_train_jsonl
+    from flagops.registry import tracking
+    from flagops.steps import mine_hard_negatives
+
+    logged = {}
+    monkeypatch.setattr(tracking, "log_metrics", lambda metrics, step=None: logged.update(metrics))
+    monkeypatch.setenv("FLAGOPS_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    write_train_jsonl(tmp_path / "pairs.jsonl", [TrainExample(query=f"query {i}", pos=[f"passage {i}"]) for i in range(12)])
+    cfg = load_config("tiny", ["mining.range_start=0", "mining.range_end=5", "mining.negative_number=2", "mining.index=hnsw"])
+    mine_hard_negatives.run(cfg, {"train_pairs": tmp_path / "pairs.jsonl"}, {"train_data": tmp_path / "mined.jsonl"})
+    assert 0.9 <= logged["hnsw_recall@10"] <= 1.0  # 12 passages: HNSW finds them all
+    assert "mine_hard_negatives: HNSW search, recall@10 against exact search" in capsys.readouterr().out

@@ -69,3 +69,28 @@ def test_ivf_with_one_probe_loses_recall_and_says_so():
     scores, ranked, extra = search(queries, pool, 30, IndexSettings(cache_dir=None))
     exact = np.argsort(-(queries @ pool.T), axis=1, kind="stable")[:, :30]
     assert extra == {} and (ranked == exact).mean() > 0.999
+
+
+def test_hnsw_mining_reports_its_recall_and_a_tiny_ef_search_loses_some():
+    teacher = RandomTeacher()
+    pool = teacher.encode([f"p{i}" for i in range(2000)])
+    queries = teacher.encode([f"q{i}" for i in range(100)], is_query=True)
+    _, ranked, extra = search(queries, pool, 30, IndexSettings(cache_dir=None, method="hnsw"))
+    exact = np.argsort(-(queries @ pool.T), axis=1, kind="stable")[:, :30]
+    assert extra["hnsw_recall@10"] > 0.95  # efSearch is raised to k=30 at least
+    assert np.mean([len(set(a) & set(b)) / 30 for a, b in zip(ranked, exact, strict=True)]) > 0.9
+    _, _, poor = search(queries, pool, 30, IndexSettings(cache_dir=None, method="hnsw", hnsw_m=2, ef_search=1))
+    assert poor["hnsw_recall@10"] < extra["hnsw_recall@10"]
+
+
+def test_index_method_settings_and_the_mining_config_key_validate():
+    from flagops.config import MiningConfig
+
+    assert MiningConfig().index == "auto"
+    with pytest.raises(ValueError, match="index"):
+        MiningConfig(index="annoy")
+    with pytest.raises(ValueError, match="unknown index method 'annoy'"):
+        IndexSettings(method="annoy")
+    assert IndexSettings(ivf_above=10).method_for(10) == "flat"
+    assert IndexSettings(ivf_above=10).method_for(11) == "ivf"
+    assert IndexSettings(method="hnsw").method_for(5) == "hnsw"
