@@ -140,7 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report and Path(args.report).suffix not in (".png", ".html"):
         raise DataError(f"--report {args.report}: the report is a .png chart or an .html page; name the file FILE.png or FILE.html")
     tasks = load_tasks(args.tasks)  # all read and checked before any model loads
-    given = (("ivf_above", args.ivf_above), ("nprobe", args.nprobe), ("method", args.index))
+    given = (("ivf_above", args.ivf_above), ("ivf_min_queries", args.ivf_min_queries), ("nprobe", args.nprobe), ("method", args.index))
     search = IndexSettings(**{k: v for k, v in given if v is not None})
     if args.no_cache or args.cache_dir:
         search = replace(search, cache_dir=None if args.no_cache else Path(args.cache_dir))
@@ -226,6 +226,13 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _count_or_zero(text: str) -> int:
+    """A non-negative integer argument."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flagops", description="MLOps pipeline for BGE retrieval models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,11 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ivf-above", type=_count, metavar="N", help="search corpora of more than N passages with faiss IVF, not exactly (default 200000)"
     )
+    p.add_argument(
+        "--ivf-min-queries",
+        type=_count_or_zero,
+        metavar="N",
+        help="use IVF only for a task of N or more queries: below, its build costs more than exact search (default 10000)",
+    )
     p.add_argument("--nprobe", type=_count, metavar="N", help="IVF lists searched per query: more is slower, closer to exact (default 32)")
     p.add_argument(
         "--index",
         choices=("auto", "flat", "ivf", "hnsw"),
-        help="faiss index: auto (exact up to --ivf-above passages, IVF above), or force flat, ivf or hnsw (default auto)",
+        help="faiss index: auto (exact up to --ivf-above passages or under --ivf-min-queries queries, IVF above), "
+        "or force flat, ivf or hnsw (default auto)",
     )
     p.set_defaults(func=cmd_eval)
 

@@ -17,7 +17,13 @@
   memmap, so memory holds one chunk's tensors and vectors plus the faiss index. The file is
   written under a temporary name and renamed when complete: a partial file is never read.
 * **Search.** ``method`` ``auto``: exact ``IndexFlatIP`` up to ``ivf_above`` passages; above it
-  ``IndexIVFFlat`` with ``nlist = 4 * sqrt(N)`` lists, ``nprobe`` of them searched. ``flat``,
+  ``IndexIVFFlat`` with ``nlist = 4 * sqrt(N)`` lists, ``nprobe`` of them searched, when there
+  are at least ``ivf_min_queries`` queries. IVF's k-means build and an exact search both cost in
+  proportion to N, so whether IVF pays depends on the query count alone: on the 2-core dev box
+  its build cost what exact search of about 10,000-13,000 queries costs, at 10^5 and at 10^6
+  passages (benchmarks/README.md, "Mining's scaling curve"). An evaluation set of a few thousand
+  queries over a million passages is searched exactly, and sooner; mining, with a query per
+  passage, gets IVF. ``flat``,
   ``ivf`` or ``hnsw`` force one; ``hnsw`` is ``IndexHNSWFlat`` (``hnsw_m`` links per node,
   ``efSearch`` the larger of ``ef_search`` and k): no training pass, the slowest build, the
   fastest search. An approximate index's loss is measured on up to 100 queries (recall@10
@@ -54,6 +60,7 @@ from flagops.models.cache import cache_dir
 
 CHUNK = 10_000  # passages encoded per call: bounds token tensors and vectors held at once
 IVF_ABOVE = 200_000  # a flat index of 200k x 1024 float32 is 0.8 GB and searches in seconds
+IVF_MIN_QUERIES = 10_000  # below this many queries, IVF's build costs more than the exact search it saves
 NPROBE = 32
 RECALL_QUERIES = 100
 RECALL_K = 10
@@ -76,7 +83,8 @@ class IndexSettings:
     ivf_above: int = IVF_ABOVE
     nprobe: int = NPROBE
     chunk: int = CHUNK
-    method: str = "auto"  # auto: flat up to ivf_above, IVF above; or flat, ivf, hnsw
+    method: str = "auto"  # auto: flat up to ivf_above (or under ivf_min_queries queries), IVF above; or flat, ivf, hnsw
+    ivf_min_queries: int = IVF_MIN_QUERIES
     hnsw_m: int = HNSW_M
     ef_search: int = EF_SEARCH
 
@@ -84,11 +92,11 @@ class IndexSettings:
         if self.method not in INDEX_METHODS:
             raise ValueError(f"unknown index method {self.method!r}; use one of {', '.join(INDEX_METHODS)}")
 
-    def method_for(self, n: int) -> str:
-        """The index ``build_index`` makes for ``n`` passages."""
+    def method_for(self, n: int, n_queries: int) -> str:
+        """The index ``build_index`` makes for ``n`` passages searched by ``n_queries`` queries."""
         if self.method != "auto":
             return self.method
-        return "flat" if n <= self.ivf_above else "ivf"
+        return "ivf" if n > self.ivf_above and n_queries >= self.ivf_min_queries else "flat"
 
 
 _SETTINGS: ContextVar[IndexSettings | None] = ContextVar("flagops_index_settings", default=None)
@@ -194,10 +202,10 @@ def passage_embeddings(
 # --------------------------------------------------------------------------- search
 
 
-def build_index(emb: np.ndarray, settings: IndexSettings, label: str) -> faiss.Index:
-    """The index ``settings.method_for(rows)`` names, filled chunk by chunk from ``emb``."""
+def build_index(emb: np.ndarray, settings: IndexSettings, label: str, n_queries: int) -> faiss.Index:
+    """The index ``settings.method_for(rows, n_queries)`` names, filled chunk by chunk from ``emb``."""
     n, dim = emb.shape
-    method = settings.method_for(n)
+    method = settings.method_for(n, n_queries)
     if method == "flat":
         index = faiss.IndexFlatIP(dim)
         print(f"eval: {label}exact search (faiss IndexFlatIP) over {n} passages")
@@ -279,7 +287,7 @@ def corpus_search(eval_set: EvalSet, encoder: TextEncoder, batch_size: int, *, t
     queries = np.ascontiguousarray(queries, dtype=np.float32)  # (n_queries, dim)
     with tempfile.TemporaryDirectory(prefix="flagops-passages-") as scratch:
         emb = passage_embeddings(corpus, encoder, batch_size, settings, Path(scratch), tag)  # (n_docs, dim) memmap
-        index = build_index(emb, settings, tag)
+        index = build_index(emb, settings, tag, len(queries))
         scores, ids, extra = search_index(index, queries, emb, min(top_k, len(corpus)), settings, tag)
         del emb  # the memmap, before its scratch file goes
     run: Run = {

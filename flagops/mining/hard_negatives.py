@@ -96,14 +96,14 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(scores, pool indices, extra): top-k inner products per query, both (n_queries, k), best first.
 
-    The index ``settings.method_for(pool size)`` names: exact up to ``ivf_above`` pool passages,
-    IVF above, or as forced (index -1 where an approximate one found fewer than k); for an
+    The index ``settings.method_for(pool size, queries)`` names: exact up to ``ivf_above`` pool
+    passages (or under ``ivf_min_queries`` queries), IVF above, or as forced (index -1 where an approximate one found fewer than k); for an
     approximate index ``extra`` is ``{"ivf_recall@10": r}`` (or ``hnsw_``), measured against exact
     search on a sample.
     """
     settings = settings or current_settings()
     queries = np.ascontiguousarray(query_emb, dtype=np.float32)
-    index = build_index(pool_emb, settings, "mining: ")
+    index = build_index(pool_emb, settings, "mining: ", len(queries))
     return search_index(index, queries, pool_emb, k, settings, "mining: ")
 
 

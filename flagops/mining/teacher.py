@@ -89,7 +89,8 @@ def sample_ndcg(queries: np.ndarray, passages: np.ndarray, relevant: list[set[in
 def measure_bf16(model_cfg, source: str, examples, pool: Sequence[str], batch_size: int, seed: int) -> tuple[Embedder, QuantCheck]:
     """Encode the check sample in torch fp32, convert the same embedder to OpenVINO bf16, encode it again: (bf16 embedder, record).
 
-    A record kept beside the model's converted IR is read instead, and nothing is measured.
+    A record kept beside the model's converted IR is read instead, and nothing is measured (nor
+    converted, where it failed).
     """
     import torch
 
@@ -102,7 +103,8 @@ def measure_bf16(model_cfg, source: str, examples, pool: Sequence[str], batch_si
     embedder = Embedder.from_config(exact, source=source, inference=True)
     record = ir_dir(embedder, model_dir)[0] / CHECK_FILE
     if record.is_file():
-        return use_openvino(embedder, model_dir, torch.bfloat16), QuantCheck(**json.loads(record.read_text()))
+        check = QuantCheck(**json.loads(record.read_text()))
+        return (use_openvino(embedder, model_dir, torch.bfloat16) if check.passed else embedder), check
     queries, mini, relevant = check_sample(examples, pool, seed)
 
     def encode(label: str) -> tuple[np.ndarray, np.ndarray]:

@@ -412,6 +412,12 @@ CLI_CASES = [
         r"--ivf-above: expected a positive integer",
     ),
     Case(
+        "eval: --ivf-min-queries -1",
+        "CLI arguments",
+        lambda d: ["eval", "--model", "bm25", "--task", STS, "--ivf-min-queries", "-1"],
+        r"--ivf-min-queries: expected 0 or a positive integer",
+    ),
+    Case(
         "eval: --report with a wrong suffix",
         "CLI arguments",
         lambda d: ["eval", "--model", "bm25", "--task", STS, "--report", "out/r.pdf"],

@@ -186,10 +186,11 @@ def test_ivf_above_the_threshold_reports_its_recall(task):
             return score_task(task, encoder, is_reranker=False, batch_size=64)
 
     flat = scores()
-    ivf = scores(ivf_above=50)  # 199 passages: nlist 56, nprobe 32
-    narrow = scores(ivf_above=50, nprobe=1)
-    every = scores(ivf_above=50, nprobe=56)  # every list: exhaustive
-    assert "ivf_recall@10" not in flat
+    ivf = scores(ivf_above=50, ivf_min_queries=0)  # 199 passages: nlist 56, nprobe 32
+    narrow = scores(ivf_above=50, ivf_min_queries=0, nprobe=1)
+    every = scores(ivf_above=50, ivf_min_queries=0, nprobe=56)  # every list: exhaustive
+    few_queries = scores(ivf_above=50)  # under ivf_min_queries (10,000) queries: exact, IVF would not pay
+    assert "ivf_recall@10" not in flat and few_queries == flat
     assert flat["ndcg@10"] > 0.5
     assert narrow["ivf_recall@10"] < ivf["ivf_recall@10"] < 1.0
     assert ivf["ndcg@10"] == pytest.approx(flat["ndcg@10"], abs=0.05)
@@ -199,14 +200,26 @@ def test_ivf_above_the_threshold_reports_its_recall(task):
 
 
 def test_exhaustive_ivf_on_a_real_tiny_model_loses_nothing(tmp_path, tiny_embedder, task):
-    with index_settings(IndexSettings(cache_dir=tmp_path, ivf_above=50, nprobe=56)):
+    with index_settings(IndexSettings(cache_dir=tmp_path, method="ivf", nprobe=56)):
         got = score_task(task, tiny_embedder, is_reranker=False, batch_size=64)
     assert got["ivf_recall@10"] == 1.0  # its near-ties count as found
 
 
 def test_cli_cache_and_ivf_flags(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    args = ["eval", "--model", "tiny-bert", "--task", str(BEIR), "--cache-dir", str(tmp_path / "cache"), "--ivf-above", "50"]
+    args = [
+        "eval",
+        "--model",
+        "tiny-bert",
+        "--task",
+        str(BEIR),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--ivf-above",
+        "50",
+        "--ivf-min-queries",
+        "0",
+    ]
     assert main([*args, "--out", str(out)]) == 0
     first = json.loads(out.read_text())["rows"][0]["metrics"]
     assert 0 < first["ivf_recall@10"] <= 1

@@ -53,7 +53,9 @@ def test_flat_search_reports_no_recall_and_ivf_with_every_list_is_the_flat_outpu
     options = dict(range_start=5, range_end=60, negative_number=6, seed=1)
     with index_settings(IndexSettings(cache_dir=None)):
         flat = mine_with_stats(examples, RandomTeacher(), **options)
-    with index_settings(IndexSettings(cache_dir=None, ivf_above=100, nprobe=10_000)):  # nprobe clamps to nlist: exhaustive
+    with index_settings(
+        IndexSettings(cache_dir=None, ivf_above=100, ivf_min_queries=0, nprobe=10_000)
+    ):  # nprobe clamps to nlist: exhaustive
         ivf = mine_with_stats(examples, RandomTeacher(), **options)
     assert flat.search == {}
     assert ivf.search == {"ivf_recall@10": pytest.approx(1.0)}
@@ -64,7 +66,7 @@ def test_ivf_with_one_probe_loses_recall_and_says_so():
     teacher = RandomTeacher()
     pool = teacher.encode([f"p{i}" for i in range(400)])
     queries = teacher.encode([f"q{i}" for i in range(100)], is_query=True)
-    _, _, extra = search(queries, pool, 30, IndexSettings(cache_dir=None, ivf_above=100, nprobe=1))
+    _, _, extra = search(queries, pool, 30, IndexSettings(cache_dir=None, method="ivf", nprobe=1))
     assert 0.0 < extra["ivf_recall@10"] < 0.9
     scores, ranked, extra = search(queries, pool, 30, IndexSettings(cache_dir=None))
     exact = np.argsort(-(queries @ pool.T), axis=1, kind="stable")[:, :30]
@@ -91,6 +93,8 @@ def test_index_method_settings_and_the_mining_config_key_validate():
         MiningConfig(index="annoy")
     with pytest.raises(ValueError, match="unknown index method 'annoy'"):
         IndexSettings(method="annoy")
-    assert IndexSettings(ivf_above=10).method_for(10) == "flat"
-    assert IndexSettings(ivf_above=10).method_for(11) == "ivf"
-    assert IndexSettings(method="hnsw").method_for(5) == "hnsw"
+    assert IndexSettings(ivf_above=10).method_for(10, 10_000) == "flat"
+    assert IndexSettings(ivf_above=10).method_for(11, 10_000) == "ivf"
+    assert IndexSettings(ivf_above=10).method_for(11, 9_999) == "flat"  # too few queries for IVF's build to pay
+    assert IndexSettings(ivf_above=10, ivf_min_queries=0).method_for(11, 1) == "ivf"
+    assert IndexSettings(method="hnsw").method_for(5, 1) == "hnsw"

@@ -84,6 +84,13 @@ def test_a_failing_check_mines_in_torch_fp32(tmp_path, monkeypatch):
     assert chosen.check is not None and not chosen.check.passed
     assert backend_name(chosen.encoder.model) == "torch-fp32"
 
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("a failed record on file: nothing to convert")
+
+    monkeypatch.setattr("flagops.models.openvino_backend.use_openvino", no_conversion)
+    again = mining.mining_teacher(cfg, None, examples, _pool(examples), batch_size=64, seed=0)
+    assert again.check == chosen.check and backend_name(again.encoder.model) == "torch-fp32"
+
 
 def test_a_small_pool_mines_as_from_config_loads_with_no_check():
     cfg = load_config("tiny").model
