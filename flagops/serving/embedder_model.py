@@ -26,30 +26,16 @@ from kserve.protocol.infer_type import InferOutput, InferRequest
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from flagops.serving.base import TEXT_INPUTS, ServedModel, serve_quantize
-from flagops.serving.protocol import check_bool, check_keys, check_texts, v2_parameters, v2_response, v2_texts
+from flagops.serving.protocol import check_bool, check_keys, check_texts, v1_body_schema, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "embedding"
 V1_KEYS = ("instances", "is_query")
 V2_PARAMETERS = ("is_query",)
-# The V1 body, for /openapi.json (kserve's predict route reads raw bytes, so has none).
-V1_SCHEMA = {
-    "type": "object",
-    "required": ["instances"],
-    "additionalProperties": False,
-    "properties": {
-        "instances": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "anyOf": [
-                    {"type": "string"},
-                    {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
-                ]
-            },
-        },
-        "is_query": {"type": "boolean"},
-    },
-}
+# The V1 body, for /openapi.json
+V1_SCHEMA = v1_body_schema(
+    {"anyOf": [{"type": "string"}, {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}]},
+    is_query={"type": "boolean"},
+)
 
 
 class TextEncoder(Protocol):

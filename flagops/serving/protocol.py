@@ -22,6 +22,13 @@ from flagops.config import ServeConfig
 V2_PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
 
 
+def v1_body_schema(item: dict, **flags: dict) -> dict:
+    """A V1 predict body's JSON schema, for /openapi.json (kserve's predict route reads raw bytes,
+    so has none): ``instances``, a non-empty array of ``item``, beside the top-level ``flags``."""
+    instances = {"type": "array", "minItems": 1, "items": item}
+    return {"type": "object", "required": ["instances"], "additionalProperties": False, "properties": {"instances": instances, **flags}}
+
+
 def check_keys(body: dict, allowed: Iterable[str], *, strict: bool, where: str = "") -> dict:
     """``body`` less unknown keys; in strict mode an unknown key is an error naming it."""
     allowed = tuple(allowed)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJs
 
 from flagops.config import ServeConfig
 from flagops.serving.base import ServedModel, serve_quantize
-from flagops.serving.protocol import check_bool, check_keys, check_text, check_texts, v2_parameters, v2_response, v2_texts
+from flagops.serving.protocol import check_bool, check_keys, check_text, check_texts, v1_body_schema, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "score"
 V1_KEYS = ("instances", "normalize")
@@ -37,28 +37,16 @@ INSTANCE_KEYS = ("query", "passages")
 V2_INPUTS = ("query", "passages")
 V2_PARAMETERS = ("normalize",)
 PAIRS = "pairs"  # the batching key: any two pairs can share a batch
-# The V1 body, for /openapi.json (kserve's predict route reads raw bytes, so has none).
-V1_SCHEMA = {
-    "type": "object",
-    "required": ["instances"],
-    "additionalProperties": False,
-    "properties": {
-        "instances": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["query", "passages"],
-                "additionalProperties": False,
-                "properties": {
-                    "query": {"type": "string"},
-                    "passages": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                },
-            },
-        },
-        "normalize": {"type": "boolean"},
+# The V1 body, for /openapi.json
+V1_SCHEMA = v1_body_schema(
+    {
+        "type": "object",
+        "required": ["query", "passages"],
+        "additionalProperties": False,
+        "properties": {"query": {"type": "string"}, "passages": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
     },
-}
+    normalize={"type": "boolean"},
+)
 
 Pair = tuple[str, str]
 

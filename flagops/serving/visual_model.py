@@ -28,35 +28,26 @@ from kserve.protocol.infer_type import InferOutput, InferRequest
 from PIL import Image
 
 from flagops.serving.base import ServedModel
-from flagops.serving.protocol import check_keys, check_text, v2_parameters, v2_response, v2_texts
+from flagops.serving.protocol import check_keys, check_text, v1_body_schema, v2_parameters, v2_response, v2_texts
 
 OUTPUT_NAME = "embedding"
 V1_KEYS = ("instances",)
 INSTANCE_KEYS = ("image", "text")
 V2_INPUTS = ("image", "text")
-# The V1 body, for /openapi.json (kserve's predict route reads raw bytes, so has none).
-V1_SCHEMA = {
-    "type": "object",
-    "required": ["instances"],
-    "additionalProperties": False,
-    "properties": {
-        "instances": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "anyOf": [
-                    {"type": "string"},
-                    {
-                        "type": "object",
-                        "minProperties": 1,
-                        "additionalProperties": False,
-                        "properties": {"image": {"type": "string", "contentEncoding": "base64"}, "text": {"type": "string"}},
-                    },
-                ]
+# The V1 body, for /openapi.json
+V1_SCHEMA = v1_body_schema(
+    {
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {"image": {"type": "string", "contentEncoding": "base64"}, "text": {"type": "string"}},
             },
-        },
-    },
-}
+        ]
+    }
+)
 
 Item = tuple[Any, str]  # (a decoded PIL image or None, text)
 
