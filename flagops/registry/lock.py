@@ -19,7 +19,11 @@ for minutes first, and the message on timeout says how to remove a lock by hand.
 
 sqlite allows one writer at a time; MLflow waits 20 s for the file (busy timeout) but a
 read-then-write transaction can still fail at once with "database is locked". ``retry_busy``
-retries such calls and ends with an error that names the store and the way out.
+retries such calls and ends with an error that names the store and the way out. Two creates of
+one name at the same moment can also reach sqlite's unique key past MLflow's own "already
+exists" check, and come back as a raw SQLAlchemy ``IntegrityError``, or as "not found" when the
+name was released before MLflow looked it up (``name_taken`` reads all three as "taken";
+tests/reliability/test_concurrent_registry.py hit both kinds, about one run in six).
 """
 
 from __future__ import annotations
@@ -74,11 +78,27 @@ def promotion_lock(client: MlflowClient, name: str, wait_s: float = WAIT_S) -> I
             retry_busy(client.delete_registered_model, lock)
 
 
+def name_taken(exc: BaseException) -> bool:
+    """Did creating a registered model fail because its name was taken? MLflow says
+    RESOURCE_ALREADY_EXISTS; on sqlite, two creates that meet can instead surface sqlite's unique
+    key raw, or (when the other holder deleted the name before MLflow looked it up to say "already
+    exists") as "not found" raised while handling that unique-key error. Either way the name was
+    taken a moment ago: the caller tries again."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MlflowException) and seen.error_code == "RESOURCE_ALREADY_EXISTS":
+            return True
+        if "UNIQUE constraint failed: registered_models" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _try_create(client: MlflowClient, lock: str, holder: str) -> bool:
     try:
         retry_busy(client.create_registered_model, lock, tags={HOLDER_TAG: holder}, description="flagops promotion lock")
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_ALREADY_EXISTS":
+    except Exception as e:  # noqa: BLE001  (sqlite's race surfaces as SQLAlchemy's IntegrityError)
+        if name_taken(e):
             return False
         raise
     return True
@@ -110,7 +130,7 @@ def retry_busy(call: Callable[..., T], *args, busy_s: float = BUSY_S, **kwargs) 
     while True:
         try:
             return call(*args, **kwargs)
-        except MlflowException as e:
+        except Exception as e:  # noqa: BLE001  (MLflow wraps it, or SQLAlchemy's OperationalError comes raw)
             if "database is locked" not in str(e):
                 raise
             if time.monotonic() > deadline:

@@ -29,6 +29,7 @@ from flagops.models.sources import ModelSourceError
 from flagops.registry import pyfunc, tracking
 from flagops.registry.card import CardFacts, render_card, render_reranker_card
 from flagops.registry.lineage import dir_sha256, lineage_tags, version_metrics
+from flagops.registry.lock import name_taken
 from flagops.registry.tracking import TEXT_LIMIT
 
 # Versions registered before registry/pyfunc.py existed pickled their python_model by
@@ -121,8 +122,8 @@ def _register_version(model_uri: str, name: str, tags: dict[str, str], attempts:
     for attempt in range(attempts - 1):
         try:
             return mlflow.register_model(model_uri, name, tags=tags)
-        except Exception as exc:
-            if "UNIQUE constraint failed: registered_models" not in str(exc):
+        except Exception as exc:  # noqa: BLE001  (sqlite's race surfaces as SQLAlchemy's IntegrityError)
+            if not name_taken(exc):
                 raise
             time.sleep(0.2 * (attempt + 1))
     return mlflow.register_model(model_uri, name, tags=tags)

@@ -305,3 +305,39 @@ def test_database_is_locked_is_retried_then_named():
     with pytest.raises(MlflowException, match="no such model"):  # any other error passes through at once
         retry_busy(fails(10**6, MlflowException("no such model", error_code="RESOURCE_DOES_NOT_EXIST")))
     assert len(calls) == 1
+
+
+def test_a_raw_unique_constraint_error_means_the_lock_is_taken():
+    # sqlite can let two creates of one name race past MLflow's "already exists" check; the loser
+    # then gets SQLAlchemy's IntegrityError, unwrapped (seen in a clean run of the race above).
+    # A stand-in client raises it, since the race itself cannot be forced.
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST
+    from sqlalchemy.exc import IntegrityError
+
+    from flagops.registry.lock import _try_create, name_taken
+
+    raw = IntegrityError(
+        "INSERT INTO registered_models ...", {}, Exception("UNIQUE constraint failed: registered_models.workspace, registered_models.name")
+    )
+
+    class RacedClient:
+        def create_registered_model(self, *args, **kwargs):
+            raise raw
+
+    assert name_taken(raw) and name_taken(MlflowException("exists", error_code=RESOURCE_ALREADY_EXISTS))
+    assert not name_taken(MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert _try_create(RacedClient(), "m.promotion-lock", "holder") is False  # held by the other: wait, do not crash
+
+    # The other variant: MLflow caught the unique-key error and looked the name up to say "already
+    # exists", but its holder had deleted it meanwhile: "not found", raised while handling it.
+    def released_meanwhile():
+        try:
+            raise raw
+        except IntegrityError:
+            raise MlflowException("Registered Model with name=m.promotion-lock not found", error_code=RESOURCE_DOES_NOT_EXIST) from None
+
+    try:
+        released_meanwhile()
+    except MlflowException as exc:
+        assert exc.__context__ is raw and name_taken(exc)
