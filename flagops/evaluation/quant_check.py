@@ -60,7 +60,7 @@ def _measure(method: str, convert, model_cfg, source: str, evaluator: RetrievalE
     texts = evaluator.doc_texts[:COSINE_SAMPLE]
     fp32_vecs = embedder.encode(texts, is_query=False, batch_size=evaluator.batch_size)
     embedder = convert(embedder)
-    cosines = _row_cosines(fp32_vecs, embedder.encode(texts, is_query=False, batch_size=evaluator.batch_size))
+    cosines = row_cosines(fp32_vecs, embedder.encode(texts, is_query=False, batch_size=evaluator.batch_size))
     run = evaluator.search(embedder, label=method)
     score = retrieval_metrics(evaluator.eval_set.qrels, run)[primary]
     return QuantCheck(
@@ -73,7 +73,7 @@ def _measure(method: str, convert, model_cfg, source: str, evaluator: RetrievalE
     )
 
 
-def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of each row of ``a`` with the same row of ``b`` (shape (n,))."""
     dots = np.einsum("nd,nd->n", a, b)
     return dots / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from flagops.evaluation.quant_check import row_cosines
 from flagops.evaluation.retrieval import retrieval_metrics
 from flagops.models.embedder import Embedder
 from flagops.models.quantize import OPENVINO_BF16, QuantCheck
@@ -115,8 +116,7 @@ def measure_bf16(model_cfg, source: str, examples, pool: Sequence[str], batch_si
     q32, p32 = encode("fp32")
     embedder = use_openvino(embedder, model_dir, torch.bfloat16)
     q16, p16 = encode("bf16")
-    vectors32, vectors16 = np.concatenate([q32, p32]), np.concatenate([q16, p16])
-    cosines = np.einsum("nd,nd->n", vectors32, vectors16) / (np.linalg.norm(vectors32, axis=1) * np.linalg.norm(vectors16, axis=1))
+    cosines = row_cosines(np.concatenate([q32, p32]), np.concatenate([q16, p16]))
     check = QuantCheck(
         method=OPENVINO_BF16,
         eval_set=f"mining sample: nDCG@10, {len(queries)} training queries over {len(mini)} pool passages",
