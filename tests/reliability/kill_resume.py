@@ -5,7 +5,7 @@ when each step's process lives and when its first checkpoint appears. Then a sec
 workspace is run as a chain of preemptions: ``flagops pipeline`` is started, the watcher
 waits for step N's process and SIGKILLs the whole process group (pipeline, ``dvc repro``,
 the step) at a seeded random point: within the step's measured duration, or, for a
-training step, while its checkpoints are on disk (after the first appears, before the step
+training step, while its checkpoints are on disk (after the first complete one appears, before the step
 removes them with its model saved); then the re-run must resume from one. The next run resumes, and is killed in
 step N+1, and so on; a last run completes the DAG. So every step is killed once and every
 step but the first is also re-run after a kill, for about twice the DAG's cost rather than
@@ -169,7 +169,7 @@ def reference(profile: str, root: Path, target: str | None = None) -> Path:
             entry["end"] = now
             if "checkpoint" not in entry and (workdir / "dvc.yaml").is_file():
                 outs = outs or stage_outs(workdir)
-                if checkpoints(workdir, outs.get(name, [])):
+                if checkpoints(workdir, outs.get(name, []), complete=True):
                     entry["checkpoint"] = now
             if "checkpoint" in entry and checkpoints(workdir, outs.get(name, [])):
                 entry["checkpoint_last"] = now  # the step removes them once its model is saved
@@ -214,8 +214,8 @@ def run_until_kill(workdir: Path, proc: subprocess.Popen, target: str, wait_for:
                 armed = started if wait_for == "start" else None
         elif not alive(step):
             break  # the step ended before its kill
-        if step is not None and armed is None and (names := checkpoints(workdir, outs)):
-            armed, ckpt = now, names[0]
+        if step is not None and armed is None and (names := checkpoints(workdir, outs, complete=True)):
+            armed, ckpt = now, names[0]  # a complete one: a kill at +0 s must leave something to resume
         if armed is not None and now - armed >= delay:
             kids = root_proc.children(recursive=True)
             os.killpg(proc.pid, signal.SIGKILL)
