@@ -141,6 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DataError(f"--report {args.report}: the report is a .png chart or an .html page; name the file FILE.png or FILE.html")
     tasks = load_tasks(args.tasks)  # all read and checked before any model loads
     given = (("ivf_above", args.ivf_above), ("ivf_min_queries", args.ivf_min_queries), ("nprobe", args.nprobe), ("method", args.index))
+    given += (("hnsw_m", args.hnsw_m), ("ef_search", args.ef_search))
     search = IndexSettings(**{k: v for k, v in given if v is not None})
     if args.no_cache or args.cache_dir:
         search = replace(search, cache_dir=None if args.no_cache else Path(args.cache_dir))
@@ -312,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="use IVF only for a task of N or more queries: below, its build costs more than exact search (default 10000)",
     )
     p.add_argument("--nprobe", type=_count, metavar="N", help="IVF lists searched per query: more is slower, closer to exact (default 32)")
+    p.add_argument("--hnsw-m", type=_count, metavar="N", help="HNSW links per node: more is a slower build, higher recall (default 32)")
+    p.add_argument(
+        "--ef-search",
+        type=_count,
+        metavar="N",
+        help="HNSW candidates kept per query, at least the depth searched: more is slower, closer to exact (default 128)",
+    )
     p.add_argument(
         "--index",
         choices=("auto", "flat", "ivf", "hnsw"),

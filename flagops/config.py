@@ -115,10 +115,16 @@ class MiningConfig(Section):
     false_negatives: Literal["keep", "absolute", "relative"] = "keep"
     fn_threshold: float = Field(0.9, ge=-1.0, le=1.0)  # a cosine: the teacher embedder's score scale
     fn_margin: float = Field(0.95, gt=0.0, le=1.0)
-    # The pool's search: auto is exact up to ivf_above passages and faiss IVF above; flat, ivf
-    # or hnsw force one (an approximate index logs its recall@10 against exact search).
+    # The pool's search: auto is exact up to ivf_above passages (or under ivf_min_queries
+    # queries) and faiss IVF above; flat, ivf or hnsw force one (an approximate index logs its
+    # recall@10 against exact search). nprobe: IVF lists searched per query; hnsw_m: HNSW links
+    # per node; ef_search: HNSW candidates kept while searching (at least the depth searched).
     index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
     ivf_above: int = Field(200_000, ge=1)
+    ivf_min_queries: int = Field(10_000, ge=0)
+    nprobe: int = Field(32, ge=1)
+    hnsw_m: int = Field(32, ge=2)
+    ef_search: int = Field(128, ge=1)
 
     @model_validator(mode="after")
     def _window(self) -> MiningConfig:

@@ -9,6 +9,8 @@ from flagops.models.device import backend_name
 from flagops.models.quantize import as_metrics
 from flagops.registry import tracking
 
+INDEX_KEYS = ("ivf_above", "ivf_min_queries", "nprobe", "hnsw_m", "ef_search")  # mining.* keys IndexSettings shares
+
 
 def run(cfg, inputs, outputs):
     m = cfg.mining
@@ -17,7 +19,8 @@ def run(cfg, inputs, outputs):
     if teacher.check is not None:
         print(f"mine_hard_negatives: teacher check, {teacher.check.summary()}")
     print(f"mine_hard_negatives: the teacher encodes with {backend_name(teacher.encoder.model)}")
-    with index_settings(IndexSettings(method=m.index, ivf_above=m.ivf_above)):
+    search = IndexSettings(method=m.index, **{key: getattr(m, key) for key in INDEX_KEYS})
+    with index_settings(search):
         mined = mine_with_stats(
             examples,
             teacher.encoder,

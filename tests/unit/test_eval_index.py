@@ -255,4 +255,6 @@ def test_cli_index_hnsw_reports_hnsw_recall(tmp_path, capsys):
     assert main(args) == 0
     metrics = json.loads(out.read_text())["rows"][0]["metrics"]
     assert metrics["hnsw_recall@10"] > 0.9 and "ivf_recall@10" not in metrics
-    assert "HNSW search (faiss IndexHNSWFlat) over 199 passages" in capsys.readouterr().out
+    assert "HNSW search (faiss IndexHNSWFlat) over 199 passages: M 32, efSearch >= 128" in capsys.readouterr().out
+    assert main(args + ["--hnsw-m", "4", "--ef-search", "8"]) == 0
+    assert "over 199 passages: M 4, efSearch >= 8" in capsys.readouterr().out

@@ -179,7 +179,10 @@ def test_step_searches_with_the_configured_index_and_logs_its_recall(tmp_path, m
     monkeypatch.setattr(tracking, "log_metrics", lambda metrics, step=None: logged.update(metrics))
     monkeypatch.setenv("FLAGOPS_EMBEDDING_CACHE", str(tmp_path / "cache"))
     write_train_jsonl(tmp_path / "pairs.jsonl", [TrainExample(query=f"query {i}", pos=[f"passage {i}"]) for i in range(12)])
-    cfg = load_config("tiny", ["mining.range_start=0", "mining.range_end=5", "mining.negative_number=2", "mining.index=hnsw"])
+    overrides = ["mining.range_start=0", "mining.range_end=5", "mining.negative_number=2", "mining.index=hnsw"]
+    cfg = load_config("tiny", [*overrides, "mining.hnsw_m=4", "mining.ef_search=16"])
     mine_hard_negatives.run(cfg, {"train_pairs": tmp_path / "pairs.jsonl"}, {"train_data": tmp_path / "mined.jsonl"})
     assert 0.9 <= logged["hnsw_recall@10"] <= 1.0  # 12 passages: HNSW finds them all
-    assert "mine_hard_negatives: HNSW search, recall@10 against exact search" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mine_hard_negatives: HNSW search, recall@10 against exact search" in out
+    assert "M 4, efSearch >= 16" in out  # mining.hnsw_m and mining.ef_search reach the index

@@ -98,3 +98,13 @@ def test_index_method_settings_and_the_mining_config_key_validate():
     assert IndexSettings(ivf_above=10).method_for(11, 9_999) == "flat"  # too few queries for IVF's build to pay
     assert IndexSettings(ivf_above=10, ivf_min_queries=0).method_for(11, 1) == "ivf"
     assert IndexSettings(method="hnsw").method_for(5, 1) == "hnsw"
+
+
+def test_the_mining_config_defaults_are_the_index_defaults():
+    """mining.* index keys are IndexSettings' fields under the same names, with the same defaults."""
+    from flagops.config import MiningConfig
+    from flagops.steps.mine_hard_negatives import INDEX_KEYS
+
+    assert {key: getattr(MiningConfig(), key) for key in INDEX_KEYS} == {key: getattr(IndexSettings(), key) for key in INDEX_KEYS}
+    with pytest.raises(ValueError, match="hnsw_m"):
+        MiningConfig(hnsw_m=1)
