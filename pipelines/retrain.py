@@ -5,6 +5,8 @@ One compiled IR per shipped profile, `pipelines/<profile>.yaml`, pipeline `flago
 when one is stale):
     make kfp-compile        (or: python -m pipelines.retrain [--profile P | --params F] [-o FILE])
 Submit or schedule with `flagops kfp submit|schedule --profile P` (flagops/kfp_client.py).
+`--cache-pvc NAME -o FILE` compiles one whose tasks share a PersistentVolumeClaim as the flagops
+cache; submit it with `--package FILE`.
 """
 
 import argparse
@@ -21,6 +23,7 @@ HERE = Path(__file__).parent
 GPU = "nvidia.com/gpu"
 RETRIES = 2  # steps are idempotent (a retry overwrites its outputs): retry lost nodes and OOMs
 BACKOFF = "60s"  # doubles on each retry
+CACHE_MOUNT = "/var/cache/flagops"  # $FLAGOPS_CACHE in every pod, with --cache-pvc
 # Each task's `pipeline_key` is the pipeline parameter `run_group`: a non-empty value groups
 # the run's step runs under one MLflow parent run, `kfp:<run_group>`. It is not the KFP run's
 # id (dsl.PIPELINE_JOB_ID_PLACEHOLDER) because a task input is part of KFP's cache key: a new
@@ -45,8 +48,9 @@ def default_params(source: str | Path) -> str:
     return json.dumps(load_config(source).model_dump(mode="json", exclude_unset=True))
 
 
-def configure(task: dsl.PipelineTask, placed: catalog.Task) -> dsl.PipelineTask:
-    """Resources, retries, caching and Secrets for a task, all derived from the catalog."""
+def configure(task: dsl.PipelineTask, placed: catalog.Task, cache_pvc: str | None = None) -> dsl.PipelineTask:
+    """Resources, retries, caching and Secrets for a task, all derived from the catalog; with
+    ``cache_pvc``, that PersistentVolumeClaim as the flagops cache ($FLAGOPS_CACHE)."""
     step = placed.step
     res = step.resources
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
@@ -58,13 +62,18 @@ def configure(task: dsl.PipelineTask, placed: catalog.Task) -> dsl.PipelineTask:
     task.set_caching_options(enable_caching=not any(a.kind == "record" for a in step.outputs))
     for secret, key, env in placed.env:  # optional: the pod starts without it, and the step says what is missing
         kubernetes.use_secret_as_env(task, secret, {key: env}, optional=True)
+    if cache_pvc:  # models converted and checked once, passages encoded once, across pods and runs
+        kubernetes.mount_pvc(task, pvc_name=cache_pvc, mount_path=CACHE_MOUNT)
+        task.set_env_variable("FLAGOPS_CACHE", CACHE_MOUNT)
     return task
 
 
-def build(pipe: catalog.Pipeline, name: str, params_default: str, built: dict | None = None):
+def build(pipe: catalog.Pipeline, name: str, params_default: str, built: dict | None = None, cache_pvc: str | None = None):
     """A KFP pipeline with one task per task of ``pipe``; returns the first metrics artifact.
 
     ``built`` maps step names to components (default: components/, one per catalog step).
+    ``cache_pvc``: a PersistentVolumeClaim every task mounts as the flagops cache (default none:
+    each pod starts with an empty one).
     """
     built = built if built is not None else components.load()
     metrics = next((t.name, a.name) for t in pipe.tasks for a in t.step.outputs if a.kind == "metrics")
@@ -84,21 +93,21 @@ def build(pipe: catalog.Pipeline, name: str, params_default: str, built: dict | 
         producer = pipe.producer()
         for t in pipe.tasks:
             wired = {n: tasks[producer[art]].outputs[art] for n, art in t.inputs.items()}
-            tasks[t.name] = configure(built[t.name](**common, **wired), t)
+            tasks[t.name] = configure(built[t.name](**common, **wired), t, cache_pvc)
         # The evaluation metrics are the pipeline's output: the run page shows them, a caller gets them.
         return tasks[metrics[0]].outputs[metrics[1]]
 
     return retrain
 
 
-def for_config(source: str | Path):
+def for_config(source: str | Path, cache_pvc: str | None = None):
     """The pipeline of a profile name or params YAML, its default params that config."""
     cfg = load_config(source)
-    return build(catalog.pipeline(cfg), pipeline_name(cfg.profile), default_params(source))
+    return build(catalog.pipeline(cfg), pipeline_name(cfg.profile), default_params(source), cache_pvc=cache_pvc)
 
 
-def compile_to(path: str | Path, source: str | Path) -> Path:
-    compiler.Compiler().compile(for_config(source), str(path))
+def compile_to(path: str | Path, source: str | Path, cache_pvc: str | None = None) -> Path:
+    compiler.Compiler().compile(for_config(source, cache_pvc), str(path))
     return Path(path)
 
 
@@ -108,9 +117,14 @@ if __name__ == "__main__":
     group.add_argument("--profile", help="one shipped profile only (default: all, to pipelines/<profile>.yaml)")
     group.add_argument("--params", help="a params YAML of your own (needs -o)")
     parser.add_argument("-o", "--output", help="where to write (default: pipelines/<profile>.yaml)")
+    parser.add_argument(
+        "--cache-pvc",
+        metavar="NAME",
+        help=f"mount this PersistentVolumeClaim in every task at {CACHE_MOUNT} as the flagops cache (needs -o)",
+    )
     args = parser.parse_args()
-    if args.params and not args.output:
-        parser.error("--params needs -o FILE")
+    if (args.params or args.cache_pvc) and not args.output:
+        parser.error(f"{'--params' if args.params else '--cache-pvc'} needs -o FILE (the committed IRs mount no cache)")
     sources = [args.params] if args.params else [args.profile] if args.profile else shipped_profiles()
     for source in sources:
-        print(f"wrote {compile_to(args.output or package(source), source)}")
+        print(f"wrote {compile_to(args.output or package(source), source, args.cache_pvc)}")

@@ -420,3 +420,23 @@ def test_llm_synthesis_task_reads_the_api_key_from_a_secret(tmp_path):
     assert secret["secretName"] == "flagops-llm" and secret["optional"] is True
     assert secret["keyToEnv"] == [{"secretKey": "api-key", "envVar": "VLLM_API_KEY"}]
     assert len(list(yaml.safe_load_all(retrain.package("tiny").read_text()))) == 1  # heuristic: no platform spec
+
+
+def test_cache_pvc_mounts_one_claim_in_every_task_as_the_flagops_cache(tmp_path):
+    """`python -m pipelines.retrain --cache-pvc NAME -o FILE`: every task mounts the claim at
+    CACHE_MOUNT and has FLAGOPS_CACHE pointing there; the committed IRs mount none, and
+    --cache-pvc without -o (which would rewrite a committed IR) is refused."""
+    out = tmp_path / "cached.yaml"
+    cmd = [sys.executable, "-m", "pipelines.retrain", "--profile", "tiny", "--cache-pvc", "flagops-cache", "-o", str(out)]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    spec, platform = yaml.safe_load_all(out.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec["deploymentSpec"]["executors"]) and len(executors) == len(catalog.pipeline(load_config("tiny")).tasks)
+    for name, executor in executors.items():
+        [mount] = executor["pvcMount"]
+        assert mount["mountPath"] == retrain.CACHE_MOUNT and mount["constant"] == "flagops-cache", name
+        env = spec["deploymentSpec"]["executors"][name]["container"]["env"]
+        assert {"name": "FLAGOPS_CACHE", "value": retrain.CACHE_MOUNT} in env, name
+    assert "pvcMount" not in retrain.package("tiny").read_text()
+    refused = subprocess.run([sys.executable, "-m", "pipelines.retrain", "--cache-pvc", "x"], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--cache-pvc needs -o FILE" in refused.stderr
