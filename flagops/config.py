@@ -674,6 +674,8 @@ class LlaraConfig(Section):
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
     eval_batch_size: int = Field(64, ge=1)
+    save_steps: int = Field(50, ge=1)  # checkpoint every N steps of each loop; a killed run resumes from the newest
+    resume_from_checkpoint: bool = True
     seed: int = 42
 
 
@@ -699,6 +701,8 @@ class BeaconConfig(Section):
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)  # fresh-ish parameters on a tiny LM; the paper used 5e-5 on 7B
     logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(20, ge=1)  # checkpoint every N steps; a killed run resumes from the newest
+    resume_from_checkpoint: bool = True
     # Evaluation on held-out passages (longctx.held_out_fraction, the split train_base_lm kept out).
     eval_factors: tuple[int, ...] = Field((4, 8), min_length=1)  # context lengths, x base_context
     eval_segments: int = Field(4, ge=1)  # held-out texts per length for perplexity
@@ -743,6 +747,8 @@ class VisualBGEConfig(Section):
     # For the random ViT; 1e-3 collapsed every image onto one embedding within 20 steps of tiny_visual_bge
     # (the loss stuck at ln(batch x group): all candidates scored alike).
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    save_steps: int = Field(50, ge=1)  # checkpoint every N steps; a killed run resumes from the newest
+    resume_from_checkpoint: bool = True
     seed: int = 42
 
     @model_validator(mode="after")

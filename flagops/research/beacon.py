@@ -47,6 +47,7 @@ from flagops.config import ConfigError
 from flagops.data.formats import DataError, Passage, atomic_path, write_json
 from flagops.longctx.evaluate import MAX_NEW_TOKENS, load, rouge_l
 from flagops.longctx.needle import IGNORE, TokenPool, needle_keys, needle_sample, random_code, training_samples
+from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest, stamp
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 WEIGHTS_FILE = "beacon.safetensors"
@@ -232,9 +233,13 @@ def train(cfg, base_context: int, base_dir: Path, passages: Sequence[Passage], o
         f"{sum(p.numel() for p in params)} beacon parameters train, the base's {sum(p.numel() for p in base.parameters())} are frozen"
     )
 
-    # ---- train
-    curve = []
-    for step in range(1, cfg.steps + 1):
+    # ---- train (resumed from the newest checkpoint of the same config, data and base)
+    data = [p.text for p in passages] + [str(base_context), files_digest(base_dir)]
+    checkpoints = LoopCheckpoints(output, stamp(cfg, data=data), cfg.save_steps, cfg.resume_from_checkpoint)
+    done, curve, extra = checkpoints.restore(model, optimizer)
+    if extra is not None:
+        rng.setstate(extra["rng"])
+    for step in range(done + 1, cfg.steps + 1):
         batch = [samples[((step - 1) * cfg.batch_size + j) % len(samples)] for j in range(cfg.batch_size)]
         input_ids = torch.tensor([s["input_ids"] for s in batch], device=device())  # (batch, length)
         labels = torch.tensor([s["labels"] for s in batch], device=device())
@@ -245,6 +250,7 @@ def train(cfg, base_context: int, base_dir: Path, passages: Sequence[Passage], o
         optimizer.step()
         if step % cfg.logging_steps == 0 or step == 1:
             curve.append({"step": step, "loss": loss.item()})
+        checkpoints.save(step, model, optimizer, log=curve, extra={"rng": rng.getstate()})
 
     # ---- save
     with atomic_path(output, is_dir=True) as tmp:
@@ -253,6 +259,7 @@ def train(cfg, base_context: int, base_dir: Path, passages: Sequence[Passage], o
         (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     if loss_curve is not None:
         write_json(loss_curve, curve)
+    checkpoints.finish()
     losses = [c["loss"] for c in curve]
     k = max(1, len(losses) // 3)
     return {

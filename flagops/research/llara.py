@@ -25,10 +25,12 @@ looked up from the tokenizer, which gets the sixteen special tokens added (embed
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ from flagops.config import ConfigError
 from flagops.data.formats import DataError, Passage, TrainExample, atomic_path
 from flagops.losses.infonce import compute_loss_from_embeddings
 from flagops.models.llm_reranker import save_tokenizer
+from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest, stamp
 
 PREFIX = '"'
 SUMMARIZE = '", summarize the above passage within eight words: '
@@ -286,14 +289,25 @@ class LlaraEncoder:
 
 
 def train(
-    parameters, loss_fn: Callable[[int], dict[str, torch.Tensor]], steps: int, learning_rate: float, warmup_ratio: float
+    model,
+    loss_fn: Callable[[int], dict[str, torch.Tensor]],
+    steps: int,
+    learning_rate: float,
+    warmup_ratio: float,
+    checkpoints: LoopCheckpoints,
+    draws: dict[str, Any],
 ) -> list[dict]:
-    """AdamW with linear warmup and decay, ``steps`` steps of ``loss_fn(step)["total"]``; every step's losses."""
-    parameters = [p for p in parameters if p.requires_grad]
+    """AdamW with linear warmup and decay, ``steps`` steps of ``loss_fn(step)["total"]`` on the model's
+    trainable parameters; every step's losses. Checkpointed every ``checkpoints.every`` steps with the
+    state of each of ``draws`` (objects with ``getstate``/``setstate``: the batch draws), resumed from
+    the newest."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(optimizer, int(steps * warmup_ratio), steps)
-    log = []
-    for step in range(steps):
+    done, log, extra = checkpoints.restore(model, optimizer, schedule)
+    for name, state in (extra or {}).items():
+        draws[name].setstate(state)
+    for step in range(done, steps):
         losses = loss_fn(step)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -301,20 +315,37 @@ def train(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step + 1, **{k: round(float(v.detach()), 6) for k, v in losses.items()}})
+        checkpoints.save(step + 1, model, optimizer, schedule, log, {name: d.getstate() for name, d in draws.items()})
     return log
 
 
-def batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Index batches of ``batch_size`` drawn from reshuffled passes over ``range(n)``, for ever."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        while len(order) < batch_size:
-            fresh = list(range(n))
-            rng.shuffle(fresh)
-            order += fresh
-        yield order[:batch_size]
-        order = order[batch_size:]
+class Batches:
+    """Index batches of ``batch_size`` drawn from reshuffled passes over ``range(n)``, for ever; its
+    state (``getstate``/``setstate``) is a checkpoint's, so a resumed run draws the same batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self
+
+    def __next__(self) -> list[int]:
+        while len(self.order) < self.batch_size:
+            fresh = list(range(self.n))
+            self.rng.shuffle(fresh)
+            self.order += fresh
+        batch, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return batch
+
+    def getstate(self) -> tuple:
+        return self.rng.getstate(), list(self.order)
+
+    def setstate(self, state: tuple) -> None:
+        rng, order = state
+        self.rng.setstate(tuple(rng) if isinstance(rng, list) else rng)
+        self.order = list(order)
 
 
 def summary(log: Sequence[dict], keys: Sequence[str]) -> dict[str, float]:
@@ -356,24 +387,30 @@ def pretrain(cfg, lm_dir: Path, passages: Sequence[Passage], output: Path) -> tu
     tokenizer, model = load_lm(lm_dir, cfg)
     prompts = Prompts.of(tokenizer)
     samples = [pretrain_sample(tokenizer, prompts, row, cfg.passage_max_len) for row in pretrain_records(passages)]
-    draw = batches(len(samples), cfg.pretrain_batch_size, cfg.seed)
+    draw = Batches(len(samples), cfg.pretrain_batch_size, cfg.seed)
     print(
         f"pretrain_llara: {len(samples)} (passage, next passage) rows | batch {cfg.pretrain_batch_size} | {cfg.pretrain_steps} steps | "
         f"mean {np.mean([len(s.input_ids) for s in samples]):.0f} tokens per row (both prompts)"
     )
 
-    # ---- train
+    # ---- train (resumed from the newest checkpoint of the same config, data and LM)
     model.train()
+    checkpoints = LoopCheckpoints(
+        output, stamp(cfg, data=[p.text for p in passages] + [files_digest(lm_dir)]), cfg.save_steps, cfg.resume_from_checkpoint
+    )
     log = train(
-        model.parameters(),
+        model,
         lambda _: pretrain_losses(model, collate_pretrain([samples[i] for i in next(draw)], tokenizer.pad_token_id)),
         cfg.pretrain_steps,
         cfg.pretrain_learning_rate,
         cfg.warmup_ratio,
+        checkpoints,
+        {"draw": draw},
     )
 
     # ---- save
     save_lm(model.eval(), tokenizer, output)
+    checkpoints.finish()
     return summary(log, ("ar", "ebae", "ebar", "total")), log
 
 
@@ -415,7 +452,7 @@ def finetune(cfg, lm_dir: Path, examples: Sequence[TrainExample], output: Path) 
     prompts = Prompts.of(tokenizer)
     model = get_peft_model(model, lora(cfg))
     trainable, total = model.get_nb_trainable_parameters()
-    draw = batches(len(examples), cfg.finetune_batch_size, cfg.seed)
+    draw = Batches(len(examples), cfg.finetune_batch_size, cfg.seed)
     print(
         f"finetune_llara: {lm_dir.name}: {len(examples)} queries | batch {cfg.finetune_batch_size} x group {cfg.train_group_size} | "
         f"{cfg.finetune_steps} steps | LoRA r {cfg.lora_rank}: {trainable:,} of {total:,} parameters trained"
@@ -430,10 +467,13 @@ def finetune(cfg, lm_dir: Path, examples: Sequence[TrainExample], output: Path) 
         p = embed(model, passages, tokenizer.pad_token_id)  # (batch * group, dim), each query's positive first
         return {"total": compute_loss_from_embeddings(q, p, cfg.temperature, in_batch=True)}
 
-    # ---- train
+    # ---- train (resumed from the newest checkpoint of the same config, data and LM)
     model.train()
-    log = train(model.parameters(), step, cfg.finetune_steps, cfg.finetune_learning_rate, cfg.warmup_ratio)
+    data = [json.dumps(ex.to_json(), sort_keys=True) for ex in examples] + [files_digest(lm_dir)]
+    checkpoints = LoopCheckpoints(output, stamp(cfg, data=data), cfg.save_steps, cfg.resume_from_checkpoint)
+    log = train(model, step, cfg.finetune_steps, cfg.finetune_learning_rate, cfg.warmup_ratio, checkpoints, {"draw": draw, "rng": rng})
 
     # ---- save: the adapter merged into the LM
     save_lm(model.merge_and_unload().eval(), tokenizer, output)
+    checkpoints.finish()
     return summary(log, ("total",)), log

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ from flagops.config import ConfigError
 from flagops.data.formats import DataError, atomic_path, iter_jsonl, write_jsonl
 from flagops.losses.infonce import compute_loss_from_embeddings
 from flagops.models.visual_bge import VisualBGE, VisualSettings
+from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest, stamp
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 89, 212), "yellow": (230, 200, 30), "purple": (148, 62, 189)}
@@ -237,9 +239,10 @@ def hard_negatives(
     return picked
 
 
-def train_batches(data: Dataset, cfg, rng: random.Random):
+def train_batches(data: Dataset, cfg, rng: random.Random, start: int = 0):
     """Endless batches, alternating tasks: ``("t2i", query texts, None, candidate ids)`` and
-    ``("edit", instructions, source ids, candidate ids)``; each query's group is contiguous, positive first."""
+    ``("edit", instructions, source ids, candidate ids)``; each query's group is contiguous, positive first.
+    ``start``: the steps already taken (a resumed run, ``rng`` in the state it had then)."""
     train = data.split("train")
     combos = {r.id: r.combo for r in train}
     by_combo: dict[Combo, list[str]] = {}
@@ -247,7 +250,7 @@ def train_batches(data: Dataset, cfg, rng: random.Random):
         by_combo.setdefault(r.combo, []).append(r.id)
     edits = [e for e in data.edits if e.split == "train"]
     phrasings = range(len(TEMPLATES) - 1)  # the last is the held-out queries'
-    for step in itertools.count():
+    for step in itertools.count(start):
         if step % 2 == 0:
             rows = rng.sample(train, cfg.batch_size)
             texts = [describe(r.combo, rng.choice(phrasings)) for r in rows]
@@ -279,8 +282,15 @@ def train(cfg, model_cfg, data: Dataset, out_dir: str | Path) -> dict[str, float
 
     blank = [""] * (cfg.batch_size * cfg.group_size)
     losses: dict[str, list[float]] = {"t2i": [], "edit": []}
-    batches = train_batches(data, cfg, random.Random(cfg.seed))
-    for _ in range(cfg.max_steps):
+    rng = random.Random(cfg.seed)
+    rows = [json.dumps(asdict(r), sort_keys=True) for r in [*data.images.values(), *data.edits]] + [files_digest(data.root)]
+    checkpoints = LoopCheckpoints(Path(out_dir), stamp(cfg, model_cfg, data=rows), cfg.save_steps, cfg.resume_from_checkpoint)
+    done, _, extra = checkpoints.restore(model, optimizer)
+    if extra is not None:
+        rng.setstate(extra["rng"])
+        losses = extra["losses"]
+    batches = train_batches(data, cfg, rng, start=done)
+    for step in range(done + 1, cfg.max_steps + 1):
         task, texts, sources, candidates = next(batches)
         if task == "t2i":
             with torch.no_grad():  # a text query has no trainable part
@@ -293,7 +303,9 @@ def train(cfg, model_cfg, data: Dataset, out_dir: str | Path) -> dict[str, float
         loss.backward()
         optimizer.step()
         losses[task].append(loss.item())
+        checkpoints.save(step, model, optimizer, extra={"rng": rng.getstate(), "losses": losses})
     model.eval().save(out_dir)
+    checkpoints.finish()
 
     def mean(xs: list[float]) -> float:
         return float(np.mean(xs)) if xs else float("nan")

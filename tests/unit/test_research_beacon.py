@@ -239,6 +239,24 @@ def test_train_saves_only_beacon_parameters_and_logs_the_loss(beacon_lm):
     assert [c["step"] for c in curve] == [1, 2, 3] and all(math.isfinite(c["loss"]) for c in curve)
 
 
+def test_training_killed_after_a_checkpoint_resumes_to_the_same_beacon_weights(base_lm, beacon_lm, corpus, tmp_path):
+    """The re-run resumes from checkpoint-2 (the beacon parameters, AdamW, torch's RNG and the
+    window-ratio draws) and ends with the uninterrupted run's weights and loss curve."""
+    from tests.loop_kill import killed_after
+
+    cfg = _cfg(save_steps=2)
+    out, curve = tmp_path / "beacon_lm", tmp_path / "loss.json"
+    with killed_after(2):
+        train_beacon.run(cfg, {"base_lm": base_lm, "corpus": corpus}, {"beacon_lm": out, "beacon_loss_curve": curve})
+    assert not out.exists() and (tmp_path / ".beacon_lm.checkpoints" / "checkpoint-2").is_dir()
+    train_beacon.run(cfg, {"base_lm": base_lm, "corpus": corpus}, {"beacon_lm": out, "beacon_loss_curve": curve})
+    whole_out, whole_curve = beacon_lm
+    assert json.loads(curve.read_text()) == whole_curve
+    resumed, whole = load_file(str(out / beacon.WEIGHTS_FILE)), load_file(str(whole_out / beacon.WEIGHTS_FILE))
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert not (tmp_path / ".beacon_lm.checkpoints").exists()
+
+
 def test_beacon_weights_must_fit_the_base(base_lm, beacon_lm, tmp_path):
     with pytest.raises(DataError, match="point beacon_lm at train_beacon's output"):
         beacon.load_beacon(base_lm, tmp_path)

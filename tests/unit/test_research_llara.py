@@ -288,3 +288,33 @@ def test_steps_pretrain_finetune_evaluate(lm_dir, passages, tmp_path):
 def test_lengths_beyond_the_window_fail(lm_dir):
     with pytest.raises(ConfigError, match="exceed the LM's window of 96"):
         llara.load_lm(lm_dir, _cfg(passage_max_len=120).llara)
+
+
+def test_pretraining_and_fine_tuning_killed_after_a_checkpoint_resume_to_the_same_model(lm_dir, passages, tmp_path):
+    """A re-run after a kill resumes from the newest checkpoint (its LM weights, AdamW and the
+    schedule, torch's RNG for dropout, the batch draws) and ends where an uninterrupted run does."""
+    from safetensors.torch import load_file
+
+    from tests.loop_kill import killed_after
+
+    cfg = _cfg(pretrain_steps=4, finetune_steps=3, save_steps=2, lora_dropout=0.3).llara
+    examples = [
+        TrainExample(p.title or p.text[:30], [p.text[:200]], [q.text[:200] for q in passages[i + 1 : i + 3]])
+        for i, p in enumerate(passages[:12])
+    ]
+    whole, whole_log = llara.pretrain(cfg, lm_dir, passages, tmp_path / "whole" / "pre")
+    with killed_after(2):
+        llara.pretrain(cfg, lm_dir, passages, tmp_path / "cut" / "pre")
+    resumed, resumed_log = llara.pretrain(cfg, lm_dir, passages, tmp_path / "cut" / "pre")
+    assert resumed_log == whole_log and resumed == whole
+    weights = [load_file(tmp_path / run / "pre" / "model.safetensors") for run in ("whole", "cut")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    _, tuned_log = llara.finetune(cfg, lm_dir, examples, tmp_path / "whole" / "ft")
+    with killed_after(2):
+        llara.finetune(cfg, lm_dir, examples, tmp_path / "cut" / "ft")
+    _, resumed_tuned_log = llara.finetune(cfg, lm_dir, examples, tmp_path / "cut" / "ft")
+    assert resumed_tuned_log == tuned_log  # step 3 drew the same groups and dropout
+    weights = [load_file(tmp_path / run / "ft" / "model.safetensors") for run in ("whole", "cut")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not list((tmp_path / "cut").glob(".*.checkpoints"))

@@ -227,6 +227,23 @@ def test_the_three_steps_on_a_tiny_workspace(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in result.values())
 
 
+def test_training_killed_after_a_checkpoint_resumes_to_the_same_model(dataset, tmp_path):
+    """The re-run resumes from checkpoint-3 (the ViT and projection, AdamW, torch's RNG, the batch
+    draws and which task comes next) and ends with the uninterrupted run's weights and losses."""
+    from tests.loop_kill import killed_after
+
+    shape = {"image_size": 64, "patch_size": 16, "vit_hidden_size": 16, "vit_layers": 1}  # the dataset's images
+    cfg = validate({"model": {"base": "tiny-bert"}, "visual_bge": {**shape, "max_steps": 5, "batch_size": 2, "save_steps": 3}})
+    whole = vb.train(cfg.visual_bge, cfg.model, dataset, tmp_path / "whole")
+    with killed_after(3):  # odd: step 4 is a composed (edit) batch, not a text one
+        vb.train(cfg.visual_bge, cfg.model, dataset, tmp_path / "cut")
+    resumed = vb.train(cfg.visual_bge, cfg.model, dataset, tmp_path / "cut")
+    assert resumed == whole
+    a, b = VisualBGE.load(tmp_path / "whole"), VisualBGE.load(tmp_path / "cut")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not (tmp_path / ".cut.checkpoints").exists()
+
+
 def test_a_batch_larger_than_the_training_edits_is_a_config_error(dataset, tmp_path):
     cfg = validate({"visual_bge": {"batch_size": 121}})
     with pytest.raises(ConfigError, match="batch_size 121 exceeds the 120 training edits"):
