@@ -235,7 +235,7 @@ def train(cfg, base_context: int, base_dir: Path, passages: Sequence[Passage], o
 
     # ---- train (resumed from the newest checkpoint of the same config, data and base)
     data = [p.text for p in passages] + [str(base_context), files_digest(base_dir)]
-    checkpoints = LoopCheckpoints(output, stamp(cfg, data=data), cfg.save_steps, cfg.resume_from_checkpoint)
+    checkpoints = LoopCheckpoints("train_beacon", output, stamp(cfg, data=data), cfg.save_steps, cfg.resume_from_checkpoint)
     done, curve, extra = checkpoints.restore(model, optimizer)
     if extra is not None:
         rng.setstate(extra["rng"])

@@ -396,7 +396,11 @@ def pretrain(cfg, lm_dir: Path, passages: Sequence[Passage], output: Path) -> tu
     # ---- train (resumed from the newest checkpoint of the same config, data and LM)
     model.train()
     checkpoints = LoopCheckpoints(
-        output, stamp(cfg, data=[p.text for p in passages] + [files_digest(lm_dir)]), cfg.save_steps, cfg.resume_from_checkpoint
+        "pretrain_llara",
+        output,
+        stamp(cfg, data=[p.text for p in passages] + [files_digest(lm_dir)]),
+        cfg.save_steps,
+        cfg.resume_from_checkpoint,
     )
     log = train(
         model,
@@ -440,7 +444,9 @@ def lora(cfg):
     )
 
 
-def finetune(cfg, lm_dir: Path, examples: Sequence[TrainExample], output: Path) -> tuple[dict[str, float], list[dict]]:
+def finetune(
+    cfg, lm_dir: Path, examples: Sequence[TrainExample], output: Path, label: str = "finetune_llara"
+) -> tuple[dict[str, float], list[dict]]:
     """InfoNCE (in-batch + hard negatives, temperature ``cfg.temperature``) with LoRA; the merged
     model to ``output``. (summary, every step's loss)."""
     from peft import get_peft_model
@@ -470,7 +476,7 @@ def finetune(cfg, lm_dir: Path, examples: Sequence[TrainExample], output: Path) 
     # ---- train (resumed from the newest checkpoint of the same config, data and LM)
     model.train()
     data = [json.dumps(ex.to_json(), sort_keys=True) for ex in examples] + [files_digest(lm_dir)]
-    checkpoints = LoopCheckpoints(output, stamp(cfg, data=data), cfg.save_steps, cfg.resume_from_checkpoint)
+    checkpoints = LoopCheckpoints(label, output, stamp(cfg, data=data), cfg.save_steps, cfg.resume_from_checkpoint)
     log = train(model, step, cfg.finetune_steps, cfg.finetune_learning_rate, cfg.warmup_ratio, checkpoints, {"draw": draw, "rng": rng})
 
     # ---- save: the adapter merged into the LM

@@ -284,7 +284,9 @@ def train(cfg, model_cfg, data: Dataset, out_dir: str | Path) -> dict[str, float
     losses: dict[str, list[float]] = {"t2i": [], "edit": []}
     rng = random.Random(cfg.seed)
     rows = [json.dumps(asdict(r), sort_keys=True) for r in [*data.images.values(), *data.edits]] + [files_digest(data.root)]
-    checkpoints = LoopCheckpoints(Path(out_dir), stamp(cfg, model_cfg, data=rows), cfg.save_steps, cfg.resume_from_checkpoint)
+    checkpoints = LoopCheckpoints(
+        "train_visual_bge", Path(out_dir), stamp(cfg, model_cfg, data=rows), cfg.save_steps, cfg.resume_from_checkpoint
+    )
     done, _, extra = checkpoints.restore(model, optimizer)
     if extra is not None:
         rng.setstate(extra["rng"])

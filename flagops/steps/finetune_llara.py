@@ -6,9 +6,12 @@ from flagops.data.formats import read_train_jsonl
 from flagops.registry import tracking
 from flagops.research.llara import finetune
 
+STEPS = {"llara_model": "finetune_llara", "llara_plain_model": "finetune_llara_plain"}  # output -> catalog step
+
 
 def run(cfg, inputs, outputs, output: str):
-    summary, _ = finetune(cfg.llara, inputs["lm"], list(read_train_jsonl(inputs["train_data"])), outputs[output])
+    examples = list(read_train_jsonl(inputs["train_data"]))
+    summary, _ = finetune(cfg.llara, inputs["lm"], examples, outputs[output], label=STEPS[output])
     tracking.log_metrics({f"finetune/{k}": v for k, v in summary.items()})
     print(f"{output}: InfoNCE {summary['total_start']:.3f} -> {summary['total_end']:.3f} -> {outputs[output]}")
     return outputs

@@ -56,8 +56,8 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 class LoopCheckpoints:
     """Save every ``every`` steps beside ``output``; ``restore`` the newest on a re-run (with ``resume``)."""
 
-    def __init__(self, output: Path, stamp: str, every: int, resume: bool = True):
-        self.every = every
+    def __init__(self, label: str, output: Path, stamp: str, every: int, resume: bool = True):
+        self.label, self.every = label, every  # label: the step, as its log lines start
         self.dir, last = common.prepare_checkpoints(Path(output), stamp, resume)
         self.last = Path(last) if last else None
 
@@ -79,7 +79,7 @@ class LoopCheckpoints:
         torch.set_rng_state(state["rng"])
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        print(f"resumed from {self.last} (step {state['step']})")
+        print(f"{self.label}: resuming from {self.last.name} (its steps 1-{state['step']} are not run again)")
         return state["step"], state["log"], state["extra"]
 
     def save(self, step: int, model: torch.nn.Module, optimizer, schedule=None, log: list | None = None, extra: Any = None) -> None:

@@ -44,7 +44,9 @@ def test_tiny_dag_resumes_after_kills_in_synthesis_and_training(tmp_path_factory
 
 @pytest.mark.slow
 @pytest.mark.long
-@pytest.mark.parametrize("profile", ["tiny", "tiny_m3", "tiny_all", "tiny_longctx", "tiny_layerwise"])
+@pytest.mark.parametrize(
+    "profile", ["tiny", "tiny_m3", "tiny_all", "tiny_longctx", "tiny_layerwise", "tiny_beacon", "tiny_llara", "tiny_visual_bge"]
+)
 def test_every_step_resumes_after_a_kill(profile, tmp_path_factory, tmp_path):
     outcomes, summary = kill_resume.kill_chain(profile, tmp_path_factory.mktemp(f"kill_resume_{profile}"), seed=0)
     _check(outcomes, summary, tmp_path)

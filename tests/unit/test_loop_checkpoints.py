@@ -28,7 +28,7 @@ def loop(output, cfg: Section) -> tuple[dict, list]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     rng = random.Random(0)
     data = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
-    checkpoints = LoopCheckpoints(output, stamp(cfg, data=["x"]), cfg.save_steps)
+    checkpoints = LoopCheckpoints("loop", output, stamp(cfg, data=["x"]), cfg.save_steps)
     done, log, extra = checkpoints.restore(model, optimizer)
     if extra is not None:
         rng.setstate(extra["rng"])
@@ -45,7 +45,7 @@ def loop(output, cfg: Section) -> tuple[dict, list]:
     return {k: v.clone() for k, v in model.state_dict().items()}, log
 
 
-def test_a_loop_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights_and_losses(tmp_path):
+def test_a_loop_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights_and_losses(tmp_path, capsys):
     weights, losses = loop(tmp_path / "a" / "out", Section())
     with killed_after(4):
         loop(tmp_path / "b" / "out", Section())
@@ -53,6 +53,7 @@ def test_a_loop_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights_a
     assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-4"]  # checkpoint-2 went when 4 landed
     assert common.checkpoint_complete(ckpt / "checkpoint-4")
     resumed_weights, resumed_losses = loop(tmp_path / "b" / "out", Section())
+    assert "loop: resuming from checkpoint-4 (its steps 1-4 are not run again)" in capsys.readouterr().out  # the kill harness reads it
     assert resumed_losses == losses  # steps 1-4 from the checkpoint's log, 5-6 drawn and computed as before
     assert all(torch.equal(resumed_weights[k], weights[k]) for k in weights)
     assert not ckpt.exists()  # removed once the model is saved
@@ -63,19 +64,19 @@ def test_a_checkpoint_of_another_config_is_wiped_not_resumed(tmp_path, capsys):
         loop(tmp_path / "out", Section())
     fresh_weights, fresh_losses = loop(tmp_path / "fresh" / "out", Section(save_steps=3))
     weights, losses = loop(tmp_path / "out", Section(save_steps=3))  # another stamp: starts over
-    assert "resumed from" not in capsys.readouterr().out
+    assert "resuming from" not in capsys.readouterr().out
     assert losses == fresh_losses and all(torch.equal(weights[k], fresh_weights[k]) for k in weights)
 
 
 def test_resume_off_starts_over_and_a_model_whose_parameters_differ_is_refused(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())
-    checkpoints = LoopCheckpoints(tmp_path / "out", "s", every=1)
+    checkpoints = LoopCheckpoints("loop", tmp_path / "out", "s", every=1)
     checkpoints.save(1, model, optimizer)
-    assert LoopCheckpoints(tmp_path / "out", "s", every=1, resume=False).restore(model, optimizer) == (0, [], None)
+    assert LoopCheckpoints("loop", tmp_path / "out", "s", every=1, resume=False).restore(model, optimizer) == (0, [], None)
     other = torch.nn.Linear(2, 2, bias=False)
     with pytest.raises(RuntimeError, match=r"not this model's trainable ones; delete .*\.out\.checkpoints"):
-        LoopCheckpoints(tmp_path / "out", "s", every=1).restore(other, torch.optim.AdamW(other.parameters()))
+        LoopCheckpoints("loop", tmp_path / "out", "s", every=1).restore(other, torch.optim.AdamW(other.parameters()))
 
 
 def test_files_digest_follows_names_and_sizes(tmp_path):
