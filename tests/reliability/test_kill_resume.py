@@ -42,11 +42,23 @@ def test_tiny_dag_resumes_after_kills_in_synthesis_and_training(tmp_path_factory
         assert train.resumed_from.startswith("checkpoint-"), "the re-run of train_embedder started over instead of resuming"
 
 
+# Between them these profiles hold every catalog step (tiny_merge, tiny_pretrain and tiny_reranker are parts of tiny_all).
+EVERY_STEP = [
+    "tiny",
+    "tiny_m3",
+    "tiny_all",
+    "tiny_longctx",
+    "tiny_layerwise",
+    "tiny_llm_embedder",
+    "tiny_beacon",
+    "tiny_llara",
+    "tiny_visual_bge",
+]
+
+
 @pytest.mark.slow
 @pytest.mark.long
-@pytest.mark.parametrize(
-    "profile", ["tiny", "tiny_m3", "tiny_all", "tiny_longctx", "tiny_layerwise", "tiny_beacon", "tiny_llara", "tiny_visual_bge"]
-)
+@pytest.mark.parametrize("profile", EVERY_STEP)
 def test_every_step_resumes_after_a_kill(profile, tmp_path_factory, tmp_path):
     outcomes, summary = kill_resume.kill_chain(profile, tmp_path_factory.mktemp(f"kill_resume_{profile}"), seed=0)
     _check(outcomes, summary, tmp_path)
@@ -72,3 +84,12 @@ def test_a_checkpoint_cut_short_by_a_kill_is_never_resumed(tmp_path):
     found, resume = common.prepare_checkpoints(output, "stamp", resume=True)
     assert found == ckpt and resume == str(ckpt / "checkpoint-3")
     assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+def test_the_long_kill_chain_profiles_hold_every_catalog_step():
+    from flagops import catalog
+    from flagops.config import load_config
+
+    covered = set().union(*(catalog.pipeline(load_config(profile)).names for profile in EVERY_STEP))
+    # score_with_teacher runs only with teacher.mode: external (a user's teacher model), in no shipped profile
+    assert covered == {step.name for step in catalog.STEPS} - {"score_with_teacher"}
