@@ -11,6 +11,7 @@ cache; submit it with `--package FILE`.
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
@@ -29,6 +30,13 @@ CACHE_MOUNT = "/var/cache/flagops"  # $FLAGOPS_CACHE in every pod, with --cache-
 # id (dsl.PIPELINE_JOB_ID_PLACEHOLDER) because a task input is part of KFP's cache key: a new
 # value every run would end cache hits across runs. `flagops kfp submit --group-runs` sets a
 # fresh group per submission; "" (the default, and every scheduled run) logs top-level runs.
+
+
+def claim_name(text: str) -> str:
+    """A PersistentVolumeClaim name: a DNS-1123 subdomain (lower-case letters, digits, '-' and '.')."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is no PersistentVolumeClaim name; use lower-case letters, digits, '-' and '.'")
+    return text
 
 
 def package(profile: str) -> Path:
@@ -119,6 +127,7 @@ if __name__ == "__main__":
     parser.add_argument("-o", "--output", help="where to write (default: pipelines/<profile>.yaml)")
     parser.add_argument(
         "--cache-pvc",
+        type=claim_name,
         metavar="NAME",
         help=f"mount this PersistentVolumeClaim in every task at {CACHE_MOUNT} as the flagops cache (needs -o)",
     )

@@ -440,3 +440,5 @@ def test_cache_pvc_mounts_one_claim_in_every_task_as_the_flagops_cache(tmp_path)
     assert "pvcMount" not in retrain.package("tiny").read_text()
     refused = subprocess.run([sys.executable, "-m", "pipelines.retrain", "--cache-pvc", "x"], cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "--cache-pvc needs -o FILE" in refused.stderr
+    bad = subprocess.run([*cmd[:-4], "--cache-pvc", "Flagops_Cache", "-o", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "'Flagops_Cache' is no PersistentVolumeClaim name" in bad.stderr

@@ -85,3 +85,17 @@ def test_files_digest_follows_names_and_sizes(tmp_path):
     assert files_digest(tmp_path) == first
     (tmp_path / "a.bin").write_bytes(b"123")
     assert files_digest(tmp_path) != first
+
+
+def test_the_cuda_rng_state_travels_with_a_checkpoint_where_cuda_is_present(tmp_path, monkeypatch):
+    """No GPU here: torch.cuda's availability and RNG calls are stand-ins, recording what a resume sets."""
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    LoopCheckpoints("loop", tmp_path / "out", "s", every=1).save(1, model, optimizer)
+    assert LoopCheckpoints("loop", tmp_path / "out", "s", every=1).restore(model, optimizer)[0] == 1
+    assert len(restored) == 1 and torch.equal(restored[0][0], states[0])
