@@ -47,7 +47,8 @@ from flagops.config import ConfigError
 from flagops.data.formats import DataError, Passage, atomic_path, write_json
 from flagops.longctx.evaluate import MAX_NEW_TOKENS, load, rouge_l
 from flagops.longctx.needle import IGNORE, TokenPool, needle_keys, needle_sample, random_code, training_samples
-from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest, stamp
+from flagops.training.common import stamp
+from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 WEIGHTS_FILE = "beacon.safetensors"

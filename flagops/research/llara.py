@@ -25,7 +25,6 @@ looked up from the tokenizer, which gets the sixteen special tokens added (embed
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,8 @@ from flagops.config import ConfigError
 from flagops.data.formats import DataError, Passage, TrainExample, atomic_path
 from flagops.losses.infonce import compute_loss_from_embeddings
 from flagops.models.llm_reranker import save_tokenizer
-from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest, stamp
+from flagops.training.common import fingerprint, stamp
+from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest
 
 PREFIX = '"'
 SUMMARIZE = '", summarize the above passage within eight words: '
@@ -344,7 +344,7 @@ class Batches:
 
     def setstate(self, state: tuple) -> None:
         rng, order = state
-        self.rng.setstate(tuple(rng) if isinstance(rng, list) else rng)
+        self.rng.setstate(rng)
         self.order = list(order)
 
 
@@ -475,8 +475,8 @@ def finetune(
 
     # ---- train (resumed from the newest checkpoint of the same config, data and LM)
     model.train()
-    data = [json.dumps(ex.to_json(), sort_keys=True) for ex in examples] + [files_digest(lm_dir)]
-    checkpoints = LoopCheckpoints(label, output, stamp(cfg, data=data), cfg.save_steps, cfg.resume_from_checkpoint)
+    stamped = fingerprint(cfg, examples=examples, extra=[files_digest(lm_dir)])
+    checkpoints = LoopCheckpoints(label, output, stamped, cfg.save_steps, cfg.resume_from_checkpoint)
     log = train(model, step, cfg.finetune_steps, cfg.finetune_learning_rate, cfg.warmup_ratio, checkpoints, {"draw": draw, "rng": rng})
 
     # ---- save: the adapter merged into the LM

@@ -35,7 +35,8 @@ from flagops.config import ConfigError
 from flagops.data.formats import DataError, atomic_path, iter_jsonl, write_jsonl
 from flagops.losses.infonce import compute_loss_from_embeddings
 from flagops.models.visual_bge import VisualBGE, VisualSettings
-from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest, stamp
+from flagops.training.common import stamp
+from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 89, 212), "yellow": (230, 200, 30), "purple": (148, 62, 189)}
@@ -287,10 +288,10 @@ def train(cfg, model_cfg, data: Dataset, out_dir: str | Path) -> dict[str, float
     checkpoints = LoopCheckpoints(
         "train_visual_bge", Path(out_dir), stamp(cfg, model_cfg, data=rows), cfg.save_steps, cfg.resume_from_checkpoint
     )
-    done, _, extra = checkpoints.restore(model, optimizer)
+    done, saved, extra = checkpoints.restore(model, optimizer)
     if extra is not None:
         rng.setstate(extra["rng"])
-        losses = extra["losses"]
+        losses = saved
     batches = train_batches(data, cfg, rng, start=done)
     for step in range(done + 1, cfg.max_steps + 1):
         task, texts, sources, candidates = next(batches)
@@ -305,7 +306,7 @@ def train(cfg, model_cfg, data: Dataset, out_dir: str | Path) -> dict[str, float
         loss.backward()
         optimizer.step()
         losses[task].append(loss.item())
-        checkpoints.save(step, model, optimizer, extra={"rng": rng.getstate(), "losses": losses})
+        checkpoints.save(step, model, optimizer, log=losses, extra={"rng": rng.getstate()})
     model.eval().save(out_dir)
     checkpoints.finish()
 

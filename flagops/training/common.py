@@ -8,13 +8,14 @@ group, so call it before anything that asks for the world size or waits at a bar
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
 import shutil
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,17 @@ def barrier() -> None:
 # --------------------------------------------------------------------------- checkpoints and arguments
 
 
-def fingerprint(*configs, examples: Sequence[TrainExample]) -> str:
-    """A hash of the config sections and the data: checkpoints of another run never resume."""
+def stamp(*configs, data: Iterable[str] = ()) -> str:
+    """A hash of the config sections and the data's texts: checkpoints of another run never resume."""
     h = hashlib.sha256(b"".join(c.model_dump_json().encode() for c in configs))
-    for ex in examples:
-        h.update(json.dumps(ex.to_json(), sort_keys=True).encode())
+    for text in data:
+        h.update(hashlib.sha256(text.encode()).digest())
     return h.hexdigest()
+
+
+def fingerprint(*configs, examples: Sequence[TrainExample], extra: Iterable[str] = ()) -> str:
+    """``stamp`` of the config sections, the training examples and ``extra`` (a base model's digest, say)."""
+    return stamp(*configs, data=itertools.chain((json.dumps(ex.to_json(), sort_keys=True) for ex in examples), extra))
 
 
 def checkpoint_dir(output: Path) -> Path:

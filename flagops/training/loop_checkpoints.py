@@ -2,7 +2,7 @@
 
 The HF Trainer recipes checkpoint through the Trainer (``common.prepare_checkpoints``); these
 loops are a few lines of AdamW each, so they save their own state in the same place, beside the
-output (``common.checkpoint_dir``), stamped the same way (a checkpoint of another config or
+output (``common.checkpoint_dir``), stamped the same way (``common.stamp``: a checkpoint of another config or
 other data is wiped, never resumed), and removed once the model is saved.
 
 A checkpoint is ``checkpoint-N/`` written under a temporary name and renamed whole, so a kill
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ from flagops.training import common
 
 STATE_FILE = "loop_state.pt"
 STEP_FILE = "trainer_state.json"  # common.checkpoint_complete reads this name
-
-
-def stamp(*configs, data: Iterable[str]) -> str:
-    """A hash of the config sections and the training data's texts (or ids): what a checkpoint must match."""
-    h = hashlib.sha256(b"".join(c.model_dump_json().encode() for c in configs))
-    for text in data:
-        h.update(hashlib.sha256(text.encode()).digest())
-    return h.hexdigest()
 
 
 def files_digest(directory: str | Path) -> str:
@@ -61,7 +52,7 @@ class LoopCheckpoints:
         self.dir, last = common.prepare_checkpoints(Path(output), stamp, resume)
         self.last = Path(last) if last else None
 
-    def restore(self, model: torch.nn.Module, optimizer, schedule=None) -> tuple[int, list, Any]:
+    def restore(self, model: torch.nn.Module, optimizer, schedule=None) -> tuple[int, Any, Any]:
         """(steps already done, the log so far, ``extra`` as saved); (0, [], None) with nothing to resume.
         The model's trainable parameters, the optimizer, the schedule and torch's RNG are set in place."""
         if self.last is None:
@@ -82,7 +73,7 @@ class LoopCheckpoints:
         print(f"{self.label}: resuming from {self.last.name} (its steps 1-{state['step']} are not run again)")
         return state["step"], state["log"], state["extra"]
 
-    def save(self, step: int, model: torch.nn.Module, optimizer, schedule=None, log: list | None = None, extra: Any = None) -> None:
+    def save(self, step: int, model: torch.nn.Module, optimizer, schedule=None, log: Any = None, extra: Any = None) -> None:
         """After step ``step`` (1-based): a checkpoint when it is a multiple of ``every``; the older one goes."""
         if step % self.every:
             return
@@ -93,7 +84,7 @@ class LoopCheckpoints:
             "schedule": schedule.state_dict() if schedule is not None else None,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "log": list(log or []),
+            "log": [] if log is None else log,  # the loop's losses so far: a list, or a dict of lists
             "extra": extra,
         }
         with atomic_path(self.dir / f"checkpoint-{step}", is_dir=True) as tmp:

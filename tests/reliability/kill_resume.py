@@ -198,6 +198,12 @@ def alive(proc: psutil.Process) -> bool:
         return False
 
 
+def resumable_at_kill(kill: str) -> bool:
+    """Did the kill (as ``run_until_kill`` describes it) leave a complete checkpoint on disk? One
+    cut short (no trainer_state.json) is removed, not resumed, so the re-run rightly starts over."""
+    return re.search(r"on disk: checkpoint-\d+(,|\))", kill) is not None
+
+
 def run_until_kill(workdir: Path, proc: subprocess.Popen, target: str, wait_for: str, delay: float, outs: list[str]) -> tuple[bool, str]:
     """SIGKILL the run's process group ``delay`` s after step ``target`` starts (or writes its
     first checkpoint). False when the step ended before the kill."""
@@ -347,7 +353,7 @@ def kill_chain(
         marker = f"{outcome.step}: "
         resumed = [line.split("resuming from ")[1].strip() for line in log.splitlines() if marker in line and "resuming from " in line]
         outcome.resumed_from = resumed[-1] if resumed else ""
-        if re.search(r"on disk: checkpoint-\d+(,|\))", outcome.kill) and not outcome.resumed_from:
+        if resumable_at_kill(outcome.kill) and not outcome.resumed_from:
             bad.append("STARTED OVER: checkpoints were on disk")
             outcome.result = "; ".join(bad)
         outcome.ok = outcome.killed and outcome.lock_clean and not outcome.partial and not bad

@@ -36,9 +36,7 @@ def test_tiny_dag_resumes_after_kills_in_synthesis_and_training(tmp_path_factory
     outcomes, summary = kill_resume.kill_chain("tiny", root, seed=0, steps=steps, target="train_embedder")
     _check(outcomes, summary, tmp_path)
     train = next(o for o in outcomes if o.step == "train_embedder")
-    on_disk = train.kill.partition("on disk: ")[2].rstrip(")").split(",")
-    if any(name.startswith("checkpoint-") and "cut short" not in name for name in on_disk):
-        # else the kill landed after the model was saved (a cut-short one alone is not resumed)
+    if kill_resume.resumable_at_kill(train.kill):  # else the kill landed after the model was saved
         assert train.resumed_from.startswith("checkpoint-"), "the re-run of train_embedder started over instead of resuming"
 
 
@@ -93,3 +91,17 @@ def test_the_long_kill_chain_profiles_hold_every_catalog_step():
     covered = set().union(*(catalog.pipeline(load_config(profile)).names for profile in EVERY_STEP))
     # score_with_teacher runs only with teacher.mode: external (a user's teacher model), in no shipped profile
     assert covered == {step.name for step in catalog.STEPS} - {"score_with_teacher"}
+
+
+@pytest.mark.parametrize(
+    "kill, resumable",
+    [
+        ("checkpoint-3 +0.0s (on disk: checkpoint-3 (cut short))", False),  # session 8's CI: nothing whole to resume
+        ("checkpoint-3 +0.0s (on disk: checkpoint-3)", True),
+        ("checkpoint-3 +1.2s (on disk: checkpoint-3,checkpoint-6 (cut short))", True),
+        ("checkpoint-3 +4.0s (on disk: none, model saved)", False),
+        ("t+1.0s", False),
+    ],
+)
+def test_a_resume_is_demanded_only_where_a_complete_checkpoint_was_left(kill, resumable):
+    assert kill_resume.resumable_at_kill(kill) is resumable

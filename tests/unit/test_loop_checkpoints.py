@@ -11,7 +11,8 @@ import torch
 from pydantic import BaseModel
 
 from flagops.training import common
-from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest, stamp
+from flagops.training.common import stamp
+from flagops.training.loop_checkpoints import LoopCheckpoints, files_digest
 from tests.loop_kill import killed_after
 
 
